@@ -1,0 +1,3 @@
+"""PanFoMaBench: benchmark tasks, baselines, metrics and reports (see the benchmark issue)."""
+
+__all__: list[str] = []

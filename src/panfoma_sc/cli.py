@@ -1,0 +1,178 @@
+"""``panfoma`` command line: embed, models, pretrain.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (clear message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from . import tl
+
+    adata = ad.read_h5ad(args.input)
+    tl.embed(
+        adata,
+        args.model,
+        layer=args.layer,
+        gene_symbols=args.gene_symbols,
+        batch_size=args.batch_size,
+        device=args.device,
+        n_genes=args.n_genes,
+        key_added=args.key_added,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    key = args.key_added or "X_panfoma"
+    adata.write_h5ad(args.output)
+    print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}.")
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    from . import models
+
+    if args.models_command == "list":
+        print(models.available().to_string(index=False))
+    elif args.models_command == "describe":
+        print(json.dumps(models.describe(args.name), indent=2, default=str))
+    elif args.models_command == "register":
+        entry = models.register(args.name, args.path_or_url, sha256=args.sha256, description=args.description)
+        print(f"Registered {entry.name!r} (sha256 {entry.sha256}).")
+    return EXIT_OK
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .data.vocab import GeneVocabulary
+    from .train import (
+        TrainingConfig,
+        build_vocabulary,
+        default_pretraining_files,
+        finish_distributed,
+        init_distributed,
+        pretrain,
+    )
+
+    rank, _ = init_distributed()
+    files = [Path(f) for f in args.files]
+    if args.data_dir:
+        files += default_pretraining_files(args.data_dir)
+    if not files:
+        msg = "No training files: pass .h5ad files and/or --data-dir."
+        raise ValueError(msg)
+    out = Path(args.out)
+    vocab_file = out / "vocab.json"
+    if vocab_file.is_file():
+        vocab = GeneVocabulary.from_json(vocab_file.read_text())
+    else:
+        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            vocab_file.write_text(vocab.to_json())
+    config = TrainingConfig(
+        architecture=args.architecture,
+        n_genes=args.n_genes,
+        batch_size=args.batch_size,
+        grad_accumulation=args.grad_accumulation,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        device=args.device,
+        max_minutes=args.max_minutes,
+    )
+    summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
+    finish_distributed()
+    if rank == 0:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``panfoma``."""
+    parser = argparse.ArgumentParser(prog="panfoma", description="PanFoMa single-cell foundation model.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed the cells of an .h5ad file into obsm")
+    embed.add_argument("input", help="input .h5ad (raw counts or log1p-normalized)")
+    embed.add_argument("output", help="output .h5ad (input plus the embedding)")
+    embed.add_argument("--model", default="panfoma-tiny", help="registry name or checkpoint path")
+    embed.add_argument("--layer", help="layer holding expression (default: X)")
+    embed.add_argument("--gene-symbols", help="var column with gene symbols")
+    embed.add_argument("--batch-size", type=int, help="cells per forward pass")
+    embed.add_argument("--device", help="cpu, cuda, mps (default: auto)")
+    embed.add_argument("--n-genes", type=int, help="genes per cell given to the model")
+    embed.add_argument("--key-added", help="obsm/uns key (default X_panfoma / panfoma)")
+    embed.add_argument("--seed", type=int, default=0)
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(func=_embed)
+
+    models = commands.add_parser("models", help="list, describe or register checkpoints")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_commands.add_parser("list", help="registered checkpoints")
+    describe = models_commands.add_parser("describe", help="config, parameter count and training summary")
+    describe.add_argument("name", nargs="?", default="panfoma-tiny")
+    register = models_commands.add_parser("register", help="add a checkpoint file or URL to your registry")
+    register.add_argument("name")
+    register.add_argument("path_or_url")
+    register.add_argument("--sha256")
+    register.add_argument("--description", default="")
+    models.set_defaults(func=_models)
+
+    pre = commands.add_parser("pretrain", help="pretrain a model on .h5ad files (torchrun for several processes)")
+    pre.add_argument("files", nargs="*", help=".h5ad training files")
+    pre.add_argument("--data-dir", help="also use every file of this folder not held out for evaluation")
+    pre.add_argument("--out", required=True, help="output folder (resumed when it holds state.pt)")
+    pre.add_argument("--architecture", default="panfoma-tiny")
+    pre.add_argument("--n-genes", type=int, default=256, help="genes per cell while training")
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--grad-accumulation", type=int, default=1)
+    pre.add_argument("--steps", type=int, default=1000, help="optimizer steps (the LR schedule spans them)")
+    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--warmup", type=int, default=100)
+    pre.add_argument("--checkpoint-every", type=int, default=100)
+    pre.add_argument("--log-every", type=int, default=10)
+    pre.add_argument("--min-cells", type=int, default=20, help="vocabulary: genes expressed in >= this many cells")
+    pre.add_argument("--gene-table", help="headerless CSV ensembl_id,symbol to record Ensembl IDs in the vocabulary")
+    pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
+    pre.add_argument("--device")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--restart", action="store_true", help="ignore an existing state.pt")
+    pre.add_argument("--quiet", action="store_true")
+    pre.set_defaults(func=_pretrain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"panfoma: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:
+        print(f"panfoma: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""From AnnData rows to token batches: gene vocabulary, tokenizer, row streaming."""
+
+from .rows import expression_matrix, iter_row_blocks
+from .tokenizer import TokenBatch, Tokenizer, bin_by_rank, cell_keys_from_names, hash_uniform
+from .vocab import SPECIAL_TOKENS, GeneVocabulary, normalize_gene_name
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "GeneVocabulary",
+    "TokenBatch",
+    "Tokenizer",
+    "bin_by_rank",
+    "cell_keys_from_names",
+    "expression_matrix",
+    "hash_uniform",
+    "iter_row_blocks",
+    "normalize_gene_name",
+]

@@ -1,0 +1,167 @@
+"""Turn expression rows into PanFoMa token batches (numpy only, vectorized over CSR rows).
+
+Per cell: values are binned by their rank among the cell's nonzero values (bin 0 = zero, bins
+``1..n_bins-1`` = quantiles), ``n_genes`` genes are picked (nonzero genes first, a random subset if there
+are more; random zero genes fill up), shuffled, and dealt into ``n_chunks`` chunks.
+
+Randomness comes from a counter-based hash of ``(seed, cell key, gene id)`` rather than a stateful
+generator, so a cell's tokens do not depend on the other cells in its batch, on the batch size, or on the
+order of the genes in the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+__all__ = ["TokenBatch", "Tokenizer", "bin_by_rank", "cell_keys_from_names", "hash_uniform"]
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a bijective mix of uint64 values (wraps modulo 2**64 by design)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_uniform(seed: int, cell_keys: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
+    """Pseudo-random numbers in ``[0, 1)`` of shape ``(cells, genes)``, a pure function of the three inputs."""
+    with np.errstate(over="ignore"):
+        seed_part = _splitmix(np.asarray([seed], dtype=np.uint64) * _GOLDEN)
+        cells = _splitmix(cell_keys.astype(np.uint64) ^ seed_part)  # (B,)
+        genes = _splitmix(gene_ids.astype(np.uint64) * _GOLDEN + seed_part)  # (G,)
+        mixed = _splitmix(cells[:, None] ^ genes[None, :])  # (B, G)
+    return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def cell_keys_from_names(names: Sequence[str] | pd.Index) -> np.ndarray:
+    """Stable 64-bit key per cell name (pandas' deterministic hash), the identity used for gene sampling."""
+    return pd.util.hash_array(np.asarray(names, dtype=object)).astype(np.uint64)
+
+
+def bin_by_rank(matrix: sparse.csr_matrix, n_bins: int) -> np.ndarray:
+    """Bin each stored (nonzero) value by its rank among its row's nonzero values.
+
+    ``bin = 1 + floor(n_smaller * (n_bins - 1) / n_nonzero)`` where ``n_smaller`` counts the row's values
+    strictly below it, so ties share a bin and any per-cell monotone transform (library-size normalization,
+    ``log1p``) gives identical bins: raw counts and log-normalized data tokenize the same.
+
+    Parameters
+    ----------
+    matrix
+        CSR matrix without explicit zeros.
+    n_bins
+        Number of bins including bin 0.
+
+    Returns
+    -------
+    ``int64`` bins aligned with ``matrix.data``.
+    """
+    indptr = matrix.indptr
+    nnz_per_row = np.diff(indptr)
+    rows = np.repeat(np.arange(matrix.shape[0]), nnz_per_row)
+    order = np.lexsort((matrix.data, rows))
+    sorted_values = matrix.data[order]
+    sorted_rows = rows[order]
+    positions = np.arange(order.size)
+    new_group = np.ones(order.size, dtype=bool)
+    new_group[1:] = (sorted_rows[1:] != sorted_rows[:-1]) | (sorted_values[1:] != sorted_values[:-1])
+    group_start = np.maximum.accumulate(np.where(new_group, positions, 0))
+    n_smaller = group_start - indptr[sorted_rows]
+    sorted_bins = 1 + (n_smaller * (n_bins - 1)) // nnz_per_row[sorted_rows]
+    bins = np.empty(order.size, dtype=np.int64)
+    bins[order] = sorted_bins
+    return bins
+
+
+@dataclass
+class TokenBatch:
+    """Tokens of a batch of cells, chunked: arrays of shape ``(cells, n_chunks, chunk_length)``."""
+
+    gene_ids: np.ndarray  # int64 vocabulary ids, pad_id at padding
+    value_bins: np.ndarray  # int64 bins, 0 at padding
+    padding_mask: np.ndarray  # bool, True at padding
+
+    def __len__(self) -> int:
+        return self.gene_ids.shape[0]
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Tokenize expression rows for a model.
+
+    Parameters
+    ----------
+    n_genes
+        Genes per cell. Cells are padded when the data hold fewer genes.
+    n_chunks
+        Chunks of the local encoder.
+    n_bins
+        Expression bins including bin 0.
+    pad_id
+        Vocabulary id of the padding token.
+    """
+
+    n_genes: int
+    n_chunks: int
+    n_bins: int = 51
+    pad_id: int = 0
+
+    def __call__(
+        self, matrix: sparse.spmatrix | np.ndarray, gene_ids: np.ndarray, cell_keys: np.ndarray, *, seed: int = 0
+    ) -> TokenBatch:
+        """Tokenize cells.
+
+        Parameters
+        ----------
+        matrix
+            ``(cells, genes)`` nonnegative expression (raw counts or log-normalized), columns = ``gene_ids``.
+        gene_ids
+            Vocabulary id of each column (unique, no ``-1``).
+        cell_keys
+            ``uint64`` identity of each cell (see :func:`cell_keys_from_names`).
+        seed
+            Sampling seed; training passes a new one per epoch to re-draw the genes.
+        """
+        csr = sparse.csr_matrix(matrix, dtype=np.float64, copy=True)
+        csr.eliminate_zeros()
+        csr.sort_indices()
+        n_cells, n_columns = csr.shape
+        bins = np.zeros((n_cells, n_columns), dtype=np.int64)  # (B, G): dense per batch only
+        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+        bins[rows, csr.indices] = bin_by_rank(csr, self.n_bins)
+
+        uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))  # (B, G)
+        priority = uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
+        n_take = min(self.n_genes, n_columns)
+        if n_take < n_columns:
+            chosen = np.argpartition(priority, n_take - 1, axis=1)[:, :n_take]
+        else:
+            chosen = np.broadcast_to(np.arange(n_columns), (n_cells, n_columns))
+        # shuffle the chosen genes so every chunk gets a mix of expressed and zero genes
+        chosen = np.take_along_axis(chosen, np.argsort(np.take_along_axis(uniform, chosen, 1), axis=1), 1)
+
+        chunk_length = -(-n_take // self.n_chunks)
+        total = chunk_length * self.n_chunks
+        token_ids = np.full((n_cells, total), self.pad_id, dtype=np.int64)
+        token_bins = np.zeros((n_cells, total), dtype=np.int64)
+        padding = np.ones((n_cells, total), dtype=bool)
+        token_ids[:, :n_take] = np.asarray(gene_ids)[chosen]
+        token_bins[:, :n_take] = np.take_along_axis(bins, chosen, 1)
+        padding[:, :n_take] = False
+
+        # token j goes to chunk j % n_chunks at position j // n_chunks: chunks stay evenly filled
+        def deal(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.reshape(n_cells, chunk_length, self.n_chunks).transpose(0, 2, 1))
+
+        return TokenBatch(gene_ids=deal(token_ids), value_bins=deal(token_bins), padding_mask=deal(padding))

@@ -1,0 +1,151 @@
+"""Checkpoint files: ``.safetensors`` weights plus string metadata (config, vocabulary, provenance)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data.vocab import GeneVocabulary
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..nn import PanFoMa, PanFoMaConfig
+
+__all__ = ["FORMAT_VERSION", "Checkpoint", "read_checkpoint", "sha256sum", "write_checkpoint"]
+
+#: Bumped when the file layout changes incompatibly; files with a larger number are refused.
+FORMAT_VERSION = 1
+
+
+def sha256sum(path: str | Path, *, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's contents."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: PanFoMaConfig
+    vocab: GeneVocabulary
+    info: dict[str, Any] = field(default_factory=dict)  # name, trained_on, metrics, versions
+
+    def build_model(self, device: str | torch.device = "cpu") -> PanFoMa:
+        """Instantiate the network with these weights (float32, eval mode)."""
+        import torch
+
+        from ..nn import PanFoMa
+
+        model = PanFoMa(self.config)
+        state = {k: v.to(torch.float32) for k, v in self.state_dict.items()}
+        model.load_state_dict(state, strict=True)
+        return model.to(device).eval()
+
+
+def write_checkpoint(
+    path: str | Path,
+    model: PanFoMa,
+    vocab: GeneVocabulary,
+    *,
+    info: dict[str, Any] | None = None,
+    half_precision: bool = False,
+) -> str:
+    """Write ``model`` and its vocabulary to ``path`` (``.safetensors``); returns the file's SHA-256.
+
+    Parameters
+    ----------
+    path
+        Target file.
+    model
+        The network.
+    vocab
+        Its vocabulary (``len(vocab) == model.config.vocab_size``).
+    info
+        JSON-able provenance: ``name``, ``trained_on``, ``metrics``, ...
+    half_precision
+        Store float tensors as float16 (half the size; loading casts back to float32).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .._version import __version__
+
+    if len(vocab) != model.config.vocab_size:
+        msg = f"Vocabulary has {len(vocab)} tokens but the model expects {model.config.vocab_size}."
+        raise ValueError(msg)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if half_precision and tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        state[key] = tensor
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "panfoma_sc_version": __version__,
+        "config": model.config.to_json(),
+        "vocab": vocab.to_json(),
+        "info": json.dumps(info or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".partial")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return sha256sum(path)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`write_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a safetensors file (or truncated), not a panfoma-sc checkpoint, or written by a newer,
+        incompatible release.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..nn import PanFoMaConfig
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Checkpoint file {str(path)!r} does not exist."
+        raise FileNotFoundError(msg)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:
+        msg = (
+            f"{str(path)!r} is not a readable .safetensors file ({err}). It may be truncated or corrupted: "
+            "delete it and download it again."
+        )
+        raise ValueError(msg) from err
+    if "config" not in metadata or "vocab" not in metadata:
+        msg = f"{str(path)!r} is a safetensors file but not a panfoma-sc checkpoint (no config/vocab metadata)."
+        raise ValueError(msg)
+    file_format = int(metadata.get("format_version", "1"))
+    if file_format > FORMAT_VERSION:
+        msg = (
+            f"{str(path)!r} uses checkpoint format {file_format}, newer than this panfoma-sc supports "
+            f"({FORMAT_VERSION}); it was written by panfoma-sc {metadata.get('panfoma_sc_version')}. "
+            "Upgrade with `pip install -U panfoma-sc`."
+        )
+        raise ValueError(msg)
+    config = PanFoMaConfig.from_dict(json.loads(metadata["config"]))
+    vocab = GeneVocabulary.from_json(metadata["vocab"])
+    info = json.loads(metadata.get("info", "{}"))
+    info["panfoma_sc_version"] = metadata.get("panfoma_sc_version")
+    return Checkpoint(state_dict=state, config=config, vocab=vocab, info=info)

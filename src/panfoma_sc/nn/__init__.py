@@ -1,0 +1,18 @@
+"""PyTorch implementation of the PanFoMa network (no AnnData in here)."""
+
+from .config import CONFIGS, PanFoMaConfig
+from .model import MVCHead, PanFoMa, PanFoMaOutput, ValueHead, masked_bin_loss
+from .ssd import Mamba2, ssd_recurrence, ssd_scan
+
+__all__ = [
+    "CONFIGS",
+    "MVCHead",
+    "Mamba2",
+    "PanFoMa",
+    "PanFoMaConfig",
+    "PanFoMaOutput",
+    "ValueHead",
+    "masked_bin_loss",
+    "ssd_recurrence",
+    "ssd_scan",
+]

@@ -1,0 +1,273 @@
+"""Mamba2 with a pure-PyTorch chunked SSD scan and an optional ``mamba_ssm`` kernel path.
+
+The :class:`Mamba2` module uses the parameter names and shapes of ``mamba_ssm.Mamba2``
+(``in_proj``, ``conv1d``, ``dt_bias``, ``A_log``, ``D``, ``norm.weight``, ``out_proj``), so a state dict
+saved by one loads into the other. On CUDA, when ``mamba_ssm`` imports, the scan runs in its Triton kernel;
+everywhere else it runs in :func:`ssd_scan`, our chunked state-space-duality algorithm.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GatedRMSNorm", "Mamba2", "mamba_ssm_kernels", "ssd_recurrence", "ssd_scan"]
+
+
+def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
+    """Pairwise sums of log decays inside a chunk.
+
+    Parameters
+    ----------
+    log_decay
+        Shape ``(..., T)``.
+
+    Returns
+    -------
+    Shape ``(..., T, T)``: entry ``[i, j]`` is ``sum(log_decay[j + 1 : i + 1])`` for ``i >= j`` and ``-inf``
+    above the diagonal, so ``exp`` of it is the causal decay from step ``j`` to step ``i``.
+    """
+    steps = log_decay.shape[-1]
+    # Cumulating a masked copy (rather than differencing one cumsum) avoids catastrophic cancellation.
+    repeated = log_decay.unsqueeze(-1).expand(*log_decay.shape, steps)  # (..., T, T): [i, j] = a_i
+    strictly_lower = torch.tril(torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device), diagonal=-1)
+    sums = torch.cumsum(repeated.masked_fill(~strictly_lower, 0.0), dim=-2)
+    causal = torch.tril(torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device))
+    return sums.masked_fill(~causal, -math.inf)
+
+
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Selective state-space scan by the chunked state-space-duality (SSD) algorithm.
+
+    Computes, for every head, ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T`` and ``y_t = h_t C_t``
+    with ``h_0 = 0``: quadratic attention-like work inside chunks of ``chunk_size`` steps and a linear
+    recurrence over chunk states, so memory grows linearly with the sequence length.
+
+    Parameters
+    ----------
+    x
+        Inputs, shape ``(batch, length, heads, head_dim)``.
+    dt
+        Positive step sizes, shape ``(batch, length, heads)``.
+    A
+        Negative per-head decay rates, shape ``(heads,)``.
+    B, C
+        Input and output projections, shape ``(batch, length, groups, state)``; ``heads`` must be a
+        multiple of ``groups``.
+    chunk_size
+        Steps per chunk. Lengths that are not a multiple are padded at the end (padding cannot influence
+        earlier steps).
+
+    Returns
+    -------
+    ``y`` with the shape of ``x``.
+    """
+    batch, length, heads, _ = x.shape
+    groups = B.shape[2]
+    if heads % groups:
+        msg = f"heads ({heads}) must be a multiple of groups ({groups})."
+        raise ValueError(msg)
+    pad = (-length) % chunk_size
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+    n_chunks = (length + pad) // chunk_size
+
+    B = B.repeat_interleave(heads // groups, dim=2)  # (b, L, h, n)
+    C = C.repeat_interleave(heads // groups, dim=2)
+    x = x * dt.unsqueeze(-1)  # discretized input
+    log_decay = dt * A  # (b, L, h), <= 0
+
+    def to_chunks(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+
+    x, B, C = to_chunks(x), to_chunks(B), to_chunks(C)  # (b, c, q, h, .)
+    log_decay = to_chunks(log_decay).permute(0, 3, 1, 2)  # (b, h, c, q)
+    decay_cumsum = torch.cumsum(log_decay, dim=-1)  # (b, h, c, q)
+
+    # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) decay(j->i) x_j
+    decay_within = torch.exp(_segment_sum(log_decay))  # (b, h, c, q, q)
+    y_within = torch.einsum("bcihn,bcjhn,bhcij,bcjhp->bcihp", C, B, decay_within, x)
+
+    # 2. state at the end of each chunk, from that chunk's inputs only
+    decay_to_end = torch.exp(decay_cumsum[..., -1:] - decay_cumsum)  # (b, h, c, q)
+    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", B, decay_to_end, x)
+
+    # 3. carry states across chunks (a short recurrence, written as one masked matmul)
+    chunk_states = torch.cat([torch.zeros_like(chunk_states[:, :1]), chunk_states], dim=1)  # (b, c+1, h, p, n)
+    chunk_log_decay = F.pad(decay_cumsum[..., -1], (1, 0))  # (b, h, c+1)
+    decay_across = torch.exp(_segment_sum(chunk_log_decay))  # (b, h, c+1, c+1)
+    carried = torch.einsum("bhzc,bchpn->bzhpn", decay_across, chunk_states)[:, :-1]  # state entering chunk
+
+    # 4. contribution of the carried-in state to each step of the chunk
+    decay_from_start = torch.exp(decay_cumsum)  # (b, h, c, q)
+    y_carried = torch.einsum("bcihn,bchpn,bhci->bcihp", C, carried, decay_from_start)
+
+    y = (y_within + y_carried).reshape(batch, n_chunks * chunk_size, heads, -1)
+    return y[:, :length]
+
+
+def ssd_recurrence(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> torch.Tensor:
+    """Reference: the same scan as :func:`ssd_scan` as a plain sequential recurrence (slow, for tests)."""
+    batch, length, heads, head_dim = x.shape
+    groups = B.shape[2]
+    B = B.repeat_interleave(heads // groups, dim=2)
+    C = C.repeat_interleave(heads // groups, dim=2)
+    state = x.new_zeros(batch, heads, head_dim, B.shape[-1])
+    outputs = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * A)[..., None, None]  # (b, h, 1, 1)
+        update = (dt[:, t, :, None] * x[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(-2)  # (b, h, p, n)
+        state = decay * state + update
+        outputs.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]))
+    return torch.stack(outputs, dim=1)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of ``x * silu(z)`` over groups of channels (``mamba_ssm``'s ``RMSNormGated``, norm after gate)."""
+
+    def __init__(self, dim: int, *, group_size: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Normalize ``x`` gated by ``z``; both ``(..., dim)``."""
+        # Gate, normalize and scale in float32 with one final cast, as mamba_ssm's kernel and ``rms_norm_ref`` do.
+        gated = x.float() * F.silu(z.float())
+        grouped = gated.unflatten(-1, (-1, self.group_size))
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
+
+
+@functools.cache
+def mamba_ssm_kernels():
+    """Return ``mamba_ssm``'s chunked-scan kernel, or ``None`` when it cannot be imported.
+
+    ``mamba_ssm`` releases import a compiled ``selective_scan_cuda`` extension unconditionally; on machines
+    where it is not built any import error means "no kernels", never a crash.
+    """
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as err:
+        logger.debug("mamba_ssm kernels unavailable: %s", err)
+        return None
+    return mamba_chunk_scan_combined
+
+
+class Mamba2(nn.Module):
+    """Mamba2 block (SSD layer) with ``mamba_ssm.Mamba2``'s parameter layout.
+
+    Parameters
+    ----------
+    d_model
+        Width of the input and output.
+    d_state
+        SSM state size per head.
+    d_conv
+        Width of the causal depthwise convolution.
+    expand
+        Inner width is ``expand * d_model``.
+    headdim
+        Channels per SSM head.
+    ngroups
+        Groups sharing ``B`` and ``C``.
+    chunk_size
+        Chunk length of the SSD scan.
+    use_kernels
+        Use ``mamba_ssm``'s Triton kernel when the input is on CUDA and the package imports.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        use_kernels: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            msg = f"expand * d_model ({self.d_inner}) must be a multiple of headdim ({headdim})."
+            raise ValueError(msg)
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        self.ngroups = ngroups
+        self.chunk_size = chunk_size
+        self.use_kernels = use_kernels
+
+        conv_dim = self.d_inner + 2 * ngroups * d_state
+        # [z, x, B, C, dt], the order mamba_ssm splits in_proj's output in
+        self.in_proj = nn.Linear(
+            d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False, **factory_kwargs
+        )
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, **factory_kwargs)
+
+        # dt initialised log-uniformly in [dt_min, dt_max]; dt_bias is its inverse softplus
+        dt = torch.exp(
+            torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        )
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        A = torch.empty(self.nheads, **factory_kwargs).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device))  # float32 whatever dtype, as in mamba_ssm
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, **factory_kwargs)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory_kwargs)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Apply the block to ``u`` of shape ``(batch, length, d_model)``; causal along ``length``."""
+        length = u.shape[1]
+        z, xBC, dt = torch.split(
+            self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads], dim=-1
+        )
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, L, conv_dim)
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))  # (b, L, h, p)
+        B = B.unflatten(-1, (self.ngroups, self.d_state))  # (b, L, g, n)
+        C = C.unflatten(-1, (self.ngroups, self.d_state))
+        A = -torch.exp(self.A_log.float())  # (h,)
+
+        kernel = mamba_ssm_kernels() if (self.use_kernels and u.is_cuda) else None
+        if kernel is not None:
+            y = kernel(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
+        else:
+            dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, L, h); float32 like the kernel
+            y = ssd_scan(x.float(), dt, A, B.float(), C.float(), chunk_size=self.chunk_size)
+            y = (y + x.float() * self.D.float()[:, None]).to(x.dtype)
+        y = self.norm(y.flatten(-2), z)
+        return self.out_proj(y)

@@ -1,0 +1,69 @@
+"""Training-curve plot of a pretraining or fine-tuning run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["training_curve"]
+
+
+def training_curve(
+    history: pd.DataFrame | str | Path,
+    *,
+    columns: tuple[str, ...] = ("loss_value", "loss_mvc"),
+    smooth: int = 20,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Plot losses against training steps.
+
+    Parameters
+    ----------
+    history
+        The run's ``history.csv`` (path or DataFrame) with a ``step`` column.
+    columns
+        Loss columns to draw.
+    smooth
+        Rolling-mean window in logged steps (1 = raw).
+    ax
+        Axes to draw into.
+    show
+        Show the figure (default: when no ``ax`` is given and not returning).
+    return_fig
+        Return the figure instead of the axes.
+
+    Returns
+    -------
+    The figure or axes when ``show`` is False.
+    """
+    import matplotlib.pyplot as plt
+
+    frame = pd.read_csv(history) if isinstance(history, str | Path) else history
+    missing = [c for c in ("step", *columns) if c not in frame.columns]
+    if missing:
+        msg = f"history has no column(s) {missing}; it has {list(frame.columns)}."
+        raise KeyError(msg)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+    else:
+        fig = ax.figure
+    for column in columns:
+        values = frame[column].rolling(max(smooth, 1), min_periods=1).mean()
+        ax.plot(frame["step"], values, label=column)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(frameon=False)
+    if show is None:
+        show = not return_fig and ax is None
+    if show:
+        plt.show()
+        return None
+    return fig if return_fig else ax

@@ -1,0 +1,111 @@
+"""Input checks run before any work starts: nothing is computed on data that would fail half-way."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from anndata import AnnData
+
+from ..data.rows import expression_matrix, iter_row_blocks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExpressionReport", "check_expression"]
+
+#: log1p of any plausible normalized count stays below this; larger non-integers are TPM-like scales.
+_LOG_SCALE_MAX = 30.0
+
+
+@dataclass
+class ExpressionReport:
+    """What :func:`check_expression` found."""
+
+    kind: str  # "counts", "log-normalized" or "nonnegative"
+    n_cells: int
+    n_genes: int
+    max_value: float
+
+    def summary(self) -> dict[str, object]:
+        """JSON-able report."""
+        return {"input_kind": self.kind, "n_cells": self.n_cells, "max_value": self.max_value}
+
+
+def check_expression(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    columns: np.ndarray | None = None,
+    block_size: int = 2048,
+) -> ExpressionReport:
+    """Check that expression values can be tokenized and say what they are.
+
+    Raw counts, log1p-normalized values and other nonnegative per-cell scales (TPM) tokenize alike, since
+    values are binned by their rank within each cell. Streams over rows, so backed data are fine.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        Layer holding expression; ``None`` for ``adata.X``.
+    columns
+        Only these genes count (the genes matched to the vocabulary); default all.
+    block_size
+        Rows read at a time.
+
+    Returns
+    -------
+    The kind of values found.
+
+    Raises
+    ------
+    ValueError
+        No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); cells with no
+        expressed gene among ``columns``.
+    """
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if adata.n_obs == 0:
+        msg = "adata has no cells (0 observations). Check the filtering that produced it."
+        raise ValueError(msg)
+    if adata.n_vars == 0:
+        msg = "adata has no genes (0 variables)."
+        raise ValueError(msg)
+    matrix = expression_matrix(adata, layer)
+    all_integer = True
+    max_value = 0.0
+    empty_cells: list[int] = []
+    for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
+        values = block.data
+        if values.size and not np.all(np.isfinite(values)):
+            msg = f"{where} contains NaN or infinite values. Fix or remove those entries before embedding."
+            raise ValueError(msg)
+        if values.size and values.min() < 0:
+            msg = (
+                f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). "
+                "Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
+            )
+            raise ValueError(msg)
+        if values.size:
+            max_value = max(max_value, float(values.max()))
+            all_integer = all_integer and bool(np.all(values == np.round(values)))
+        row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
+        empty_cells.extend(rows[nonzero == 0].tolist())
+    if empty_cells:
+        names = adata.obs_names[empty_cells[:5]].tolist()
+        scope = "among the genes known to the model " if columns is not None else ""
+        msg = (
+            f"{len(empty_cells)} cells have no expressed gene {scope}(e.g. {names}). Remove them first, "
+            "e.g. sc.pp.filter_cells(adata, min_genes=1) on the model's genes, or subset adata."
+        )
+        raise ValueError(msg)
+    if all_integer:
+        kind = "counts"
+    elif max_value <= _LOG_SCALE_MAX:
+        kind = "log-normalized"
+    else:
+        kind = "nonnegative"
+    logger.info("%s holds %s (max %.3g).", where, kind, max_value)
+    return ExpressionReport(kind=kind, n_cells=adata.n_obs, n_genes=adata.n_vars, max_value=max_value)

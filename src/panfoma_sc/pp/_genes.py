@@ -1,0 +1,146 @@
+"""Match the genes of an AnnData to a model's vocabulary."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ..data.vocab import GeneVocabulary, is_ensembl_id
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GeneMatch", "match_genes"]
+
+
+@dataclass
+class GeneMatch:
+    """Which columns of an AnnData map to which vocabulary genes.
+
+    Attributes
+    ----------
+    columns
+        Indices of the used ``var`` columns, ascending.
+    gene_ids
+        Vocabulary id of each used column.
+    n_genes
+        Genes in the AnnData.
+    duplicated
+        Names whose vocabulary gene was already taken by an earlier column (left out; the first one is used).
+    unmatched
+        Names not found in the vocabulary.
+    """
+
+    columns: np.ndarray
+    gene_ids: np.ndarray
+    n_genes: int
+    duplicated: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def n_matched(self) -> int:
+        """Number of genes used."""
+        return int(self.columns.size)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the AnnData's genes that are used."""
+        return self.n_matched / max(self.n_genes, 1)
+
+    def summary(self) -> dict[str, object]:
+        """JSON-able report (stored in ``uns``)."""
+        return {
+            "n_genes": self.n_genes,
+            "n_matched": self.n_matched,
+            "fraction_matched": round(self.fraction, 4),
+            "n_duplicated": len(self.duplicated),
+            "duplicated_examples": self.duplicated[:10],
+            "unmatched_examples": self.unmatched[:10],
+        }
+
+
+def match_genes(
+    adata: AnnData,
+    vocab: GeneVocabulary,
+    *,
+    gene_symbols: str | None = None,
+    min_fraction: float = 0.1,
+) -> GeneMatch:
+    """Match ``adata``'s genes to ``vocab`` by symbol (any case) or Ensembl ID (version suffix ignored).
+
+    Parameters
+    ----------
+    adata
+        Data whose ``var_names`` (or ``var[gene_symbols]``) name the genes.
+    vocab
+        The model's vocabulary.
+    gene_symbols
+        Column of ``adata.var`` holding gene symbols, when ``var_names`` are something else.
+    min_fraction
+        Raise when fewer than this share of the genes match.
+
+    Returns
+    -------
+    The match; duplicated and unmatched genes are logged.
+
+    Raises
+    ------
+    KeyError
+        ``gene_symbols`` is not a column of ``adata.var``.
+    ValueError
+        No gene matches, or too few.
+    """
+    if gene_symbols is None:
+        names = pd.Index(adata.var_names).astype(str)
+        source = "adata.var_names"
+    else:
+        if gene_symbols not in adata.var.columns:
+            msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
+            raise KeyError(msg)
+        names = pd.Index(adata.var[gene_symbols].astype(str))
+        source = f"adata.var[{gene_symbols!r}]"
+
+    ids = vocab.lookup(names)
+    found = ids >= 0
+    first = ~pd.Series(ids).duplicated().to_numpy()
+    use = found & first
+    duplicated = names[found & ~first].tolist()
+    unmatched = names[~found].tolist()
+    match = GeneMatch(
+        columns=np.flatnonzero(use),
+        gene_ids=ids[use],
+        n_genes=len(names),
+        duplicated=duplicated,
+        unmatched=unmatched,
+    )
+    if match.n_matched == 0:
+        hint = ""
+        if len(names) and np.mean([is_ensembl_id(n) for n in names[:200]]) > 0.5:
+            hint = " They look like Ensembl IDs the vocabulary does not know (a non-human species?);"
+        msg = (
+            f"None of the {len(names)} genes in {source} is in the model's vocabulary "
+            f"(e.g. {names[:3].tolist()}).{hint} Pass gene_symbols='<var column with gene symbols>' "
+            "if the symbols are in a var column."
+        )
+        raise ValueError(msg)
+    if match.fraction < min_fraction:
+        msg = (
+            f"Only {match.n_matched} of {match.n_genes} genes ({match.fraction:.1%}) in {source} are in the "
+            f"model's vocabulary (min_fraction={min_fraction}). Check that they are gene symbols or Ensembl IDs "
+            "(or pass gene_symbols=...), or lower min_fraction if this is expected."
+        )
+        raise ValueError(msg)
+    if duplicated:
+        logger.warning(
+            "%d genes map to a vocabulary gene already used by an earlier column and are left out, e.g. %s. "
+            "Aggregate them beforehand if that matters.",
+            len(duplicated),
+            duplicated[:5],
+        )
+    logger.info(
+        "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction
+    )
+    return match

@@ -1,0 +1,170 @@
+"""Pretraining corpus: many backed h5ad files streamed batch by batch, sharded across ranks."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..data.rows import iter_row_blocks
+from ..data.tokenizer import cell_keys_from_names
+from ..data.vocab import GeneVocabulary, is_ensembl_id, normalize_gene_name
+from ..pp import match_genes
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EVALUATION_HOLDOUT",
+    "CorpusBatch",
+    "PretrainingCorpus",
+    "build_vocabulary",
+    "default_pretraining_files",
+]
+
+#: Files of the shared data folder kept out of pretraining, with the reason. Their cells are the
+#: evaluation's query/test sets (labelled data), duplicates, or not human.
+EVALUATION_HOLDOUT: dict[str, str] = {
+    "pbmc_sorted_9types_mudan_2115cells": "held-out evaluation: FACS-sorted PBMC labels (annotation query)",
+    "lung_celllines_3cl_celseq2_dropseq": "held-out evaluation: cell-line labels across two protocols",
+    "pancreas_wang_xin_logexpr": "held-out evaluation: pancreas cell types across two studies",
+    "pancreas_3batches_beta_ductal": "held-out evaluation: pancreas cell types across three batches",
+    "melanoma_icb_tcells_19patients": "held-out evaluation: T-cell states across patients",
+    "tme_hnscc_melanoma_chetah": "held-out evaluation: tumour micro-environment cell types",
+    "tumour_thyroid_atc2_numbat_173cells": "held-out evaluation: malignant vs normal (pan-cancer test patient)",
+    "tumour_neuroblastoma_ngp_cellline_83cells": "held-out evaluation: pan-cancer test cell line",
+    "pbmc3k_celltypes_hvg2000": "same cells as pbmc3k_allgenes_celltypes (duplicate)",
+    "mouse_esc_3batches_ensembl": "mouse data, Ensembl IDs only",
+}
+
+
+def default_pretraining_files(data_dir: str | Path) -> list[Path]:
+    """The ``.h5ad`` files of ``data_dir`` that are not in :data:`EVALUATION_HOLDOUT`."""
+    return sorted(p for p in Path(data_dir).glob("*.h5ad") if p.stem not in EVALUATION_HOLDOUT)
+
+
+def build_vocabulary(
+    files: Sequence[str | Path],
+    *,
+    min_cells: int = 10,
+    gene_table: str | Path | None = None,
+    block_size: int = 4096,
+) -> GeneVocabulary:
+    """Vocabulary of the genes expressed in at least ``min_cells`` cells of the corpus.
+
+    Parameters
+    ----------
+    files
+        Training ``.h5ad`` files (gene symbols as ``var_names``).
+    min_cells
+        Keep genes seen expressed in at least this many cells overall.
+    gene_table
+        Optional headerless CSV ``ensembl_id,symbol`` (e.g. GENCODE) to record each symbol's Ensembl ID, so
+        data indexed by Ensembl IDs match too.
+    block_size
+        Rows read at a time.
+    """
+    cells_expressing: Counter[str] = Counter()
+    spelling: dict[str, str] = {}
+    for file in files:
+        adata = ad.read_h5ad(file, backed="r")
+        names = pd.Index(adata.var_names).astype(str)
+        counts = np.zeros(adata.n_vars, dtype=np.int64)
+        for _, block in iter_row_blocks(adata.X, block_size):
+            block.data = (block.data > 0).astype(np.float64)
+            counts += np.asarray(block.sum(axis=0)).ravel().astype(np.int64)
+        for name, count in zip(names, counts, strict=True):
+            if count and not is_ensembl_id(name):
+                key = normalize_gene_name(name)
+                cells_expressing[key] += int(count)
+                spelling.setdefault(key, name)
+        adata.file.close()
+    keys = sorted(k for k, n in cells_expressing.items() if n >= min_cells)
+    symbols = [spelling[k] for k in keys]
+    ensembl_ids = None
+    if gene_table is not None:
+        table = pd.read_csv(gene_table, header=None, names=["ensembl_id", "symbol"], dtype=str)
+        table["key"] = table["symbol"].map(normalize_gene_name)
+        first_id = table.drop_duplicates("key").set_index("key")["ensembl_id"].map(normalize_gene_name)
+        ensembl_ids = [first_id.get(k, "") for k in keys]
+    logger.info("Vocabulary: %d genes expressed in >= %d cells.", len(symbols), min_cells)
+    return GeneVocabulary(symbols, ensembl_ids)
+
+
+@dataclass
+class CorpusBatch:
+    """A batch of cells from one file, with the gene ids of its columns."""
+
+    file_index: int
+    matrix: object  # CSR rows, columns = gene_ids
+    gene_ids: np.ndarray
+    cell_keys: np.ndarray
+
+
+class PretrainingCorpus:
+    """Streams shuffled batches of cells from backed ``.h5ad`` files.
+
+    Every epoch's batch list is a pure function of ``(seed, epoch)``: each file's rows are shuffled and cut
+    into batches, batches of all files are shuffled together, and rank ``r`` of ``world`` takes every
+    ``world``-th batch. A run can therefore resume at any ``(epoch, batch)`` position exactly.
+
+    Parameters
+    ----------
+    files
+        ``.h5ad`` files with raw counts (or any nonnegative per-cell scale) in ``X``.
+    vocab
+        Vocabulary the genes are matched to.
+    batch_size
+        Cells per batch (all from one file).
+    seed
+        Shuffling seed.
+    """
+
+    def __init__(self, files: Sequence[str | Path], vocab: GeneVocabulary, *, batch_size: int, seed: int = 0) -> None:
+        self.files = [Path(f) for f in files]
+        self.batch_size = batch_size
+        self.seed = seed
+        self._data = [ad.read_h5ad(f, backed="r") for f in self.files]
+        self._matches = [match_genes(a, vocab, min_fraction=0.0) for a in self._data]
+        self._keys = [cell_keys_from_names(a.obs_names) for a in self._data]
+
+    @property
+    def n_cells(self) -> int:
+        """Cells in the corpus."""
+        return sum(a.n_obs for a in self._data)
+
+    def summary(self) -> list[dict[str, object]]:
+        """Per-file cells and matched genes."""
+        return [
+            {"file": f.name, "n_cells": a.n_obs, "n_genes_matched": m.n_matched}
+            for f, a, m in zip(self.files, self._data, self._matches, strict=True)
+        ]
+
+    def epoch_plan(self, epoch: int, *, rank: int = 0, world: int = 1) -> list[tuple[int, np.ndarray]]:
+        """``(file_index, sorted_rows)`` batches of this rank for ``epoch``, equal in number on every rank."""
+        rng = np.random.default_rng([self.seed, epoch])
+        plan = []
+        for index, adata in enumerate(self._data):
+            rows = rng.permutation(adata.n_obs)
+            plan.extend((index, np.sort(rows[s : s + self.batch_size])) for s in range(0, adata.n_obs, self.batch_size))
+        order = rng.permutation(len(plan))
+        plan = [plan[i] for i in order]
+        usable = len(plan) - len(plan) % world  # same number of steps on every rank
+        return plan[rank:usable:world]
+
+    def batches(self, epoch: int, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[CorpusBatch]:
+        """Read this rank's batches of ``epoch`` from position ``start`` on."""
+        for file_index, rows in self.epoch_plan(epoch, rank=rank, world=world)[start:]:
+            match = self._matches[file_index]
+            _, block = next(iter_row_blocks(self._data[file_index].X, len(rows), columns=match.columns, rows=rows))
+            yield CorpusBatch(file_index, block, match.gene_ids, self._keys[file_index][rows])
+
+    def close(self) -> None:
+        """Close the backed files."""
+        for adata in self._data:
+            adata.file.close()

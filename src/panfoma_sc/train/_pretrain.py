@@ -1,0 +1,294 @@
+"""Pretraining loop: masked-value + MVC objectives, AdamW with warm-up and cosine decay, exact resume, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._settings import settings
+from ..data.tokenizer import Tokenizer
+from ..data.vocab import GeneVocabulary
+from ..models._checkpoint import write_checkpoint
+from ..models._pretrained import tokens_to_torch
+from ..nn import CONFIGS, PanFoMa, masked_bin_loss
+from ._corpus import CorpusBatch, PretrainingCorpus
+from ._masking import mask_values
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PretrainingObjective", "TrainingConfig", "pretrain"]
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.safetensors"
+HISTORY_FILE = "history.csv"
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of a pretraining run (saved as ``run.json`` in the output folder)."""
+
+    architecture: str = "panfoma-tiny"  # a name of panfoma_sc.nn.CONFIGS
+    n_genes: int = 256  # genes per cell while training (inference may use more)
+    batch_size: int = 32  # cells per micro-batch
+    grad_accumulation: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to this share of the peak
+    grad_clip: float = 1.0
+    mask_ratio: tuple[float, float] = (0.15, 0.4)
+    log_every: int = 10
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str | None = None
+    max_minutes: float | None = None  # stop (and checkpoint) after this wall time; resume continues
+    stop_after: int | None = None  # stop after this many steps this session (interruptions, tests)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+class PretrainingObjective(nn.Module):
+    """The network plus its two losses, as one module (what DDP wraps)."""
+
+    def __init__(self, network: PanFoMa) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(
+        self,
+        gene_ids: torch.Tensor,
+        masked_bins: torch.Tensor,
+        padding: torch.Tensor,
+        targets: torch.Tensor,
+        hidden: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked-value and MVC cross-entropies over the hidden positions."""
+        output = self.network(gene_ids, masked_bins, padding)
+        flat_targets = targets.reshape(targets.shape[0], -1)
+        flat_hidden = hidden.reshape(hidden.shape[0], -1)
+        loss_value = masked_bin_loss(self.network.value_logits(output), flat_targets, flat_hidden)
+        loss_mvc = masked_bin_loss(self.network.mvc_logits(output, gene_ids), flat_targets, flat_hidden)
+        return loss_value, loss_mvc
+
+
+def _lr_lambda(config: TrainingConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _batch_stream(
+    corpus: PretrainingCorpus, epoch: int, position: int, rank: int, world: int
+) -> Iterator[tuple[int, int, CorpusBatch]]:
+    """Endless ``(epoch, position_after, batch)`` stream from a saved position."""
+    while True:
+        for offset, batch in enumerate(corpus.batches(epoch, start=position, rank=rank, world=world)):
+            yield epoch, position + offset + 1, batch
+        epoch, position = epoch + 1, 0
+
+
+def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
+    state = {
+        "model": objective.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "position": position,
+    }
+    tmp = path.with_suffix(".partial")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def pretrain(
+    files: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    vocab: GeneVocabulary,
+    config: TrainingConfig | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pretrain a PanFoMa network on ``.h5ad`` files.
+
+    Writes into ``out_dir``: ``run.json`` (settings), ``history.csv`` (losses per logged step),
+    ``state.pt`` (everything needed to resume exactly) and ``model.safetensors`` (the checkpoint).
+    Under ``torchrun`` every rank reads its own share of batches and gradients are averaged (DDP).
+
+    Parameters
+    ----------
+    files
+        Training data (raw counts or any nonnegative per-cell scale in ``X``), read backed.
+    out_dir
+        Output folder.
+    vocab
+        Gene vocabulary of the new model.
+    config
+        Run settings.
+    resume
+        Continue from ``out_dir/state.pt`` when it exists (model, optimizer, schedule and data position).
+    progress
+        Show a tqdm bar with the loss.
+    info
+        Extra provenance stored in the checkpoint.
+
+    Returns
+    -------
+    Summary: steps done, final losses, wall time, whether the run finished.
+    """
+    config = config or TrainingConfig()
+    out_dir = Path(out_dir)
+    rank, world = _distributed()
+    device = settings.resolve_device(config.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "run.json").write_text(
+            json.dumps({"config": config.to_dict(), "files": [str(f) for f in files]}, indent=2)
+        )
+
+    architecture = CONFIGS[config.architecture].replace(vocab_size=len(vocab))
+    torch.manual_seed(config.seed)
+    network = PanFoMa(architecture).to(device)
+    objective: nn.Module = PretrainingObjective(network)
+    optimizer = torch.optim.AdamW(
+        objective.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    step, epoch, position = 0, 0, 0
+    state_path = out_dir / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        objective.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        logger.info("Resuming at step %d (epoch %d, batch %d).", step, epoch, position)
+    trained = objective
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.startswith("cuda") else None
+        )
+
+    corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
+    tokenizer = Tokenizer(
+        n_genes=config.n_genes, n_chunks=architecture.n_chunks, n_bins=architecture.n_bins, pad_id=vocab.pad_id
+    )
+    stream = _batch_stream(corpus, epoch, position, rank, world)
+    use_autocast = device.startswith("cuda")
+    history_path = out_dir / HISTORY_FILE
+    history: list[dict[str, float]] = []
+    if rank == 0 and history_path.is_file():
+        previous = pd.read_csv(history_path)
+        history = previous[previous["step"] <= step].to_dict("records")
+
+    start_time = time.monotonic()
+    steps_this_session = 0
+    objective.train()
+    bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank != 0, desc="pretrain", unit="step")
+    running = {"loss_value": 0.0, "loss_mvc": 0.0, "cells": 0}
+    finished = step >= config.max_steps
+    while not finished:
+        for micro in range(config.grad_accumulation):
+            epoch, position, batch = next(stream)
+            tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=_step_seed(config.seed, epoch, 0, 0))
+            gene_ids, bins, padding = tokens_to_torch(tokens, device)
+            generator = torch.Generator().manual_seed(_step_seed(config.seed, step, micro, rank))
+            masked, hidden = mask_values(
+                bins, padding, mask_bin=architecture.n_bins, ratio_range=config.mask_ratio, generator=generator
+            )
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                loss_value, loss_mvc = trained(gene_ids, masked, padding, bins, hidden)
+            ((loss_value + loss_mvc) / config.grad_accumulation).backward()
+            running["loss_value"] += float(loss_value.detach()) / config.grad_accumulation
+            running["loss_mvc"] += float(loss_mvc.detach()) / config.grad_accumulation
+            running["cells"] += len(tokens)
+        grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_this_session += 1
+        elapsed = time.monotonic() - start_time
+        if step % config.log_every == 0 or step == config.max_steps:
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "loss_value": running["loss_value"] / (config.log_every if step % config.log_every == 0 else 1),
+                "loss_mvc": running["loss_mvc"] / (config.log_every if step % config.log_every == 0 else 1),
+                "grad_norm": float(grad_norm),
+                "cells_per_s": running["cells"] * world / max(elapsed, 1e-9) if steps_this_session else 0.0,
+                "elapsed_s": elapsed,
+            }
+            record["loss"] = record["loss_value"] + record["loss_mvc"]
+            history.append(record)
+            bar.set_postfix(
+                loss=f"{record['loss']:.3f}", value=f"{record['loss_value']:.3f}", mvc=f"{record['loss_mvc']:.3f}"
+            )
+            running = {"loss_value": 0.0, "loss_mvc": 0.0, "cells": running["cells"]}
+        bar.update(1)
+        finished = step >= config.max_steps
+        out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
+        interrupted = config.stop_after is not None and steps_this_session >= config.stop_after
+        if rank == 0 and (finished or out_of_time or interrupted or step % config.checkpoint_every == 0):
+            _save_state(state_path, objective, optimizer, scheduler, step, epoch, position)
+            pd.DataFrame(history).to_csv(history_path, index=False)
+            write_checkpoint(
+                out_dir / MODEL_FILE,
+                network,
+                vocab,
+                info={
+                    "trained_on": {"files": [Path(f).name for f in files], "n_cells": corpus.n_cells, "steps": step},
+                    "training": config.to_dict(),
+                    **(info or {}),
+                },
+            )
+        if out_of_time or interrupted:
+            break
+    bar.close()
+    corpus.close()
+    last = history[-1] if history else {}
+    return {
+        "steps": step,
+        "finished": step >= config.max_steps,
+        "loss_value": last.get("loss_value"),
+        "loss_mvc": last.get("loss_mvc"),
+        "wall_time_s": time.monotonic() - start_time,
+        "out_dir": str(out_dir),
+    }
