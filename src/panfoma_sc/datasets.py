@@ -40,7 +40,17 @@ def available() -> list[str]:
 
 
 def path(name: str) -> Path:
-    """Path of dataset ``name`` (with or without extension)."""
+    """Path of a dataset file.
+
+    Parameters
+    ----------
+    name
+        File name, with or without extension.
+
+    Returns
+    -------
+    The existing file.
+    """
     folder = data_dir()
     for candidate in (folder / name, folder / f"{name}.h5ad", folder / f"{name}.h5mu"):
         if candidate.is_file():
@@ -50,7 +60,19 @@ def path(name: str) -> Path:
 
 
 def load(name: str, *, backed: bool = False) -> ad.AnnData:
-    """Read dataset ``name`` as AnnData (``backed=True`` opens it read-only on disk)."""
+    """Read a dataset as AnnData.
+
+    Parameters
+    ----------
+    name
+        File name, with or without extension (see :func:`available`).
+    backed
+        Open read-only on disk instead of loading into memory.
+
+    Returns
+    -------
+    The dataset.
+    """
     file = path(name)
     if file.suffix == ".h5mu":
         msg = f"{file.name} is a MuData file: read it with mudata.read_h5mu."

@@ -1,3 +1,5 @@
-"""PanFoMaBench: benchmark tasks, baselines, metrics and reports (see the benchmark issue)."""
+"""PanFoMaBench: scoring embeddings on real data (kNN transfer, scib-metrics) and baselines."""
 
-__all__: list[str] = []
+from ._embedding_eval import bio_conservation, knn_transfer, pca_embedding
+
+__all__ = ["bio_conservation", "knn_transfer", "pca_embedding"]

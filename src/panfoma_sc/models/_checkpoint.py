@@ -22,7 +22,19 @@ FORMAT_VERSION = 1
 
 
 def sha256sum(path: str | Path, *, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
+    """Hex SHA-256 of a file, read in blocks.
+
+    Parameters
+    ----------
+    path
+        The file.
+    block
+        Bytes read at a time.
+
+    Returns
+    -------
+    The hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
@@ -105,6 +117,15 @@ def write_checkpoint(
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`write_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file.
+
+    Returns
+    -------
+    Weights, config, vocabulary and provenance.
 
     Raises
     ------

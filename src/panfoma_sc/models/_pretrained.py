@@ -79,7 +79,7 @@ class PretrainedModel:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Provenance: training data, metrics, version."""
+        """Provenance (training data, metrics, version)."""
         return self.checkpoint.info
 
     def network(self, device: str | None = None) -> PanFoMa:

@@ -246,7 +246,17 @@ def available() -> pd.DataFrame:
 
 
 def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
-    """Everything known about a checkpoint: config, parameter count, vocabulary size, training summary."""
+    """Everything known about a checkpoint: config, parameter count, vocabulary size, training summary.
+
+    Parameters
+    ----------
+    name_or_path
+        Registry name or checkpoint path.
+
+    Returns
+    -------
+    A JSON-able dict.
+    """
     model = load(name_or_path)
     network = model.checkpoint.build_model("cpu")
     return {

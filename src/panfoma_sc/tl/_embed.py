@@ -69,9 +69,9 @@ def embed(
     -------
     ``None``, or a new AnnData when ``copy=True``. Sets
 
-    ``adata.obsm['X_panfoma' | key_added]`` : :class:`numpy.ndarray` (dtype ``float32``)
+    adata.obsm['X_panfoma' | key_added] : :class:`numpy.ndarray` (dtype ``float32``)
         The cell embedding, ``(n_obs, d_model)``.
-    ``adata.uns['panfoma' | key_added]`` : :class:`dict`
+    adata.uns['panfoma' | key_added] : :class:`dict`
         ``params`` (model name, checkpoint sha256, versions, genes per cell, seed), ``genes`` (match report)
         and ``input`` (what the values looked like).
 

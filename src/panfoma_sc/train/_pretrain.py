@@ -43,6 +43,7 @@ class TrainingConfig:
     """Settings of a pretraining run (saved as ``run.json`` in the output folder)."""
 
     architecture: str = "panfoma-tiny"  # a name of panfoma_sc.nn.CONFIGS
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"d_model": 64}
     n_genes: int = 256  # genes per cell while training (inference may use more)
     batch_size: int = 32  # cells per micro-batch
     grad_accumulation: int = 1  # micro-batches per optimizer step
@@ -182,7 +183,7 @@ def pretrain(
             json.dumps({"config": config.to_dict(), "files": [str(f) for f in files]}, indent=2)
         )
 
-    architecture = CONFIGS[config.architecture].replace(vocab_size=len(vocab))
+    architecture = CONFIGS[config.architecture].replace(**config.model_overrides, vocab_size=len(vocab))
     torch.manual_seed(config.seed)
     network = PanFoMa(architecture).to(device)
     objective: nn.Module = PretrainingObjective(network)

@@ -1,0 +1,185 @@
+"""The PanFoMa network: shapes, padding and permutation invariance, gradient flow, named configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panfoma_sc.nn import CONFIGS, PanFoMa, PanFoMaConfig, masked_bin_loss
+
+TINY = PanFoMaConfig(
+    vocab_size=50,
+    d_model=32,
+    n_heads=4,
+    encoder_repeats=2,
+    decoder_layers=2,
+    n_genes=32,
+    n_chunks=4,
+    d_state=8,
+    headdim=16,
+    ssd_chunk_size=8,
+)
+PAD = 0
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model() -> PanFoMa:
+    torch.manual_seed(0)
+    return PanFoMa(TINY).eval()
+
+
+def _cell(n_real: int, chunks: int, length: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One cell ``(1, C, M)``: ``n_real`` distinct genes dealt round-robin into chunks, padding after them."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.full((chunks * length,), PAD, dtype=torch.long)
+    bins = torch.zeros(chunks * length, dtype=torch.long)
+    ids[:n_real] = torch.randperm(TINY.vocab_size - 2, generator=gen)[:n_real] + 2  # skip <pad>, <cls>
+    bins[:n_real] = torch.randint(0, TINY.n_bins, (n_real,), generator=gen)
+    padding = torch.arange(chunks * length) >= n_real
+
+    def deal(a: torch.Tensor) -> torch.Tensor:
+        return a.reshape(length, chunks).T.unsqueeze(0).contiguous()
+
+    return deal(ids), deal(bins), deal(padding)
+
+
+def _pad_to(tensors, length: int, *, seed: int):
+    """Append padding positions at the end of every chunk, with garbage bins there."""
+    ids, bins, padding = tensors
+    extra = length - ids.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    garbage_bins = torch.randint(0, TINY.n_bins + 1, (*ids.shape[:-1], extra), generator=gen)
+    return (
+        torch.cat([ids, torch.full((*ids.shape[:-1], extra), PAD, dtype=torch.long)], -1),
+        torch.cat([bins, garbage_bins], -1),
+        torch.cat([padding, torch.ones(*ids.shape[:-1], extra, dtype=torch.bool)], -1),
+    )
+
+
+def _real_states(gene_states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """Gene states at real positions, in chunk-major token order: ``(n_real, D)`` of one cell."""
+    return gene_states[~padding.reshape(-1)]
+
+
+def test_output_shapes(model: PanFoMa):
+    ids, bins, padding = (torch.cat(t) for t in zip(_cell(32, 4, 8, seed=1), _cell(20, 4, 8, seed=2), strict=True))
+    with torch.no_grad():
+        out = model(ids, bins, padding)
+    assert out.cell_embedding.shape == (2, TINY.d_model)
+    assert out.gene_states.shape == (2, 32, TINY.d_model)
+    assert out.h_global.shape == (2, TINY.d_model)
+    assert out.order.shape == (2, 32)
+    assert model.value_logits(out).shape == (2, 32, TINY.n_bins)
+    assert model.mvc_logits(out, ids).shape == (2, 32, TINY.n_bins)
+    # padding goes last in the dynamic order
+    for cell in range(2):
+        n_real = int((~padding[cell]).sum())
+        assert not padding[cell].reshape(-1)[out.order[cell, :n_real]].any()
+    assert torch.isfinite(out.cell_embedding).all()
+
+
+def test_padding_does_not_change_a_cell(model: PanFoMa):
+    cell_a = _cell(13, 4, 4, seed=3)  # 13 genes in chunks of 4: 3 padding positions already
+    cell_b = _cell(30, 4, 8, seed=4)
+    with torch.no_grad():
+        alone = model(*cell_a)
+        padded_a = _pad_to(cell_a, 8, seed=5)
+        batch = tuple(torch.cat(t) for t in zip(padded_a, cell_b, strict=True))
+        together = model(*batch)
+    torch.testing.assert_close(together.cell_embedding[0], alone.cell_embedding[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        _real_states(together.gene_states[0], padded_a[2][0]),
+        _real_states(alone.gene_states[0], cell_a[2][0]),
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_garbage_at_padding_does_not_change_output(model: PanFoMa):
+    ids, bins, padding = (torch.cat(t) for t in zip(_cell(11, 4, 5, seed=6), _cell(17, 4, 5, seed=7), strict=True))
+    gen = torch.Generator().manual_seed(8)
+    garbage_ids = ids.masked_scatter(padding, torch.randint(1, TINY.vocab_size, ids.shape, generator=gen)[padding])
+    garbage_bins = bins.masked_scatter(padding, torch.randint(0, TINY.n_bins + 1, ids.shape, generator=gen)[padding])
+    assert (garbage_ids != ids).any()
+    with torch.no_grad():
+        clean = model(ids, bins, padding)
+        dirty = model(garbage_ids, garbage_bins, padding)
+    torch.testing.assert_close(dirty.cell_embedding, clean.cell_embedding, atol=ATOL, rtol=0)
+    for cell in range(2):
+        torch.testing.assert_close(
+            _real_states(dirty.gene_states[cell], padding[cell]),
+            _real_states(clean.gene_states[cell], padding[cell]),
+            atol=ATOL,
+            rtol=0,
+        )
+
+
+def test_cell_embedding_invariant_to_order_within_chunks(model: PanFoMa):
+    ids, bins, padding = _cell(30, 4, 8, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    perm = torch.stack([torch.randperm(8, generator=gen) for _ in range(4)]).unsqueeze(0)  # (1, C, M)
+    assert not torch.equal(perm, torch.arange(8).expand_as(perm))
+    with torch.no_grad():
+        before = model(ids, bins, padding)
+        after = model(ids.gather(2, perm), bins.gather(2, perm), padding.gather(2, perm))
+    torch.testing.assert_close(after.cell_embedding, before.cell_embedding, atol=ATOL, rtol=0)
+    # gene states follow their genes
+    states_before = before.gene_states.view(1, 4, 8, -1).gather(2, perm.unsqueeze(-1).expand(-1, -1, -1, TINY.d_model))
+    torch.testing.assert_close(after.gene_states.view(1, 4, 8, -1), states_before, atol=ATOL, rtol=0)
+
+
+def test_cell_embedding_depends_on_values(model: PanFoMa):
+    ids, bins, padding = _cell(30, 4, 8, seed=11)
+    with torch.no_grad():
+        before = model(ids, bins, padding).cell_embedding
+        after = model(ids, (bins + 7) % TINY.n_bins, padding).cell_embedding
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_gradient_reaches_every_parameter():
+    torch.manual_seed(0)
+    net = PanFoMa(TINY).train()
+    ids, bins, padding = (torch.cat(t) for t in zip(_cell(32, 4, 8, seed=12), _cell(25, 4, 8, seed=13), strict=True))
+    gen = torch.Generator().manual_seed(14)
+    loss_mask = (torch.rand(ids.shape, generator=gen) < 0.3) & ~padding
+    masked_bins = bins.masked_fill(loss_mask, net.mask_bin)
+    out = net(ids, masked_bins, padding)
+    targets = bins.reshape(2, -1)
+    flat_mask = loss_mask.reshape(2, -1)
+    loss = masked_bin_loss(net.value_logits(out), targets, flat_mask) + masked_bin_loss(
+        net.mvc_logits(out, ids), targets, flat_mask
+    )
+    loss.backward()
+    no_grad = [name for name, p in net.named_parameters() if p.grad is None]
+    zero_grad = [name for name, p in net.named_parameters() if p.grad is not None and not p.grad.abs().gt(0).any()]
+    assert not no_grad, f"parameters without a gradient: {no_grad}"
+    assert not zero_grad, f"parameters with an all-zero gradient: {zero_grad}"
+
+
+def test_masked_bin_loss_without_masked_positions_is_zero():
+    logits = torch.randn(2, 5, TINY.n_bins, requires_grad=True)
+    loss = masked_bin_loss(logits, torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph
+    assert logits.grad is not None
+
+
+def test_named_configs_build():
+    counts = {}
+    for name, config in CONFIGS.items():
+        net = PanFoMa(config.replace(vocab_size=21303))
+        counts[name] = net.n_parameters()
+        print(f"{name}: {counts[name]:,} parameters (vocab_size=21303)")
+    assert set(counts) == {"panfoma-tiny", "panfoma-base"}
+    assert counts["panfoma-tiny"] < counts["panfoma-base"]
+
+
+def test_config_validation_and_round_trip():
+    with pytest.raises(ValueError, match="n_heads"):
+        PanFoMaConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="n_chunks"):
+        PanFoMaConfig(n_genes=30, n_chunks=4)
+    assert PanFoMaConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="upgrade"):
+        PanFoMaConfig.from_dict({**TINY.to_dict(), "new_field": 1})

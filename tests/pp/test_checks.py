@@ -1,0 +1,144 @@
+"""Input checks on expression values."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+from panfoma_sc.pp import check_expression
+
+
+def _counts(n_cells: int = 20, n_genes: int = 30, *, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(1.0, size=(n_cells, n_genes)).astype(np.float32)
+    counts[:, 0] += 1  # every cell expresses something
+    return counts
+
+
+def _log_normalized(counts: np.ndarray) -> np.ndarray:
+    return np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+
+
+@pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix, sparse.csc_matrix], ids=["dense", "csr", "csc"])
+def test_counts_detected(to_matrix):
+    counts = _counts()
+    report = check_expression(AnnData(X=to_matrix(counts)))
+    assert report.kind == "counts"
+    assert report.n_cells == 20
+    assert report.n_genes == 30
+    assert report.max_value == pytest.approx(counts.max())
+    assert report.summary()["input_kind"] == "counts"
+
+
+@pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix], ids=["dense", "csr"])
+def test_log_normalized_detected(to_matrix):
+    report = check_expression(AnnData(X=to_matrix(_log_normalized(_counts()))))
+    assert report.kind == "log-normalized"
+
+
+def test_tpm_like_scale_is_nonnegative():
+    counts = _counts()
+    tpm = counts / counts.sum(1, keepdims=True) * 1e6 + 0.5 * (counts > 0)
+    assert check_expression(AnnData(X=tpm.astype(np.float32))).kind == "nonnegative"
+
+
+def test_layer_is_used():
+    counts = _counts()
+    adata = AnnData(X=_log_normalized(counts), layers={"counts": sparse.csr_matrix(counts)})
+    assert check_expression(adata, layer="counts").kind == "counts"
+    assert check_expression(adata).kind == "log-normalized"
+    with pytest.raises(KeyError, match="counts_raw"):
+        check_expression(adata, layer="counts_raw")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix], ids=["dense", "csr"])
+def test_nan_or_inf_raise(bad: float, to_matrix):
+    values = _counts()
+    values[3, 4] = bad
+    with pytest.raises(ValueError, match="NaN"):
+        check_expression(AnnData(X=to_matrix(values)))
+
+
+@pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix], ids=["dense", "csr"])
+def test_negative_values_raise(to_matrix):
+    logged = _log_normalized(_counts())
+    scaled = (logged - logged.mean(0)) / (logged.std(0) + 1e-6)
+    with pytest.raises(ValueError, match=r"z-scored.*layer=") as info:
+        check_expression(AnnData(X=to_matrix(scaled)))
+    assert "scale" in str(info.value)
+
+
+def test_empty_cell_raises():
+    counts = _counts()
+    counts[7] = 0
+    adata = AnnData(X=sparse.csr_matrix(counts))
+    with pytest.raises(ValueError, match=r"1 cells have no expressed gene.*'7'"):
+        check_expression(adata)
+
+
+def test_empty_cell_among_matched_columns_raises():
+    counts = _counts()
+    counts[2, 1:] = 0  # only gene 0 expressed
+    adata = AnnData(X=counts)
+    assert check_expression(adata).kind == "counts"
+    with pytest.raises(ValueError, match="among the genes known to the model"):
+        check_expression(adata, columns=np.arange(1, 30))
+
+
+def test_empty_cells_found_across_blocks():
+    counts = _counts(25)
+    counts[[1, 13, 24]] = 0
+    with pytest.raises(ValueError, match="3 cells"):
+        check_expression(AnnData(X=counts), block_size=4)
+
+
+def test_no_cells_raises():
+    with pytest.raises(ValueError, match="no cells"):
+        check_expression(AnnData(X=np.zeros((0, 5), dtype=np.float32)))
+
+
+def test_no_genes_raises():
+    with pytest.raises(ValueError, match="no genes"):
+        check_expression(AnnData(X=np.zeros((5, 0), dtype=np.float32)))
+
+
+def test_input_left_untouched():
+    values = _log_normalized(_counts())
+    values[0, 0] = -1.0
+    adata = AnnData(X=sparse.csr_matrix(values))
+    before = adata.X.toarray()
+    with pytest.raises(ValueError, match="negative"):
+        check_expression(adata)
+    np.testing.assert_array_equal(adata.X.toarray(), before)
+
+
+@pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix], ids=["dense", "csr"])
+def test_backed(tmp_path, to_matrix):
+    counts = _counts(30)
+    path = tmp_path / "counts.h5ad"
+    AnnData(X=to_matrix(counts)).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        assert backed.isbacked
+        report = check_expression(backed, block_size=7)
+        assert report.kind == "counts"
+        assert report.max_value == pytest.approx(counts.max())
+    finally:
+        backed.file.close()
+
+
+def test_backed_errors(tmp_path):
+    counts = _counts(30)
+    counts[29] = 0
+    path = tmp_path / "empty_cell.h5ad"
+    AnnData(X=sparse.csr_matrix(counts)).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(ValueError, match="1 cells have no expressed gene"):
+            check_expression(backed, block_size=8)
+    finally:
+        backed.file.close()

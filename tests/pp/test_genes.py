@@ -1,0 +1,109 @@
+"""Matching an AnnData's genes to a model vocabulary."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+from panfoma_sc.data.vocab import SPECIAL_TOKENS, GeneVocabulary
+from panfoma_sc.pp import match_genes
+
+OFFSET = len(SPECIAL_TOKENS)
+SYMBOLS = [f"GENE{i}" for i in range(20)]
+ENSEMBL = [f"ENSG{i:011d}" for i in range(20)]
+
+
+@pytest.fixture
+def vocab() -> GeneVocabulary:
+    return GeneVocabulary.from_genes(SYMBOLS, ENSEMBL)
+
+
+def _adata(var_names: list[str], **var_columns: list[str]) -> AnnData:
+    var = pd.DataFrame(var_columns, index=pd.Index(var_names))
+    return AnnData(X=np.ones((3, len(var_names)), dtype=np.float32), var=var)
+
+
+def test_match_by_var_names(vocab: GeneVocabulary):
+    adata = _adata(["gene3", "UNKNOWN", "GENE0", "ENSG00000000007.4", "GENE19"])
+    match = match_genes(adata, vocab)
+    np.testing.assert_array_equal(match.columns, [0, 2, 3, 4])
+    np.testing.assert_array_equal(match.gene_ids, np.array([3, 0, 7, 19]) + OFFSET)
+    assert match.n_genes == 5
+    assert match.n_matched == 4
+    assert match.fraction == pytest.approx(0.8)
+    assert match.unmatched == ["UNKNOWN"]
+    assert match.duplicated == []
+    summary = match.summary()
+    assert summary["n_matched"] == 4
+    assert summary["unmatched_examples"] == ["UNKNOWN"]
+
+
+def test_match_by_gene_symbols_column(vocab: GeneVocabulary):
+    adata = _adata(["id_a", "id_b", "id_c"], symbol=["GENE5", "nothing", "gene6"])
+    match = match_genes(adata, vocab, gene_symbols="symbol")
+    np.testing.assert_array_equal(match.columns, [0, 2])
+    np.testing.assert_array_equal(match.gene_ids, np.array([5, 6]) + OFFSET)
+    assert match.unmatched == ["nothing"]
+
+
+def test_gene_symbols_categorical_column(vocab: GeneVocabulary):
+    adata = _adata(["id_a", "id_b"], symbol=["GENE1", "GENE2"])
+    adata.var["symbol"] = adata.var["symbol"].astype("category")
+    match = match_genes(adata, vocab, gene_symbols="symbol")
+    np.testing.assert_array_equal(match.gene_ids, np.array([1, 2]) + OFFSET)
+
+
+def test_missing_gene_symbols_column(vocab: GeneVocabulary):
+    adata = _adata(["GENE1", "GENE2"], feature_name=["GENE1", "GENE2"])
+    with pytest.raises(KeyError, match=r"gene_symbols='symbols' is not a column of adata\.var.*feature_name"):
+        match_genes(adata, vocab, gene_symbols="symbols")
+
+
+def test_duplicates_keep_the_first(vocab: GeneVocabulary, caplog: pytest.LogCaptureFixture):
+    # GENE4 three times (symbol, other case, Ensembl ID) and GENE9 once
+    adata = _adata(["GENE9", "gene4", "GENE4", "ENSG00000000004.2", "x"])
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match = match_genes(adata, vocab)
+    np.testing.assert_array_equal(match.columns, [0, 1])
+    np.testing.assert_array_equal(match.gene_ids, np.array([9, 4]) + OFFSET)
+    assert match.duplicated == ["GENE4", "ENSG00000000004.2"]
+    assert match.unmatched == ["x"]
+    assert match.summary()["n_duplicated"] == 2
+    assert "already used" in caplog.text
+    assert np.unique(match.gene_ids).size == match.gene_ids.size
+
+
+def test_no_overlap_raises(vocab: GeneVocabulary):
+    adata = _adata(["foo", "bar", "baz"])
+    with pytest.raises(ValueError, match="vocabulary") as info:
+        match_genes(adata, vocab)
+    assert "gene_symbols" in str(info.value)  # names the fix
+
+
+def test_no_overlap_with_foreign_ensembl_ids_hints_species(vocab: GeneVocabulary):
+    adata = _adata(["ENSMUSG00000000001", "ENSMUSG00000000003", "ENSMUSG00000000028"])
+    with pytest.raises(ValueError, match="Ensembl IDs"):
+        match_genes(adata, vocab)
+
+
+def test_low_overlap_raises(vocab: GeneVocabulary):
+    names = ["GENE1"] + [f"other{i}" for i in range(19)]  # 5 % known
+    adata = _adata(names)
+    with pytest.raises(ValueError, match=r"min_fraction=0\.1"):
+        match_genes(adata, vocab)
+    match = match_genes(adata, vocab, min_fraction=0.05)
+    assert match.n_matched == 1
+
+
+def test_input_left_untouched(vocab: GeneVocabulary):
+    adata = _adata(["gene3", "foo"], symbol=["GENE3", "bar"])
+    before = adata.var.copy()
+    match_genes(adata, vocab)
+    with pytest.raises(KeyError):
+        match_genes(adata, vocab, gene_symbols="missing")
+    pd.testing.assert_frame_equal(adata.var, before)
+    assert adata.var_names.tolist() == ["gene3", "foo"]

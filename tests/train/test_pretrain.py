@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from safetensors.numpy import load_file
+
+from panfoma_sc.data import GeneVocabulary
+from panfoma_sc.train import TrainingConfig, build_vocabulary, pretrain
+
+TINY = {
+    "d_model": 32,
+    "n_heads": 4,
+    "encoder_repeats": 2,
+    "decoder_layers": 2,
+    "n_genes": 32,
+    "n_chunks": 4,
+    "d_state": 8,
+    "headdim": 16,
+    "ssd_chunk_size": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory) -> list[Path]:
+    """Two real shards (scanpy's pbmc68k_reduced, log-normalized) of 96 cells each."""
+    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    folder = tmp_path_factory.mktemp("corpus")
+    files = []
+    for i in range(2):
+        path = folder / f"shard{i}.h5ad"
+        adata[i * 96 : (i + 1) * 96].copy().write_h5ad(path)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def vocab(corpus_files) -> GeneVocabulary:
+    return build_vocabulary(corpus_files, min_cells=1)
+
+
+def _config(**changes) -> TrainingConfig:
+    values = {
+        "model_overrides": TINY,
+        "n_genes": 32,
+        "batch_size": 16,
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "learning_rate": 3e-3,
+        "log_every": 1,
+        "checkpoint_every": 100,
+        "device": "cpu",
+    }
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+def test_build_vocabulary_keeps_expressed_symbols(corpus_files, vocab):
+    assert len(vocab) > 100
+    assert "CD3E" in vocab.symbols
+    strict = build_vocabulary(corpus_files, min_cells=150)
+    assert len(strict) < len(vocab)
+
+
+def test_resume_is_bit_identical(corpus_files, vocab, tmp_path):
+    straight = pretrain(corpus_files, tmp_path / "a", vocab=vocab, config=_config(), progress=False)
+    assert straight["finished"]
+
+    first = pretrain(corpus_files, tmp_path / "b", vocab=vocab, config=_config(stop_after=3), progress=False)
+    assert first["steps"] == 3
+    assert not first["finished"]
+    second = pretrain(corpus_files, tmp_path / "b", vocab=vocab, config=_config(), progress=False)
+    assert second["steps"] == 6
+    assert second["finished"]
+
+    weights_a = load_file(tmp_path / "a" / "model.safetensors")
+    weights_b = load_file(tmp_path / "b" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        np.testing.assert_array_equal(weights_a[key], weights_b[key], err_msg=key)
+    history_a = pd.read_csv(tmp_path / "a" / "history.csv")
+    history_b = pd.read_csv(tmp_path / "b" / "history.csv")
+    np.testing.assert_array_equal(history_a["loss"], history_b["loss"])
+
+
+def test_loss_goes_down_and_both_objectives_are_logged(corpus_files, vocab, tmp_path):
+    summary = pretrain(
+        corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=30, warmup_steps=3), progress=False
+    )
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert {"loss_value", "loss_mvc", "lr", "grad_norm"} <= set(history.columns)
+    assert history["loss"].tail(5).mean() < history["loss"].head(5).mean() - 0.3
+    assert summary["loss_mvc"] > 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["max_steps"] == 30
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_stay_in_sync(corpus_files, vocab, tmp_path):
+    config = _config(max_steps=12, warmup_steps=2).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "vocab.json").write_text(vocab.to_json())
+    script = tmp_path / "ddp_job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import hashlib, json, sys
+            from pathlib import Path
+            import torch
+            from panfoma_sc.data import GeneVocabulary
+            from panfoma_sc.train import TrainingConfig, pretrain, init_distributed, finish_distributed
+            from panfoma_sc.train import _pretrain
+
+            out, vocab_file, *files = sys.argv[1:]
+            rank, world = init_distributed()
+            assert world == 2
+            vocab = GeneVocabulary.from_json(Path(vocab_file).read_text())
+            config = TrainingConfig(**json.loads(Path(out, "config.json").read_text()))
+            captured = {}
+            original = _pretrain.PretrainingObjective.__init__
+
+            def keep(self, network):
+                original(self, network)
+                captured["network"] = network
+
+            _pretrain.PretrainingObjective.__init__ = keep
+            pretrain(files, Path(out) / "run", vocab=vocab, config=config, progress=False)
+            digest = hashlib.sha256()
+            for key, tensor in sorted(captured["network"].state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().numpy().tobytes())
+            Path(out, f"rank{rank}.sha256").write_text(digest.hexdigest())
+            finish_distributed()
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(script),
+            str(tmp_path),
+            str(tmp_path / "vocab.json"),
+            *map(str, corpus_files),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    hashes = [(tmp_path / f"rank{r}.sha256").read_text() for r in range(2)]
+    assert hashes[0] == hashes[1]
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["loss"].iloc[-3:].mean() < history["loss"].iloc[:3].mean()
