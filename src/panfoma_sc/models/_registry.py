@@ -248,20 +248,36 @@ def available() -> pd.DataFrame:
 def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
     """Everything known about a checkpoint: config, parameter count, vocabulary size, training summary.
 
+    An architecture name of :data:`panfoma_sc.nn.CONFIGS` with no registered checkpoint (e.g.
+    ``"panfoma-base"``) is described too, with the parameter count for the default model's vocabulary.
+
     Parameters
     ----------
     name_or_path
-        Registry name or checkpoint path.
+        Registry name, checkpoint path or architecture name.
 
     Returns
     -------
     A JSON-able dict.
     """
+    from ..nn import CONFIGS, PanFoMa
+
+    name = str(name_or_path)
+    if name not in _entries() and name in CONFIGS and not Path(name).exists():
+        vocab_size = len(load(DEFAULT_MODEL).vocab) if DEFAULT_MODEL in _entries() else CONFIGS[name].vocab_size
+        config = CONFIGS[name].replace(vocab_size=vocab_size)
+        return {
+            "name": name,
+            "checkpoint": None,
+            "n_parameters": PanFoMa(config, device="meta").n_parameters(),
+            "vocab_size": vocab_size,
+            "config": config.to_dict(),
+        }
     model = load(name_or_path)
     network = model.checkpoint.build_model("cpu")
     return {
         "name": model.name,
-        "path": str(model.path),
+        "checkpoint": str(model.path),
         "sha256": model.sha256,
         "n_parameters": network.n_parameters(),
         "vocab_size": len(model.vocab),

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+
+from panfoma_sc.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+
+def test_embed_command_writes_the_embedding(pbmc68k, tiny_checkpoint, tmp_path, capsys):
+    source, target = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    pbmc68k[:40].copy().write_h5ad(source)
+    code = main(["embed", str(source), str(target), "--model", str(tiny_checkpoint), "--quiet", "--key-added", "X_pf"])
+    assert code == EXIT_OK
+    result = ad.read_h5ad(target)
+    assert result.obsm["X_pf"].shape == (40, 32)
+    assert np.isfinite(result.obsm["X_pf"]).all()
+    assert "obsm['X_pf']" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, capsys):
+    source = tmp_path / "in.h5ad"
+    pbmc68k[:10].copy().write_h5ad(source)
+    code = main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint), "--layer", "nope"])
+    assert code == EXIT_BAD_INPUT
+    assert "Layer 'nope' not found" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+    assert main(["embed", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == EXIT_BAD_INPUT
+
+
+def test_models_describe_prints_parameter_counts(tiny_checkpoint, capsys):
+    assert main(["models", "describe", str(tiny_checkpoint)]) == EXIT_OK
+    described = json.loads(capsys.readouterr().out)
+    assert described["n_parameters"] > 0
+    assert main(["models", "describe", "panfoma-base"]) == EXIT_OK
+    base = json.loads(capsys.readouterr().out)
+    assert base["n_parameters"] > 30_000_000
+    assert base["config"]["d_model"] == 512
+
+
+def test_models_register_and_list(tiny_checkpoint, capsys):
+    assert main(["models", "register", "mine", str(tiny_checkpoint)]) == EXIT_OK
+    assert main(["models", "list"]) == EXIT_OK
+    assert "mine" in capsys.readouterr().out
