@@ -44,7 +44,7 @@ def _real_data_path(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _pbmc_sorted_cached() -> ad.AnnData:
+def pbmc_sorted_session() -> ad.AnnData:
     adata = ad.read_h5ad(_real_data_path("pbmc_sorted_9types_mudan_2115cells.h5ad"))
     # a stratified, fixed subset keeps the tests fast on 2 cores
     rng = np.random.default_rng(0)
@@ -60,9 +60,9 @@ def _pbmc_sorted_cached() -> ad.AnnData:
 
 
 @pytest.fixture
-def pbmc_sorted(_pbmc_sorted_cached) -> ad.AnnData:
+def pbmc_sorted(pbmc_sorted_session) -> ad.AnnData:
     """108 real FACS-sorted PBMCs (raw counts, 9 labelled types), a fresh copy per test."""
-    return _pbmc_sorted_cached.copy()
+    return pbmc_sorted_session.copy()
 
 
 @pytest.fixture

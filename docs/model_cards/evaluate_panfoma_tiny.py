@@ -56,13 +56,17 @@ def main() -> None:
     parser.add_argument("--model", default="panfoma-tiny")
     parser.add_argument("--out", default="docs/model_cards")
     parser.add_argument("--n-genes", type=int, nargs="+", default=[512])
-    parser.add_argument("--max-cells", type=int, default=1200, help="stratified subsample per dataset for speed")
+    parser.add_argument("--max-cells", type=int, default=1000, help="random subsample per dataset for speed")
+    parser.add_argument("--datasets", nargs="+", help="only these datasets (default: all)")
+    parser.add_argument("--tag", default="eval", help="output files are panfoma-tiny-<tag>.csv/.md")
     args = parser.parse_args()
     trained = pf.models.load(args.model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         random_model = _random_weights_model(trained, Path(tmp))
         for name, label, group, counts in DATASETS:
+            if args.datasets and name not in args.datasets:
+                continue
             adata = _load(name, label)
             if adata.n_obs > args.max_cells:
                 adata = sc.pp.sample(adata, n=args.max_cells, rng=0, copy=True)
@@ -72,11 +76,12 @@ def main() -> None:
             start = time.perf_counter()
             pca = pf.bench.pca_embedding(adata, counts=counts)
             methods["PCA(50) on HVGs"] = (pca, time.perf_counter() - start)
-            for n_genes in args.n_genes:
-                for tag, model in (("PanFoMa trained", trained), ("PanFoMa random weights", random_model)):
-                    start = time.perf_counter()
-                    emb = pf.tl.embed(adata, model, n_genes=n_genes, copy=True, progress=False).obsm["X_panfoma"]
-                    methods[f"{tag} ({n_genes} genes)"] = (emb, time.perf_counter() - start)
+            candidates = [("PanFoMa trained", trained, n) for n in args.n_genes]
+            candidates.append(("PanFoMa random weights", random_model, args.n_genes[0]))
+            for tag, model, n_genes in candidates:
+                start = time.perf_counter()
+                emb = pf.tl.embed(adata, model, n_genes=n_genes, copy=True, progress=False).obsm["X_panfoma"]
+                methods[f"{tag} ({n_genes} genes)"] = (emb, time.perf_counter() - start)
             for method, (emb, seconds) in methods.items():
                 row = {"dataset": name, "n_cells": adata.n_obs, "method": method, "seconds": round(seconds, 1)}
                 row.update({f"knn_{k}": v for k, v in pf.bench.knn_transfer(emb, labels, groups=groups).items()})
@@ -86,9 +91,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "panfoma-tiny-eval.csv", index=False)
+    table.to_csv(out / f"panfoma-tiny-{args.tag}.csv", index=False)
     shown = table.drop(columns=["seconds"]).round(3)
-    (out / "panfoma-tiny-eval.md").write_text(shown.to_markdown(index=False) + "\n")
+    (out / f"panfoma-tiny-{args.tag}.md").write_text(shown.to_markdown(index=False) + "\n")
     print(shown.to_markdown(index=False))
 
 

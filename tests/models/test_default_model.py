@@ -40,13 +40,13 @@ def test_corrupted_copy_of_the_default_model_fails_its_checksum(tmp_path):
     assert entry.sha256 != pf.models.sha256sum(copy)
 
 
-def test_pretraining_beats_random_weights_on_held_out_cells(_pbmc_sorted_cached, tmp_path):
+def test_pretraining_beats_random_weights_on_held_out_cells(pbmc_sorted_session, tmp_path):
     """On FACS-sorted PBMCs that pretraining never saw, kNN label transfer must beat the same random network."""
     import torch
 
     from panfoma_sc.nn import PanFoMa
 
-    adata: ad.AnnData = _pbmc_sorted_cached.copy()
+    adata: ad.AnnData = pbmc_sorted_session.copy()
     trained = pf.models.load("panfoma-tiny")
     torch.manual_seed(0)
     random_path = tmp_path / "random.safetensors"

@@ -1,5 +1,6 @@
 """Tools: AnnData in, results written into ``obsm`` / ``obs`` / ``uns``."""
 
+from ._annotate import annotate
 from ._embed import embed
 
-__all__ = ["embed"]
+__all__ = ["annotate", "embed"]

@@ -7,12 +7,8 @@ from pathlib import Path
 
 from anndata import AnnData
 
-from .._settings import settings
-from .._version import __version__
-from ..data.rows import expression_matrix, iter_row_blocks
-from ..data.tokenizer import cell_keys_from_names
 from ..models import DEFAULT_MODEL, PretrainedModel
-from ..pp import check_expression, match_genes
+from ._embedding_job import EmbeddingJob
 from ._keys import embedding_keys
 from ._model_arg import resolve_model
 
@@ -86,42 +82,17 @@ def embed(
     keys = embedding_keys(key_added)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    pretrained = resolve_model(model)
-    match = match_genes(adata, pretrained.vocab, gene_symbols=gene_symbols)
-    matrix = expression_matrix(adata, layer)
-    report = check_expression(adata, layer=layer, columns=match.columns)
-    batch_size = batch_size or settings.batch_size
-    if batch_size < 1:
-        msg = f"batch_size must be a positive integer, got {batch_size}."
-        raise ValueError(msg)
-
-    embedding = pretrained.embed_blocks(
-        iter_row_blocks(matrix, batch_size, columns=match.columns),
-        n_cells=adata.n_obs,
-        gene_ids=match.gene_ids,
-        cell_keys=cell_keys_from_names(adata.obs_names),
-        device=device,
+    job = EmbeddingJob.prepare(
+        adata,
+        resolve_model(model),
+        layer=layer,
+        gene_symbols=gene_symbols,
+        batch_size=batch_size,
         n_genes=n_genes,
         seed=seed,
-        progress=progress,
     )
-
-    params = {
-        "model": pretrained.name,
-        "sha256": pretrained.sha256,
-        "model_version": str(pretrained.info.get("version", "")),
-        "panfoma_sc_version": __version__,
-        "n_genes": pretrained.tokenizer(n_genes).n_genes,
-        "seed": seed,
-        "layer": layer,
-        "gene_symbols": gene_symbols,
-        "obsm_key": keys.obsm,
-    }
+    embedding = job.run(device=device, progress=progress)
     adata.obsm[keys.obsm] = embedding
-    adata.uns[keys.uns] = {
-        "params": {k: v for k, v in params.items() if v is not None},  # h5ad cannot store None
-        "genes": match.summary(),
-        "input": report.summary(),
-    }
+    adata.uns[keys.uns] = job.provenance(obsm_key=keys.obsm)
     logger.info("Wrote the embedding to adata.obsm[%r] and details to adata.uns[%r].", keys.obsm, keys.uns)
     return adata if copy else None

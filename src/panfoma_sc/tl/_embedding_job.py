@@ -1,0 +1,101 @@
+"""Validated embedding work shared by the tools: check everything first, compute second, write last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from .._settings import settings
+from .._version import __version__
+from ..data.rows import expression_matrix, iter_row_blocks
+from ..data.tokenizer import cell_keys_from_names
+from ..models import PretrainedModel
+from ..pp import ExpressionReport, GeneMatch, check_expression, match_genes
+
+__all__ = ["EmbeddingJob"]
+
+
+@dataclass
+class EmbeddingJob:
+    """An AnnData checked against a model, ready to embed."""
+
+    adata: AnnData
+    model: PretrainedModel
+    match: GeneMatch
+    report: ExpressionReport
+    layer: str | None
+    gene_symbols: str | None
+    batch_size: int
+    n_genes: int
+    seed: int
+
+    @classmethod
+    def prepare(
+        cls,
+        adata: AnnData,
+        model: PretrainedModel,
+        *,
+        layer: str | None = None,
+        gene_symbols: str | None = None,
+        batch_size: int | None = None,
+        n_genes: int | None = None,
+        seed: int = 0,
+    ) -> EmbeddingJob:
+        """Run every check (genes, values, arguments); raises before any model work."""
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            msg = f"batch_size must be a positive integer, got {batch_size!r}."
+            raise ValueError(msg)
+        if n_genes is not None and n_genes < 1:
+            msg = f"n_genes must be a positive integer, got {n_genes!r}."
+            raise ValueError(msg)
+        expression_matrix(adata, layer)  # missing layer / empty X
+        match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
+        report = check_expression(adata, layer=layer, columns=match.columns)
+        return cls(
+            adata=adata,
+            model=model,
+            match=match,
+            report=report,
+            layer=layer,
+            gene_symbols=gene_symbols,
+            batch_size=int(batch_size),
+            n_genes=model.tokenizer(n_genes).n_genes,
+            seed=seed,
+        )
+
+    def run(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
+        """Compute the ``(n_obs, d_model)`` float32 embedding, streaming ``batch_size`` cells at a time."""
+        matrix = expression_matrix(self.adata, self.layer)
+        return self.model.embed_blocks(
+            iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
+            n_cells=self.adata.n_obs,
+            gene_ids=self.match.gene_ids,
+            cell_keys=cell_keys_from_names(self.adata.obs_names),
+            device=device,
+            n_genes=self.n_genes,
+            seed=self.seed,
+            progress=progress,
+        )
+
+    def provenance(self, **extra: Any) -> dict[str, Any]:
+        """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind."""
+        params = {
+            "model": self.model.name,
+            "sha256": self.model.sha256,
+            "model_version": str(self.model.info.get("version", "")),
+            "panfoma_sc_version": __version__,
+            "n_genes": self.n_genes,
+            "seed": self.seed,
+            "layer": self.layer,
+            "gene_symbols": self.gene_symbols,
+            **extra,
+        }
+        return {
+            "params": {k: v for k, v in params.items() if v is not None},
+            "genes": self.match.summary(),
+            "input": self.report.summary(),
+        }
