@@ -94,6 +94,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,
+        mvc_genes=args.mvc_genes,
     )
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--log-every", type=int, default=10)
     pre.add_argument("--min-cells", type=int, default=20, help="vocabulary: genes expressed in >= this many cells")
     pre.add_argument("--gene-table", help="headerless CSV ensembl_id,symbol to record Ensembl IDs in the vocabulary")
+    pre.add_argument(
+        "--mvc-genes",
+        type=int,
+        help="MVC targets: this many extra genes per cell, half not expressed (default: masked)",
+    )
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")
     pre.add_argument("--seed", type=int, default=0)

@@ -165,3 +165,10 @@ def test_ddp_two_cpu_ranks_stay_in_sync(corpus_files, vocab, tmp_path):
     assert hashes[0] == hashes[1]
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["loss"].iloc[-3:].mean() < history["loss"].iloc[:3].mean()
+
+
+def test_mvc_on_extra_genes_trains(corpus_files, vocab, tmp_path):
+    summary = pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=4, mvc_genes=24), progress=False)
+    assert summary["finished"]
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert np.isfinite(history["loss_mvc"]).all()

@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-__all__ = ["TokenBatch", "Tokenizer", "bin_by_rank", "cell_keys_from_names", "hash_uniform"]
+__all__ = [
+    "TokenBatch",
+    "Tokenizer",
+    "bin_by_rank",
+    "cell_keys_from_names",
+    "dense_bins",
+    "hash_uniform",
+    "sample_expression_targets",
+]
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -84,6 +92,72 @@ def bin_by_rank(matrix: sparse.csr_matrix, n_bins: int) -> np.ndarray:
     return bins
 
 
+def dense_bins(matrix: sparse.spmatrix | np.ndarray, n_bins: int) -> np.ndarray:
+    """``(cells, genes)`` int64 bins of a batch of rows (see :func:`bin_by_rank`); 0 where not expressed."""
+    csr = sparse.csr_matrix(matrix, dtype=np.float64, copy=True)
+    csr.eliminate_zeros()
+    csr.sort_indices()
+    bins = np.zeros(csr.shape, dtype=np.int64)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    bins[rows, csr.indices] = bin_by_rank(csr, n_bins)
+    return bins
+
+
+def sample_expression_targets(
+    matrix: sparse.spmatrix | np.ndarray,
+    gene_ids: np.ndarray,
+    cell_keys: np.ndarray,
+    *,
+    n_genes: int,
+    n_bins: int,
+    seed: int,
+    nonzero_share: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genes whose bins the cell embedding must predict (the MVC objective), half expressed and half not.
+
+    Zero genes are what tell cell types apart most (a marker is there or it is not), and the model's input,
+    nonzero genes first, rarely shows them; asking the cell embedding for them makes it carry that profile.
+
+    Parameters
+    ----------
+    matrix
+        ``(cells, genes)`` expression, columns = ``gene_ids``.
+    gene_ids
+        Vocabulary id of each column.
+    cell_keys
+        Per-cell keys (see :func:`cell_keys_from_names`).
+    n_genes
+        Genes per cell (at most the number of columns).
+    n_bins
+        Expression bins including 0.
+    seed
+        Sampling seed.
+    nonzero_share
+        Share of expressed genes, when the cell has enough of both kinds.
+
+    Returns
+    -------
+    ``(cells, n)`` vocabulary ids and their bins.
+    """
+    bins = dense_bins(matrix, n_bins)
+    n_cells, n_columns = bins.shape
+    n_take = min(n_genes, n_columns)
+    expressed = bins > 0
+    n_expressed = expressed.sum(1, keepdims=True)
+    take_expressed = np.minimum(
+        n_expressed, np.maximum(round(n_take * nonzero_share), n_take - (n_columns - n_expressed))
+    )
+    uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))
+    # rank of each gene by its random key within its own kind (expressed / not expressed)
+    order = np.argsort(uniform + 2.0 * ~expressed, axis=1)  # expressed genes first, each kind in key order
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n_columns)[None, :].repeat(n_cells, 0), axis=1)
+    rank = np.where(expressed, rank, rank - n_expressed)
+    keep = np.where(expressed, rank < take_expressed, rank < n_take - take_expressed)
+    chosen = np.argsort(~keep, axis=1, kind="stable")[:, :n_take]
+    return np.asarray(gene_ids)[chosen], np.take_along_axis(bins, chosen, 1)
+
+
 @dataclass
 class TokenBatch:
     """Tokens of a batch of cells, chunked: arrays of shape ``(cells, n_chunks, chunk_length)``."""
@@ -133,14 +207,8 @@ class Tokenizer:
         seed
             Sampling seed; training passes a new one per epoch to re-draw the genes.
         """
-        csr = sparse.csr_matrix(matrix, dtype=np.float64, copy=True)
-        csr.eliminate_zeros()
-        csr.sort_indices()
-        n_cells, n_columns = csr.shape
-        bins = np.zeros((n_cells, n_columns), dtype=np.int64)  # (B, G): dense per batch only
-        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
-        bins[rows, csr.indices] = bin_by_rank(csr, self.n_bins)
-
+        bins = dense_bins(matrix, self.n_bins)  # (B, G): dense per batch only
+        n_cells, n_columns = bins.shape
         uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))  # (B, G)
         priority = uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
         n_take = min(self.n_genes, n_columns)

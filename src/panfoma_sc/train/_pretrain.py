@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._settings import settings
-from ..data.tokenizer import Tokenizer
+from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
 from ..models._checkpoint import write_checkpoint
 from ..models._pretrained import tokens_to_torch
@@ -54,6 +54,10 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1  # cosine decays to this share of the peak
     grad_clip: float = 1.0
     mask_ratio: tuple[float, float] = (0.15, 0.4)
+    # MVC targets: None = the masked input genes (as panfoma-tiny v1 was trained); an int = that many extra genes
+    # per cell, `mvc_nonzero_share` of them expressed and the rest not (see sample_expression_targets)
+    mvc_genes: int | None = None
+    mvc_nonzero_share: float = 0.5
     log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
@@ -80,13 +84,23 @@ class PretrainingObjective(nn.Module):
         padding: torch.Tensor,
         targets: torch.Tensor,
         hidden: torch.Tensor,
+        mvc_gene_ids: torch.Tensor | None = None,
+        mvc_targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked-value and MVC cross-entropies over the hidden positions."""
+        """Masked-value cross-entropy over the hidden inputs, and the MVC cross-entropy.
+
+        MVC predicts bins from ``[cell_embedding, gene_embedding]`` alone: of the hidden input genes, or, when
+        given, of the ``(B, Q)`` query genes ``mvc_gene_ids`` (expressed or not, in the input or not).
+        """
         output = self.network(gene_ids, masked_bins, padding)
         flat_targets = targets.reshape(targets.shape[0], -1)
         flat_hidden = hidden.reshape(hidden.shape[0], -1)
         loss_value = masked_bin_loss(self.network.value_logits(output), flat_targets, flat_hidden)
-        loss_mvc = masked_bin_loss(self.network.mvc_logits(output, gene_ids), flat_targets, flat_hidden)
+        if mvc_gene_ids is None:
+            loss_mvc = masked_bin_loss(self.network.mvc_logits(output, gene_ids), flat_targets, flat_hidden)
+        else:
+            every = torch.ones_like(mvc_targets, dtype=torch.bool)
+            loss_mvc = masked_bin_loss(self.network.mvc_logits(output, mvc_gene_ids), mvc_targets, every)
         return loss_value, loss_mvc
 
 
@@ -227,14 +241,27 @@ def pretrain(
     while not finished:
         for micro in range(config.grad_accumulation):
             epoch, position, batch = next(stream)
-            tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=_step_seed(config.seed, epoch, 0, 0))
+            sampling_seed = _step_seed(config.seed, epoch, 0, 0)
+            tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=sampling_seed)
             gene_ids, bins, padding = tokens_to_torch(tokens, device)
+            mvc_ids = mvc_bins = None
+            if config.mvc_genes:
+                mvc_ids, mvc_bins = sample_expression_targets(
+                    batch.matrix,
+                    batch.gene_ids,
+                    batch.cell_keys,
+                    n_genes=config.mvc_genes,
+                    n_bins=architecture.n_bins,
+                    seed=sampling_seed + 1,
+                    nonzero_share=config.mvc_nonzero_share,
+                )
+                mvc_ids, mvc_bins = torch.from_numpy(mvc_ids).to(device), torch.from_numpy(mvc_bins).to(device)
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step, micro, rank))
             masked, hidden = mask_values(
                 bins, padding, mask_bin=architecture.n_bins, ratio_range=config.mask_ratio, generator=generator
             )
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                loss_value, loss_mvc = trained(gene_ids, masked, padding, bins, hidden)
+                loss_value, loss_mvc = trained(gene_ids, masked, padding, bins, hidden, mvc_ids, mvc_bins)
             ((loss_value + loss_mvc) / config.grad_accumulation).backward()
             running["loss_value"] += float(loss_value.detach()) / config.grad_accumulation
             running["loss_mvc"] += float(loss_mvc.detach()) / config.grad_accumulation
