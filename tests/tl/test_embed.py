@@ -163,3 +163,15 @@ def test_duplicate_cell_names_work(pbmc_sorted, tiny_checkpoint):
     adata.obs_names = ["cell"] * 10
     result = _embed(adata, tiny_checkpoint)
     assert result.obsm["X_panfoma"].shape[0] == 10
+
+
+def test_gene_selection_is_recorded_and_validated(pbmc68k, tiny_checkpoint):
+    small = pbmc68k[:20].copy()
+    top = _embed(small, tiny_checkpoint, n_genes=16, gene_selection="top")
+    rand = _embed(small, tiny_checkpoint, n_genes=16, gene_selection="random")
+    assert top.uns["panfoma"]["params"]["gene_selection"] == "top"
+    assert not np.allclose(top.obsm["X_panfoma"], rand.obsm["X_panfoma"])
+    before = small.copy()
+    with pytest.raises(ValueError, match="gene_selection"):
+        pf.tl.embed(small, tiny_checkpoint, gene_selection="best", progress=False)
+    assert_equal(small, before)

@@ -184,12 +184,16 @@ class Tokenizer:
         Expression bins including bin 0.
     pad_id
         Vocabulary id of the padding token.
+    selection
+        Which expressed genes to keep when a cell has more than ``n_genes``: ``"random"`` (a seeded random
+        subset; training re-draws it) or ``"top"`` (the highest bins first, ties broken by the seeded hash).
     """
 
     n_genes: int
     n_chunks: int
     n_bins: int = 51
     pad_id: int = 0
+    selection: str = "random"
 
     def __call__(
         self, matrix: sparse.spmatrix | np.ndarray, gene_ids: np.ndarray, cell_keys: np.ndarray, *, seed: int = 0
@@ -210,7 +214,13 @@ class Tokenizer:
         bins = dense_bins(matrix, self.n_bins)  # (B, G): dense per batch only
         n_cells, n_columns = bins.shape
         uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))  # (B, G)
-        priority = uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
+        if self.selection == "top":
+            priority = 0.5 * uniform - bins  # highest bin first; zero genes in [0, 0.5) after every nonzero one
+        elif self.selection == "random":
+            priority = uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
+        else:
+            msg = f"selection must be 'random' or 'top', got {self.selection!r}."
+            raise ValueError(msg)
         n_take = min(self.n_genes, n_columns)
         if n_take < n_columns:
             chosen = np.argpartition(priority, n_take - 1, axis=1)[:, :n_take]

@@ -89,13 +89,17 @@ class PretrainedModel:
             self._networks[device] = self.checkpoint.build_model(device)
         return self._networks[device]
 
-    def tokenizer(self, n_genes: int | None = None) -> Tokenizer:
-        """Tokenizer matching this model; ``n_genes`` overrides the config's genes per cell."""
+    def tokenizer(self, n_genes: int | None = None, gene_selection: str | None = None) -> Tokenizer:
+        """Tokenizer matching this model; arguments override the config's genes per cell and selection rule."""
         n_genes = n_genes or self.config.n_genes
         if n_genes % self.config.n_chunks:
             n_genes += self.config.n_chunks - n_genes % self.config.n_chunks
         return Tokenizer(
-            n_genes=n_genes, n_chunks=self.config.n_chunks, n_bins=self.config.n_bins, pad_id=self.vocab.pad_id
+            n_genes=n_genes,
+            n_chunks=self.config.n_chunks,
+            n_bins=self.config.n_bins,
+            pad_id=self.vocab.pad_id,
+            selection=gene_selection or self.config.gene_selection,
         )
 
     def embed_blocks(
@@ -107,6 +111,7 @@ class PretrainedModel:
         cell_keys: np.ndarray,
         device: str | None = None,
         n_genes: int | None = None,
+        gene_selection: str | None = None,
         seed: int = 0,
         progress: bool = True,
     ) -> np.ndarray:
@@ -126,6 +131,8 @@ class PretrainedModel:
             Torch device; default :attr:`panfoma_sc.settings.device`.
         n_genes
             Genes per cell (default: the model's).
+        gene_selection
+            ``"random"`` or ``"top"`` expressed genes when a cell has more than ``n_genes`` (default: the model's).
         seed
             Gene-sampling seed.
         progress
@@ -139,7 +146,7 @@ class PretrainedModel:
 
         device = settings.resolve_device(device)
         network = self.network(device)
-        tokenizer = self.tokenizer(n_genes)
+        tokenizer = self.tokenizer(n_genes, gene_selection)
         output = np.empty((n_cells, self.config.d_model), dtype=np.float32)
         with torch.inference_mode(), tqdm(total=n_cells, unit="cells", disable=not progress, desc="embed") as bar:
             for rows, block in blocks:

@@ -26,6 +26,7 @@ def embed(
     batch_size: int | None = None,
     device: str | None = None,
     n_genes: int | None = None,
+    gene_selection: str | None = None,
     key_added: str | None = None,
     copy: bool = False,
     progress: bool = True,
@@ -52,6 +53,9 @@ def embed(
         ``"cpu"``, ``"cuda"``, ``"mps"``...; default ``pf.settings.device`` (auto: cuda > mps > cpu).
     n_genes
         Genes per cell given to the model (default: the model's); more genes cost more time.
+    gene_selection
+        Which expressed genes a cell with more than ``n_genes`` of them gives the model: ``"top"`` (highest
+        expression first, deterministic) or ``"random"`` (a seeded random subset); default: the model's.
     key_added
         Result keys: ``obsm[key_added]`` and ``uns[key_added]``; ``None`` gives ``"X_panfoma"`` and ``"panfoma"``.
     copy
@@ -89,6 +93,7 @@ def embed(
         gene_symbols=gene_symbols,
         batch_size=batch_size,
         n_genes=n_genes,
+        gene_selection=gene_selection,
         seed=seed,
     )
     embedding = job.run(device=device, progress=progress)

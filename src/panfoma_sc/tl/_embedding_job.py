@@ -30,6 +30,7 @@ class EmbeddingJob:
     gene_symbols: str | None
     batch_size: int
     n_genes: int
+    gene_selection: str
     seed: int
 
     @classmethod
@@ -42,6 +43,7 @@ class EmbeddingJob:
         gene_symbols: str | None = None,
         batch_size: int | None = None,
         n_genes: int | None = None,
+        gene_selection: str | None = None,
         seed: int = 0,
     ) -> EmbeddingJob:
         """Run every check (genes, values, arguments); raises before any model work."""
@@ -51,6 +53,9 @@ class EmbeddingJob:
             raise ValueError(msg)
         if n_genes is not None and n_genes < 1:
             msg = f"n_genes must be a positive integer, got {n_genes!r}."
+            raise ValueError(msg)
+        if gene_selection not in (None, "random", "top"):
+            msg = f"gene_selection must be 'random', 'top' or None, got {gene_selection!r}."
             raise ValueError(msg)
         expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
@@ -64,6 +69,7 @@ class EmbeddingJob:
             gene_symbols=gene_symbols,
             batch_size=int(batch_size),
             n_genes=model.tokenizer(n_genes).n_genes,
+            gene_selection=model.tokenizer(n_genes, gene_selection).selection,
             seed=seed,
         )
 
@@ -77,6 +83,7 @@ class EmbeddingJob:
             cell_keys=cell_keys_from_names(self.adata.obs_names),
             device=device,
             n_genes=self.n_genes,
+            gene_selection=self.gene_selection,
             seed=self.seed,
             progress=progress,
         )
@@ -89,6 +96,7 @@ class EmbeddingJob:
             "model_version": str(self.model.info.get("version", "")),
             "panfoma_sc_version": __version__,
             "n_genes": self.n_genes,
+            "gene_selection": self.gene_selection,
             "seed": self.seed,
             "layer": self.layer,
             "gene_symbols": self.gene_symbols,
