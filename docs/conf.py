@@ -27,7 +27,14 @@ extensions = [
 
 templates_path = ["_templates"]
 # ``generated/`` holds the autosummary API pages: it is built (not excluded) but never committed (.gitignore).
-exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = [
+    "_build",
+    "jupyter_execute",
+    "**.ipynb_checkpoints",
+    "Thumbs.db",
+    ".DS_Store",
+    "model_cards/*-eval.md",
+]
 nitpicky = False
 
 # -- MyST / myst-nb ------------------------------------------------------------
