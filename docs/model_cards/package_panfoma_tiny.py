@@ -28,11 +28,14 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="pretraining output folder (model.safetensors, history.csv)")
     parser.add_argument("--n-genes", type=int, required=True, help="default genes per cell at inference")
     parser.add_argument("--gene-selection", default="top", choices=["top", "random"], help="default at inference")
+    parser.add_argument("--value-encoding", default="presence", choices=["presence", "rank"], help="at inference")
     parser.add_argument("--version", default="1")
     args = parser.parse_args()
 
     checkpoint = read_checkpoint(args.run / "model.safetensors")
-    config = checkpoint.config.replace(n_genes=args.n_genes, gene_selection=args.gene_selection)
+    config = checkpoint.config.replace(
+        n_genes=args.n_genes, gene_selection=args.gene_selection, value_encoding=args.value_encoding
+    )
     network = PanFoMa(config)
     network.load_state_dict(checkpoint.state_dict)
     history = pd.read_csv(args.run / "history.csv")

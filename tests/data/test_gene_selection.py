@@ -35,3 +35,16 @@ def test_top_selection_does_not_depend_on_the_seed_when_values_are_distinct():
 def test_unknown_selection_is_refused():
     with pytest.raises(ValueError, match="selection"):
         Tokenizer(n_genes=8, n_chunks=4, selection="best")(_cells(), np.arange(10, 40), np.arange(2, dtype=np.uint64))
+
+
+def test_presence_encoding_marks_every_expressed_gene_bin_1():
+    rank = Tokenizer(n_genes=8, n_chunks=4, selection="top")(_cells(), np.arange(10, 40), np.arange(2, dtype=np.uint64))
+    presence = Tokenizer(n_genes=8, n_chunks=4, selection="top", value_encoding="presence")(
+        _cells(), np.arange(10, 40), np.arange(2, dtype=np.uint64)
+    )
+    np.testing.assert_array_equal(presence.gene_ids, rank.gene_ids)
+    np.testing.assert_array_equal(presence.value_bins, (rank.value_bins > 0).astype(np.int64))
+    with pytest.raises(ValueError, match="value_encoding"):
+        Tokenizer(n_genes=8, n_chunks=4, value_encoding="log")(
+            _cells(), np.arange(10, 40), np.arange(2, dtype=np.uint64)
+        )

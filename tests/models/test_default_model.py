@@ -47,9 +47,10 @@ def test_corrupted_copy_of_the_default_model_fails_its_checksum(tmp_path):
 def test_pretraining_beats_random_weights_on_held_out_cells(tmp_path):
     """On FACS-sorted PBMCs that pretraining never saw, kNN label transfer must beat the same random network.
 
-    With the shipped defaults (512 genes, "top" selection) the margin measured when the checkpoint was packaged
-    was 5.7 points (28.4 % vs 22.7 %, 9 classes, chance 11 %); the gate sits below it so that numerical
-    differences between BLAS builds cannot flip it, while a checkpoint that learned nothing fails.
+    With the shipped defaults (512 genes, "top" selection, presence values) the margin measured when the
+    checkpoint was packaged was 24.5 points (46.7 % vs 22.2 %, 9 classes, chance 11 %); the gate sits well below
+    it so that numerical differences between BLAS builds cannot flip it, while a checkpoint that learned nothing
+    fails.
     """
     import torch
 
@@ -71,4 +72,4 @@ def test_pretraining_beats_random_weights_on_held_out_cells(tmp_path):
     for name, model in {"trained": trained, "random": random_path}.items():
         emb = pf.tl.embed(adata, model, copy=True, progress=False).obsm["X_panfoma"]
         scores[name] = pf.bench.knn_transfer(emb, labels, k=15)["accuracy"]
-    assert scores["trained"] > scores["random"] + 0.03, scores
+    assert scores["trained"] > scores["random"] + 0.10, scores

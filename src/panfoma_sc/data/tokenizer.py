@@ -187,6 +187,9 @@ class Tokenizer:
     selection
         Which expressed genes to keep when a cell has more than ``n_genes``: ``"random"`` (a seeded random
         subset; training re-draws it) or ``"top"`` (the highest bins first, ties broken by the seeded hash).
+    value_encoding
+        ``"rank"``: the value token is the gene's rank bin in the cell; ``"presence"``: every expressed gene gets
+        bin 1 (genes are still chosen by rank), which hides sequencing depth from the model.
     """
 
     n_genes: int
@@ -194,6 +197,7 @@ class Tokenizer:
     n_bins: int = 51
     pad_id: int = 0
     selection: str = "random"
+    value_encoding: str = "rank"
 
     def __call__(
         self, matrix: sparse.spmatrix | np.ndarray, gene_ids: np.ndarray, cell_keys: np.ndarray, *, seed: int = 0
@@ -212,6 +216,9 @@ class Tokenizer:
             Sampling seed; training passes a new one per epoch to re-draw the genes.
         """
         bins = dense_bins(matrix, self.n_bins)  # (B, G): dense per batch only
+        if self.value_encoding not in ("rank", "presence"):
+            msg = f"value_encoding must be 'rank' or 'presence', got {self.value_encoding!r}."
+            raise ValueError(msg)
         n_cells, n_columns = bins.shape
         uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))  # (B, G)
         if self.selection == "top":
@@ -236,6 +243,8 @@ class Tokenizer:
         padding = np.ones((n_cells, total), dtype=bool)
         token_ids[:, :n_take] = np.asarray(gene_ids)[chosen]
         token_bins[:, :n_take] = np.take_along_axis(bins, chosen, 1)
+        if self.value_encoding == "presence":
+            token_bins = (token_bins > 0).astype(np.int64)
         padding[:, :n_take] = False
 
         # token j goes to chunk j % n_chunks at position j // n_chunks: chunks stay evenly filled

@@ -100,6 +100,7 @@ class PretrainedModel:
             n_bins=self.config.n_bins,
             pad_id=self.vocab.pad_id,
             selection=gene_selection or self.config.gene_selection,
+            value_encoding=self.config.value_encoding,
         )
 
     def embed_blocks(

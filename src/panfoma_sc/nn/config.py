@@ -26,6 +26,7 @@ class PanFoMaConfig:
     n_genes: int = 1024  # default genes sampled per cell (at inference it may be larger)
     n_chunks: int = 4  # chunks of the local encoder; genes attend within their chunk only
     gene_selection: str = "random"  # inference default: "random" nonzero subset or "top" (highest bins first)
+    value_encoding: str = "rank"  # inference value tokens: "rank" bins or "presence" (every expressed gene bin 1)
     n_bins: int = 51  # expression bins incl. bin 0 = zero
     d_state: int = 32  # Mamba2 state size per head
     d_conv: int = 4  # Mamba2 causal conv width

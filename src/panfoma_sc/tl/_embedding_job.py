@@ -97,6 +97,7 @@ class EmbeddingJob:
             "panfoma_sc_version": __version__,
             "n_genes": self.n_genes,
             "gene_selection": self.gene_selection,
+            "value_encoding": self.model.config.value_encoding,
             "seed": self.seed,
             "layer": self.layer,
             "gene_symbols": self.gene_symbols,
