@@ -60,6 +60,7 @@ class EmbeddingJob:
         expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
         report = check_expression(adata, layer=layer, columns=match.columns)
+        tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         return cls(
             adata=adata,
             model=model,
@@ -68,8 +69,8 @@ class EmbeddingJob:
             layer=layer,
             gene_symbols=gene_symbols,
             batch_size=int(batch_size),
-            n_genes=model.tokenizer(n_genes).n_genes,
-            gene_selection=model.tokenizer(n_genes, gene_selection).selection,
+            n_genes=tokenizer.n_genes,
+            gene_selection=tokenizer.selection,
             seed=seed,
         )
 
