@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import date
+from pathlib import Path
 
 import panfoma_sc
 
@@ -14,6 +16,11 @@ author = "panfoma-sc developers"
 copyright = f"{date.today().year}, {author}"
 version = panfoma_sc.__version__
 release = panfoma_sc.__version__
+
+# The tutorials live in ../tutorials (MyST notebooks); copy them in so Sphinx renders (and executes) them.
+_here = Path(__file__).parent
+shutil.rmtree(_here / "tutorials", ignore_errors=True)
+shutil.copytree(_here.parent / "tutorials", _here / "tutorials")
 
 # -- General configuration ---------------------------------------------------
 
@@ -41,7 +48,8 @@ nitpicky = False
 
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
-# Tutorials are executed in CI by a separate mechanism; PANFOMA_DOCS_EXECUTE=1 executes (and caches) them here.
+# PANFOMA_DOCS_EXECUTE=1 executes the tutorials (and caches the results); .ci/run sets it, so every tutorial
+# runs on real data in CI and a failing cell fails the build.
 nb_execution_mode = "cache" if os.environ.get("PANFOMA_DOCS_EXECUTE", "0") == "1" else "off"
 nb_execution_timeout = 1800
 nb_execution_raise_on_error = True

@@ -1,4 +1,4 @@
-"""``panfoma`` command line: embed, models, pretrain.
+"""``panfoma`` command line: embed, annotate, integrate, models, pretrain.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (clear message on stderr).
 """
@@ -39,6 +39,78 @@ def _embed(args: argparse.Namespace) -> int:
     adata.write_h5ad(args.output)
     print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}.")
     return EXIT_OK
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from . import tl
+
+    query = ad.read_h5ad(args.query)
+    reference = ad.read_h5ad(args.reference) if args.reference else None
+    tl.annotate(
+        query,
+        reference,
+        labels_key=args.labels_key,
+        model=args.model,
+        method=args.method,
+        n_neighbors=args.n_neighbors,
+        max_epochs=args.max_epochs,
+        save_model=args.save_model,
+        unknown_threshold=args.unknown_threshold,
+        layer=args.layer,
+        reference_layer=args.reference_layer,
+        gene_symbols=args.gene_symbols,
+        batch_size=args.batch_size,
+        device=args.device,
+        n_genes=args.n_genes,
+        key_added=args.key_added,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    query.write_h5ad(args.output)
+    counts = query.obs[args.key_added].value_counts()
+    print(f"Wrote {args.output}: obs[{args.key_added!r}] ({len(counts)} labels; {counts.get('Unknown', 0)} Unknown).")
+    return EXIT_OK
+
+
+def _integrate(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from . import tl
+
+    adata = ad.read_h5ad(args.input)
+    tl.integrate(
+        adata,
+        args.batch_key,
+        model=args.model,
+        layer=args.layer,
+        gene_symbols=args.gene_symbols,
+        batch_size=args.batch_size,
+        device=args.device,
+        n_genes=args.n_genes,
+        max_epochs=args.max_epochs,
+        max_steps=args.max_steps,
+        adversarial_weight=args.adversarial_weight,
+        key_added=args.key_added,
+        save_model=args.save_model,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    adata.write_h5ad(args.output)
+    print(f"Wrote {args.output}: obsm[{args.key_added!r}] with shape {adata.obsm[args.key_added].shape}.")
+    return EXIT_OK
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="panfoma-tiny", help="registry name or checkpoint path")
+    parser.add_argument("--layer", help="layer holding expression (default: X)")
+    parser.add_argument("--gene-symbols", help="var column with gene symbols")
+    parser.add_argument("--batch-size", type=int, help="cells per forward pass")
+    parser.add_argument("--device", help="cpu, cuda, mps (default: auto)")
+    parser.add_argument("--n-genes", type=int, help="genes per cell given to the model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -95,6 +167,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         device=args.device,
         max_minutes=args.max_minutes,
         mvc_genes=args.mvc_genes,
+        contrastive_weight=args.contrastive,
+        value_encoding=args.value_encoding,
+        gene_selection=args.gene_selection,
     )
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
@@ -112,16 +187,45 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed the cells of an .h5ad file into obsm")
     embed.add_argument("input", help="input .h5ad (raw counts or log1p-normalized)")
     embed.add_argument("output", help="output .h5ad (input plus the embedding)")
-    embed.add_argument("--model", default="panfoma-tiny", help="registry name or checkpoint path")
-    embed.add_argument("--layer", help="layer holding expression (default: X)")
-    embed.add_argument("--gene-symbols", help="var column with gene symbols")
-    embed.add_argument("--batch-size", type=int, help="cells per forward pass")
-    embed.add_argument("--device", help="cpu, cuda, mps (default: auto)")
-    embed.add_argument("--n-genes", type=int, help="genes per cell given to the model")
+    _add_model_options(embed)
     embed.add_argument("--key-added", help="obsm/uns key (default X_panfoma / panfoma)")
-    embed.add_argument("--seed", type=int, default=0)
-    embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="transfer cell labels from a labelled reference .h5ad",
+        description="Label the query's cells from a labelled reference (kNN in the embedding, or a fine-tuned "
+        "classifier). Writes obs[KEY] and obs[KEY_confidence].",
+    )
+    annotate.add_argument("query", help="query .h5ad to label")
+    annotate.add_argument("reference", nargs="?", help="labelled reference .h5ad (omit with a fine-tuned --model)")
+    annotate.add_argument("output", help="output .h5ad (query plus the labels)")
+    annotate.add_argument("--labels-key", help="reference obs column with the labels")
+    annotate.add_argument("--method", choices=["knn", "finetune"], default="knn")
+    annotate.add_argument("--n-neighbors", type=int, default=15, help="reference neighbours per cell (knn)")
+    annotate.add_argument("--max-epochs", type=int, default=10, help="fine-tuning epochs at most (finetune)")
+    annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")
+    annotate.add_argument("--unknown-threshold", type=float, default=0.5, help="below this confidence: Unknown")
+    annotate.add_argument("--reference-layer", help="reference layer holding expression (default: X)")
+    annotate.add_argument("--key-added", default="panfoma_label", help="obs column of the labels")
+    _add_model_options(annotate)
+    annotate.set_defaults(func=_annotate)
+
+    integrate = commands.add_parser(
+        "integrate",
+        help="batch-corrected embedding of an .h5ad with a batch column",
+        description="Fine-tune the model on the data with batch removal and write the integrated embedding.",
+    )
+    integrate.add_argument("input", help="input .h5ad with a batch column in obs")
+    integrate.add_argument("output", help="output .h5ad (input plus the integrated embedding)")
+    integrate.add_argument("--batch-key", required=True, help="obs column with each cell's batch")
+    integrate.add_argument("--max-epochs", type=int, default=4, help="fine-tuning passes over the cells")
+    integrate.add_argument("--max-steps", type=int, help="cap on fine-tuning steps")
+    integrate.add_argument("--adversarial-weight", type=float, default=1.0, help="strength of batch removal")
+    integrate.add_argument("--key-added", default="X_panfoma_integrated", help="obsm key of the result")
+    integrate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file")
+    _add_model_options(integrate)
+    integrate.set_defaults(func=_integrate)
 
     models = commands.add_parser("models", help="list, describe or register checkpoints")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -155,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="MVC targets: this many extra genes per cell, half not expressed (default: masked)",
     )
+    pre.add_argument(
+        "--contrastive",
+        type=float,
+        default=0.0,
+        help="weight of the two-view InfoNCE term on cell embeddings (0 = off)",
+    )
+    pre.add_argument("--value-encoding", choices=["rank", "presence"], default="rank", help="value tokens")
+    pre.add_argument("--gene-selection", choices=["random", "top"], default="random", help="genes kept per cell")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")
     pre.add_argument("--seed", type=int, default=0)

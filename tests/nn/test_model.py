@@ -183,3 +183,13 @@ def test_config_validation_and_round_trip():
     assert PanFoMaConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ValueError, match="upgrade"):
         PanFoMaConfig.from_dict({**TINY.to_dict(), "new_field": 1})
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    from panfoma_sc.nn import reverse_gradient
+
+    x = torch.randn(4, 3, requires_grad=True)
+    out = reverse_gradient(x, 2.5)
+    torch.testing.assert_close(out, x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, -2.5))

@@ -97,58 +97,6 @@ def test_layer_and_backed_input(pbmc_sorted, tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(result.obsm["X_panfoma"], reference, atol=1e-5)
 
 
-def _with(adata, **changes):
-    out = adata.copy()
-    for key, value in changes.items():
-        setattr(out, key, value)
-    return out
-
-
-def _bad_inputs(pbmc_sorted):
-    base = pbmc_sorted[:20].copy()
-    x = base.X.toarray().astype(np.float32)
-    nan = x.copy()
-    nan[0, np.flatnonzero(nan[0])[0]] = np.nan
-    negative = x.copy()
-    negative[1, 0] = -1.0
-    empty = x.copy()
-    empty[2] = 0
-    renamed = base.copy()
-    renamed.var_names = [f"gene{i}" for i in range(base.n_vars)]
-    return {
-        "nan": (_with(base, X=nan), {}, "NaN"),
-        "negative": (_with(base, X=negative), {}, "z-scored"),
-        "empty cell": (_with(base, X=empty), {}, "no expressed gene"),
-        "no overlap": (renamed, {}, "vocabulary"),
-        "missing layer": (base.copy(), {"layer": "counts"}, "counts"),
-        "missing gene_symbols": (base.copy(), {"gene_symbols": "symbol"}, "not a column"),
-        "zero cells": (base[:0].copy(), {}, "no cells"),
-        "bad key_added": (base.copy(), {"key_added": ""}, "key_added"),
-    }
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "nan",
-        "negative",
-        "empty cell",
-        "no overlap",
-        "missing layer",
-        "missing gene_symbols",
-        "zero cells",
-        "bad key_added",
-    ],
-)
-def test_bad_input_raises_before_work_and_leaves_adata_untouched(pbmc_sorted, tiny_checkpoint, case):
-    adata, kwargs, message = _bad_inputs(pbmc_sorted)[case]
-    before = adata.copy()
-    with pytest.raises((ValueError, KeyError), match=message):
-        pf.tl.embed(adata, tiny_checkpoint, progress=False, **kwargs)
-    assert_equal(adata, before)
-    assert "X_panfoma" not in adata.obsm
-
-
 def test_duplicate_gene_names_use_the_first_and_report(pbmc_sorted, tiny_checkpoint):
     adata = pbmc_sorted[:20].copy()
     names = adata.var_names.tolist()

@@ -1,5 +1,5 @@
 """PanFoMaBench: scoring embeddings on real data (kNN transfer, scib-metrics) and baselines."""
 
-from ._embedding_eval import bio_conservation, knn_transfer, pca_embedding
+from ._embedding_eval import batch_correction, bio_conservation, knn_transfer, pca_embedding
 
-__all__ = ["bio_conservation", "knn_transfer", "pca_embedding"]
+__all__ = ["batch_correction", "bio_conservation", "knn_transfer", "pca_embedding"]

@@ -1,4 +1,4 @@
-"""Score a cell embedding: kNN label transfer and scib-metrics bio conservation."""
+"""Score a cell embedding: kNN label transfer, scib-metrics bio conservation and batch correction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 
-__all__ = ["bio_conservation", "knn_transfer", "pca_embedding"]
+__all__ = ["batch_correction", "bio_conservation", "knn_transfer", "pca_embedding"]
 
 
 def pca_embedding(adata: AnnData, *, n_comps: int = 50, n_top_genes: int = 2000, counts: bool = True) -> np.ndarray:
@@ -103,4 +103,43 @@ def bio_conservation(embedding: np.ndarray, labels: np.ndarray) -> dict[str, flo
     asw = float(silhouette_label(np.asarray(embedding, dtype=np.float32), labels))
     result = {"nmi": float(scores["nmi"]), "ari": float(scores["ari"]), "asw_label": asw}
     result["avg_bio"] = float(np.mean(list(result.values())))
+    return result
+
+
+def batch_correction(
+    embedding: np.ndarray, batches: np.ndarray, labels: np.ndarray, *, n_neighbors: int = 50
+) -> dict[str, float]:
+    """scib-metrics batch correction: batch silhouette, iLISI, graph connectivity, and their mean (AvgBATCH).
+
+    Parameters
+    ----------
+    embedding
+        ``(n_cells, d)``.
+    batches
+        Batch of each cell.
+    labels
+        Cell labels (batch mixing is judged within each label).
+    n_neighbors
+        Neighbours of the kNN graph behind iLISI and graph connectivity (exact search).
+
+    Returns
+    -------
+    ``asw_batch``, ``ilisi``, ``graph_connectivity`` and ``avg_batch`` (higher is better for all).
+    """
+    from scib_metrics import graph_connectivity, ilisi_knn, silhouette_batch
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    data = np.asarray(embedding, dtype=np.float32)
+    batch_codes = pd.Categorical(np.asarray(batches).astype(str)).codes
+    label_codes = pd.Categorical(np.asarray(labels).astype(str)).codes
+    k = min(n_neighbors, data.shape[0] - 1)
+    distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(data).kneighbors(data)
+    graph = NeighborsResults(indices=indices, distances=distances)
+    result = {
+        "asw_batch": float(silhouette_batch(data, label_codes, batch_codes)),
+        "ilisi": float(ilisi_knn(graph, batch_codes)),
+        "graph_connectivity": float(graph_connectivity(graph, label_codes)),
+    }
+    result["avg_batch"] = float(np.mean(list(result.values())))
     return result

@@ -20,6 +20,9 @@ __all__ = ["FORMAT_VERSION", "Checkpoint", "read_checkpoint", "sha256sum", "writ
 #: Bumped when the file layout changes incompatibly; files with a larger number are refused.
 FORMAT_VERSION = 1
 
+#: State-dict prefix of task heads (e.g. a fine-tuned classifier) stored beside the network's weights.
+HEADS_PREFIX = "heads."
+
 
 def sha256sum(path: str | Path, *, block: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in blocks.
@@ -58,9 +61,16 @@ class Checkpoint:
         from ..nn import PanFoMa
 
         model = PanFoMa(self.config)
-        state = {k: v.to(torch.float32) for k, v in self.state_dict.items()}
+        state = {k: v.to(torch.float32) for k, v in self.state_dict.items() if not k.startswith(HEADS_PREFIX)}
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+    def head_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Float32 weights of the task head ``name`` stored beside the network (empty when there is none)."""
+        import torch
+
+        prefix = f"{HEADS_PREFIX}{name}."
+        return {k[len(prefix) :]: v.to(torch.float32) for k, v in self.state_dict.items() if k.startswith(prefix)}
 
 
 def write_checkpoint(
@@ -70,6 +80,7 @@ def write_checkpoint(
     *,
     info: dict[str, Any] | None = None,
     half_precision: bool = False,
+    heads: dict[str, torch.nn.Module] | None = None,
 ) -> str:
     """Write ``model`` and its vocabulary to ``path`` (``.safetensors``); returns the file's SHA-256.
 
@@ -85,6 +96,8 @@ def write_checkpoint(
         JSON-able provenance: ``name``, ``trained_on``, ``metrics``, ...
     half_precision
         Store float tensors as float16 (half the size; loading casts back to float32).
+    heads
+        Task heads to store with the network, by name (read back with :meth:`Checkpoint.head_state`).
     """
     import torch
     from safetensors.torch import save_file
@@ -94,8 +107,11 @@ def write_checkpoint(
     if len(vocab) != model.config.vocab_size:
         msg = f"Vocabulary has {len(vocab)} tokens but the model expects {model.config.vocab_size}."
         raise ValueError(msg)
+    tensors = dict(model.state_dict())
+    for name, head in (heads or {}).items():
+        tensors |= {f"{HEADS_PREFIX}{name}.{key}": value for key, value in head.state_dict().items()}
     state = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in tensors.items():
         tensor = tensor.detach().to("cpu").contiguous()
         if half_precision and tensor.is_floating_point():
             tensor = tensor.to(torch.float16)

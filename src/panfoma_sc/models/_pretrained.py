@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._settings import settings
 from ..data.tokenizer import TokenBatch, Tokenizer
-from ._checkpoint import Checkpoint, read_checkpoint, sha256sum
+from ._checkpoint import HEADS_PREFIX, Checkpoint, read_checkpoint, sha256sum, write_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainedModel", "tokens_to_torch"]
+__all__ = ["CLASSIFIER_HEAD", "PretrainedModel", "tokens_to_torch"]
+
+#: Name of the fine-tuned cell-type classifier head in a checkpoint.
+CLASSIFIER_HEAD = "classifier"
 
 
 def tokens_to_torch(tokens: TokenBatch, device: str | torch.device) -> tuple[torch.Tensor, ...]:
@@ -47,18 +50,81 @@ class PretrainedModel:
     name
         Registry name, or the file name for a checkpoint loaded from a path.
     path
-        The checkpoint file.
+        The checkpoint file (``None`` for an in-memory model not saved yet).
     sha256
-        Its verified checksum.
+        Its verified checksum (``None`` for an in-memory model not saved yet).
     checkpoint
         Weights, config, vocabulary and provenance.
     """
 
     name: str
-    path: Path
-    sha256: str
+    path: Path | None
+    sha256: str | None
     checkpoint: Checkpoint
     _networks: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_network(
+        cls,
+        network: PanFoMa,
+        vocab: GeneVocabulary,
+        *,
+        name: str,
+        info: dict[str, Any] | None = None,
+        heads: dict[str, torch.nn.Module] | None = None,
+    ) -> PretrainedModel:
+        """An in-memory model (e.g. fine-tuned) with no file yet: ``path`` and ``sha256`` stay ``None``.
+
+        :meth:`save` writes it as a checkpoint that :func:`panfoma_sc.models.register` accepts.
+        """
+        state = {k: v.detach().to("cpu").clone() for k, v in network.state_dict().items()}
+        for head_name, head in (heads or {}).items():
+            state |= {
+                f"{HEADS_PREFIX}{head_name}.{k}": v.detach().to("cpu").clone() for k, v in head.state_dict().items()
+            }
+        checkpoint = Checkpoint(
+            state_dict=state, config=network.config, vocab=vocab, info={"name": name, **(info or {})}
+        )
+        return cls(name=name, path=None, sha256=None, checkpoint=checkpoint)
+
+    def save(self, path: str | Path, *, half_precision: bool = False) -> str:
+        """Write this model (network, task heads, provenance) as a checkpoint; returns its SHA-256.
+
+        Parameters
+        ----------
+        path
+            Target ``.safetensors`` file.
+        half_precision
+            Store weights as float16.
+        """
+        heads = {name: self._head(name, "cpu") for name in self._head_names()}
+        digest = write_checkpoint(
+            path, self.network("cpu"), self.vocab, info=self.info, half_precision=half_precision, heads=heads
+        )
+        self.path, self.sha256 = Path(path), digest
+        return digest
+
+    def _head_names(self) -> list[str]:
+        names = {
+            k[len(HEADS_PREFIX) :].split(".", 1)[0] for k in self.checkpoint.state_dict if k.startswith(HEADS_PREFIX)
+        }
+        return sorted(names)
+
+    def _head(self, name: str, device: str) -> torch.nn.Module:
+        from ..nn import CellClassifier
+
+        if name != CLASSIFIER_HEAD:
+            msg = f"Unknown task head {name!r} in checkpoint {self.name!r}."
+            raise ValueError(msg)
+        head = CellClassifier(self.config.d_model, len(self.classes or ()))
+        head.load_state_dict(self.checkpoint.head_state(name), strict=True)
+        return head.to(device).eval()
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Labels of the fine-tuned classifier head, or ``None`` when the model has none."""
+        classifier = self.info.get("classifier")
+        return None if classifier is None else list(classifier["classes"])
 
     @classmethod
     def from_file(cls, path: str | Path, *, name: str | None = None, sha256: str | None = None) -> PretrainedModel:
@@ -143,16 +209,90 @@ class PretrainedModel:
         -------
         ``(n_cells, d_model)`` float32 embeddings.
         """
+        return self._map_blocks(
+            lambda embedding: embedding,
+            self.config.d_model,
+            blocks,
+            n_cells=n_cells,
+            gene_ids=gene_ids,
+            cell_keys=cell_keys,
+            device=device,
+            n_genes=n_genes,
+            gene_selection=gene_selection,
+            seed=seed,
+            progress=progress,
+            desc="embed",
+        )
+
+    def predict_blocks(
+        self,
+        blocks: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+        *,
+        n_cells: int,
+        gene_ids: np.ndarray,
+        cell_keys: np.ndarray,
+        device: str | None = None,
+        n_genes: int | None = None,
+        gene_selection: str | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Class probabilities ``(n_cells, len(classes))`` of the fine-tuned classifier head.
+
+        Arguments as in :meth:`embed_blocks`. Raises ``ValueError`` when the model has no classifier.
+        """
+        import torch
+
+        if self.classes is None:
+            msg = (
+                f"Model {self.name!r} has no cell-type classifier; fine-tune one with "
+                "pf.tl.annotate(..., method='finetune') or use method='knn'."
+            )
+            raise ValueError(msg)
+        device = settings.resolve_device(device)
+        head = self._head(CLASSIFIER_HEAD, device)
+        return self._map_blocks(
+            lambda embedding: torch.softmax(head(embedding).float(), dim=-1),
+            len(self.classes),
+            blocks,
+            n_cells=n_cells,
+            gene_ids=gene_ids,
+            cell_keys=cell_keys,
+            device=device,
+            n_genes=n_genes,
+            gene_selection=gene_selection,
+            seed=seed,
+            progress=progress,
+            desc="predict",
+        )
+
+    def _map_blocks(
+        self,
+        transform,
+        width: int,
+        blocks: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+        *,
+        n_cells: int,
+        gene_ids: np.ndarray,
+        cell_keys: np.ndarray,
+        device: str | None,
+        n_genes: int | None,
+        gene_selection: str | None,
+        seed: int,
+        progress: bool,
+        desc: str,
+    ) -> np.ndarray:
+        """Run the network over row blocks and store ``transform(cell_embedding)`` per cell."""
         import torch
 
         device = settings.resolve_device(device)
         network = self.network(device)
         tokenizer = self.tokenizer(n_genes, gene_selection)
-        output = np.empty((n_cells, self.config.d_model), dtype=np.float32)
-        with torch.inference_mode(), tqdm(total=n_cells, unit="cells", disable=not progress, desc="embed") as bar:
+        output = np.empty((n_cells, width), dtype=np.float32)
+        with torch.inference_mode(), tqdm(total=n_cells, unit="cells", disable=not progress, desc=desc) as bar:
             for rows, block in blocks:
                 tokens = tokenizer(block, gene_ids, cell_keys[rows], seed=seed)
                 result = network(*tokens_to_torch(tokens, device))
-                output[rows] = result.cell_embedding.float().cpu().numpy()
+                output[rows] = transform(result.cell_embedding).float().cpu().numpy()
                 bar.update(len(rows))
         return output

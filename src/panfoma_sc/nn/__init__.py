@@ -1,11 +1,14 @@
 """PyTorch implementation of the PanFoMa network (no AnnData in here)."""
 
 from .config import CONFIGS, PanFoMaConfig
+from .heads import BatchDiscriminator, CellClassifier, reverse_gradient
 from .model import MVCHead, PanFoMa, PanFoMaOutput, ValueHead, masked_bin_loss
 from .ssd import Mamba2, ssd_recurrence, ssd_scan
 
 __all__ = [
     "CONFIGS",
+    "BatchDiscriminator",
+    "CellClassifier",
     "MVCHead",
     "Mamba2",
     "PanFoMa",
@@ -13,6 +16,7 @@ __all__ = [
     "PanFoMaOutput",
     "ValueHead",
     "masked_bin_loss",
+    "reverse_gradient",
     "ssd_recurrence",
     "ssd_scan",
 ]

@@ -17,7 +17,7 @@ __all__ = ["training_curve"]
 def training_curve(
     history: pd.DataFrame | str | Path,
     *,
-    columns: tuple[str, ...] = ("loss_value", "loss_mvc"),
+    columns: tuple[str, ...] | None = None,
     smooth: int = 20,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -30,7 +30,7 @@ def training_curve(
     history
         The run's ``history.csv`` (path or DataFrame) with a ``step`` column.
     columns
-        Loss columns to draw.
+        Loss columns to draw (default: every ``loss_*`` column, e.g. value, MVC, contrastive, batch).
     smooth
         Rolling-mean window in logged steps (1 = raw).
     ax
@@ -47,10 +47,13 @@ def training_curve(
     import matplotlib.pyplot as plt
 
     frame = pd.read_csv(history) if isinstance(history, str | Path) else history
+    if columns is None:
+        columns = tuple(c for c in frame.columns if c.startswith("loss_"))
     missing = [c for c in ("step", *columns) if c not in frame.columns]
     if missing:
         msg = f"history has no column(s) {missing}; it has {list(frame.columns)}."
         raise KeyError(msg)
+    own_axes = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
     else:
@@ -62,7 +65,7 @@ def training_curve(
     ax.set_ylabel("cross-entropy")
     ax.legend(frameon=False)
     if show is None:
-        show = not return_fig and ax is None
+        show = not return_fig and own_axes
     if show:
         plt.show()
         return None

@@ -2,5 +2,6 @@
 
 from ._annotate import annotate
 from ._embed import embed
+from ._integrate import integrate
 
-__all__ = ["annotate", "embed"]
+__all__ = ["annotate", "embed", "integrate"]

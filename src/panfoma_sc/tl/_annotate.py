@@ -73,12 +73,14 @@ def _weighted_vote(
 
 def annotate(
     adata: AnnData,
-    reference: AnnData,
+    reference: AnnData | None,
     *,
-    labels_key: str,
+    labels_key: str | None = None,
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
-    method: Literal["knn"] = "knn",
+    method: Literal["knn", "finetune"] = "knn",
     n_neighbors: int = 15,
+    max_epochs: int = 10,
+    save_model: str | Path | None = None,
     unknown_threshold: float = 0.5,
     layer: str | None = None,
     reference_layer: str | None = None,
@@ -93,27 +95,39 @@ def annotate(
 ) -> AnnData | None:
     """Transfer cell labels from a labelled reference to ``adata``.
 
-    Both datasets are embedded with the same model; each query cell takes the distance-weighted majority label
-    of its ``n_neighbors`` nearest reference cells (exact search, or pynndescent for references of
-    50,000 cells and more). Cells whose winning label holds less than
-    ``unknown_threshold`` of the vote weight are called ``"Unknown"``.
+    ``method="knn"``: both datasets are embedded with the same model; each query cell takes the
+    distance-weighted majority label of its ``n_neighbors`` nearest reference cells (exact search, or
+    pynndescent for references of 50,000 cells and more). The confidence is the winner's share of the vote.
+
+    ``method="finetune"``: the whole model is fine-tuned with a classification head on the reference
+    (class-balanced loss, early stopping on a stratified validation split), then predicts the query; the
+    confidence is the predicted class probability. Pass ``save_model`` to keep the fine-tuned model (register
+    it with :func:`panfoma_sc.models.register`), and later annotate with it directly:
+    ``annotate(adata, None, model=path, method="finetune")``.
+
+    Cells whose confidence is below ``unknown_threshold`` are called ``"Unknown"``.
 
     Parameters
     ----------
     adata
         Query cells (raw counts or log1p-normalized).
     reference
-        Labelled reference cells; it is not modified.
+        Labelled reference cells; it is not modified. ``None`` only with ``method="finetune"`` and a model
+        that already carries a classifier.
     labels_key
         Column of ``reference.obs`` with the labels (cells with missing labels are ignored).
     model
         Registry name, checkpoint path or loaded model.
     method
-        ``"knn"`` (nearest neighbours in the embedding).
+        ``"knn"`` (nearest neighbours in the embedding) or ``"finetune"`` (fine-tuned classifier).
     n_neighbors
-        Reference neighbours per query cell.
+        Reference neighbours per query cell (``"knn"``).
+    max_epochs
+        Upper bound on fine-tuning epochs (``"finetune"``; early stopping usually ends sooner).
+    save_model
+        Write the fine-tuned model to this ``.safetensors`` file (``"finetune"``).
     unknown_threshold
-        Minimum vote share to assign a label; ``0`` never calls ``"Unknown"``.
+        Minimum confidence to assign a label; ``0`` never calls ``"Unknown"``.
     layer, reference_layer
         Layers holding expression in ``adata`` and ``reference`` (``None``: ``X``).
     gene_symbols
@@ -140,7 +154,8 @@ def annotate(
     ``adata.obs[key_added]`` : :class:`pandas.Categorical`
         Predicted label (or ``"Unknown"``).
     ``adata.obs[key_added + "_confidence"]`` : :class:`numpy.ndarray`
-        Share of the neighbours' vote weight won by the predicted label.
+        Share of the neighbours' vote weight won by the predicted label (``"knn"``), or the predicted class
+        probability (``"finetune"``).
     ``adata.uns[key_added]`` : :class:`dict`
         Method, parameters and the model's provenance.
 
@@ -150,8 +165,8 @@ def annotate(
     >>> pf.tl.annotate(query, reference, labels_key="cell_type")  # doctest: +SKIP
     >>> query.obs[["panfoma_label", "panfoma_label_confidence"]].head()  # doctest: +SKIP
     """
-    if method != "knn":
-        msg = f"method={method!r} is not available; use method='knn'."
+    if method not in ("knn", "finetune"):
+        msg = f"method={method!r} is not available; use method='knn' or method='finetune'."
         raise ValueError(msg)
     if not 0 <= unknown_threshold <= 1:
         msg = f"unknown_threshold must lie in [0, 1], got {unknown_threshold}."
@@ -159,32 +174,78 @@ def annotate(
     if n_neighbors < 1:
         msg = f"n_neighbors must be a positive integer, got {n_neighbors}."
         raise ValueError(msg)
-    if copy:
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
-    labels = _reference_labels(reference, labels_key)
-    labelled = labels.notna().to_numpy()
+    if max_epochs < 1:
+        msg = f"max_epochs must be a positive integer, got {max_epochs}."
+        raise ValueError(msg)
     pretrained = resolve_model(model)
     options = {"gene_symbols": gene_symbols, "batch_size": batch_size, "n_genes": n_genes, "seed": seed}
-    reference_cells = reference if labelled.all() else reference[labelled]
-    reference_job = EmbeddingJob.prepare(reference_cells, pretrained, layer=reference_layer, **options)
-    query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
+    if reference is None:
+        if method != "finetune" or pretrained.classes is None:
+            msg = (
+                "reference=None needs method='finetune' and a model with a fine-tuned classifier "
+                f"(model {pretrained.name!r} has none). Pass a labelled reference and labels_key."
+            )
+            raise ValueError(msg)
+        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
+        reference_job = None
+    else:
+        if labels_key is None:
+            msg = "labels_key is required with a reference: the reference.obs column holding the labels."
+            raise ValueError(msg)
+        labels = _reference_labels(reference, labels_key)
+        labelled = labels.notna().to_numpy()
+        reference_cells = reference if labelled.all() else reference[labelled]
+        reference_job = EmbeddingJob.prepare(reference_cells, pretrained, layer=reference_layer, **options)
+        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
+        codes = pd.Categorical(labels[labelled].astype(str))
 
-    reference_embedding = reference_job.run(device=device, progress=progress)
-    query_embedding = query_job.run(device=device, progress=progress)
-    codes = pd.Categorical(labels[labelled].astype(str))
-    k = min(n_neighbors, reference_embedding.shape[0])
-    neighbors, distances = _nearest_reference_cells(reference_embedding, query_embedding, k, seed=seed)
-    winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
-    predicted = np.asarray(codes.categories)[winner].astype(object)
+    # every check passed: compute, then write
+    details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
+    if method == "knn":
+        reference_embedding = reference_job.run(device=device, progress=progress)
+        query_embedding = query_job.run(device=device, progress=progress)
+        k = min(n_neighbors, reference_embedding.shape[0])
+        neighbors, distances = _nearest_reference_cells(reference_embedding, query_embedding, k, seed=seed)
+        winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
+        classes = np.asarray(codes.categories)
+        details |= {"n_neighbors": k, "labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
+    else:
+        if reference_job is not None:
+            from ..train import FineTuneConfig, finetune_classifier
+
+            config = FineTuneConfig(n_genes=query_job.n_genes, max_epochs=max_epochs, seed=seed)
+            pretrained, history = finetune_classifier(
+                pretrained,
+                reference_job.cell_rows(),
+                codes.codes,
+                [str(c) for c in codes.categories],
+                config=config,
+                device=device,
+                progress=progress,
+            )
+            query_job.model = pretrained
+            details |= {
+                "labels_key": labels_key,
+                "reference_n_cells": int(reference_job.adata.n_obs),
+                "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),
+                "epochs": len(history),
+            }
+            if "validation_accuracy" in history:
+                details["validation_accuracy"] = float(history["validation_accuracy"].max())
+            if save_model is not None:
+                pretrained.save(save_model)
+                details["saved_model"] = str(save_model)
+        probabilities = query_job.predict(device=device, progress=progress)
+        winner = probabilities.argmax(1)
+        confidence = probabilities[np.arange(winner.size), winner]
+        classes = np.asarray(pretrained.classes, dtype=object)
+
+    if copy:
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
+    predicted = classes[winner].astype(object)
     predicted[confidence < unknown_threshold] = UNKNOWN
-
-    categories = list(dict.fromkeys([*codes.categories, UNKNOWN]))
+    categories = list(dict.fromkeys([*classes, UNKNOWN]))
     adata.obs[key_added] = pd.Categorical(predicted, categories=categories)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.uns[key_added] = {
-        **query_job.provenance(
-            method=method, n_neighbors=k, unknown_threshold=unknown_threshold, labels_key=labels_key
-        ),
-        "reference_n_cells": int(reference_embedding.shape[0]),
-    }
+    adata.uns[key_added] = query_job.provenance(**details)
     return adata if copy else None

@@ -89,11 +89,38 @@ class EmbeddingJob:
             progress=progress,
         )
 
+    def predict(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
+        """Class probabilities ``(n_obs, n_classes)`` from the model's fine-tuned classifier head."""
+        matrix = expression_matrix(self.adata, self.layer)
+        return self.model.predict_blocks(
+            iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
+            n_cells=self.adata.n_obs,
+            gene_ids=self.match.gene_ids,
+            cell_keys=cell_keys_from_names(self.adata.obs_names),
+            device=device,
+            n_genes=self.n_genes,
+            gene_selection=self.gene_selection,
+            seed=self.seed,
+            progress=progress,
+        )
+
+    def cell_rows(self):
+        """The matched expression rows, as the fine-tuning engine takes them (:class:`panfoma_sc.train.CellRows`)."""
+        from ..train import CellRows
+
+        return CellRows(
+            matrix=expression_matrix(self.adata, self.layer),
+            columns=self.match.columns,
+            gene_ids=self.match.gene_ids,
+            cell_keys=cell_keys_from_names(self.adata.obs_names),
+        )
+
     def provenance(self, **extra: Any) -> dict[str, Any]:
         """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind."""
         params = {
             "model": self.model.name,
             "sha256": self.model.sha256,
+            "fine_tuned_from": self.model.info.get("fine_tuned_from", {}).get("sha256"),
             "model_version": str(self.model.info.get("version", "")),
             "panfoma_sc_version": __version__,
             "n_genes": self.n_genes,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -58,6 +59,12 @@ class TrainingConfig:
     # per cell, `mvc_nonzero_share` of them expressed and the rest not (see sample_expression_targets)
     mvc_genes: int | None = None
     mvc_nonzero_share: float = 0.5
+    # contrastive term: each cell is tokenized twice (two seeded gene draws, two maskings) and InfoNCE pulls the
+    # two cell embeddings together against the other cells of the micro-batch; 0 = off (as panfoma-tiny v1)
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    value_encoding: str = "rank"  # the tokenizer's value tokens while training ("rank" or "presence")
+    gene_selection: str = "random"  # the tokenizer's gene selection while training ("random" or "top")
     log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
@@ -70,8 +77,17 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
+def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two ``(B, D)`` views: row ``i`` of each is the positive of the other's row ``i``."""
+    first = F.normalize(first.float(), dim=-1)
+    second = F.normalize(second.float(), dim=-1)
+    logits = first @ second.T / temperature
+    target = torch.arange(first.shape[0], device=first.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 class PretrainingObjective(nn.Module):
-    """The network plus its two losses, as one module (what DDP wraps)."""
+    """The network plus its losses, as one module (what DDP wraps)."""
 
     def __init__(self, network: PanFoMa) -> None:
         super().__init__()
@@ -86,11 +102,15 @@ class PretrainingObjective(nn.Module):
         hidden: torch.Tensor,
         mvc_gene_ids: torch.Tensor | None = None,
         mvc_targets: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked-value cross-entropy over the hidden inputs, and the MVC cross-entropy.
+        n_views: int = 1,
+        temperature: float = 0.1,
+    ) -> dict[str, torch.Tensor]:
+        """Masked-value cross-entropy over the hidden inputs, the MVC cross-entropy and, for two views, InfoNCE.
 
         MVC predicts bins from ``[cell_embedding, gene_embedding]`` alone: of the hidden input genes, or, when
         given, of the ``(B, Q)`` query genes ``mvc_gene_ids`` (expressed or not, in the input or not).
+        With ``n_views=2`` the batch holds two tokenizations of the same cells, the second half after the
+        first, and the contrastive loss is returned as ``"contrastive"``.
         """
         output = self.network(gene_ids, masked_bins, padding)
         flat_targets = targets.reshape(targets.shape[0], -1)
@@ -101,7 +121,11 @@ class PretrainingObjective(nn.Module):
         else:
             every = torch.ones_like(mvc_targets, dtype=torch.bool)
             loss_mvc = masked_bin_loss(self.network.mvc_logits(output, mvc_gene_ids), mvc_targets, every)
-        return loss_value, loss_mvc
+        losses = {"value": loss_value, "mvc": loss_mvc}
+        if n_views == 2:
+            first, second = output.cell_embedding.chunk(2, dim=0)
+            losses["contrastive"] = info_nce(first, second, temperature)
+        return losses
 
 
 def _lr_lambda(config: TrainingConfig):
@@ -197,7 +221,9 @@ def pretrain(
             json.dumps({"config": config.to_dict(), "files": [str(f) for f in files]}, indent=2)
         )
 
-    architecture = CONFIGS[config.architecture].replace(**config.model_overrides, vocab_size=len(vocab))
+    architecture = CONFIGS[config.architecture].replace(
+        **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
+    )
     torch.manual_seed(config.seed)
     network = PanFoMa(architecture).to(device)
     objective: nn.Module = PretrainingObjective(network)
@@ -222,8 +248,15 @@ def pretrain(
 
     corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
     tokenizer = Tokenizer(
-        n_genes=config.n_genes, n_chunks=architecture.n_chunks, n_bins=architecture.n_bins, pad_id=vocab.pad_id
+        n_genes=config.n_genes,
+        n_chunks=architecture.n_chunks,
+        n_bins=architecture.n_bins,
+        pad_id=vocab.pad_id,
+        selection=config.gene_selection,
+        value_encoding=config.value_encoding,
     )
+    n_views = 2 if config.contrastive_weight > 0 else 1
+    weights = {"value": 1.0, "mvc": 1.0, "contrastive": config.contrastive_weight}
     stream = _batch_stream(corpus, epoch, position, rank, world)
     use_autocast = device.startswith("cuda")
     history_path = out_dir / HISTORY_FILE
@@ -236,7 +269,8 @@ def pretrain(
     steps_this_session = 0
     objective.train()
     bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank != 0, desc="pretrain", unit="step")
-    running = {"loss_value": 0.0, "loss_mvc": 0.0, "cells": 0}
+    loss_names = ["value", "mvc"] + (["contrastive"] if n_views == 2 else [])
+    running = dict.fromkeys(loss_names, 0.0) | {"cells": 0}
     finished = step >= config.max_steps
     while not finished:
         for micro in range(config.grad_accumulation):
@@ -244,6 +278,12 @@ def pretrain(
             sampling_seed = _step_seed(config.seed, epoch, 0, 0)
             tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=sampling_seed)
             gene_ids, bins, padding = tokens_to_torch(tokens, device)
+            if n_views == 2:  # a second, independent gene draw of the same cells
+                view = tokens_to_torch(
+                    tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=sampling_seed + 2), device
+                )
+                pairs = zip((gene_ids, bins, padding), view, strict=True)
+                gene_ids, bins, padding = (torch.cat(pair) for pair in pairs)
             mvc_ids = mvc_bins = None
             if config.mvc_genes:
                 mvc_ids, mvc_bins = sample_expression_targets(
@@ -256,15 +296,28 @@ def pretrain(
                     nonzero_share=config.mvc_nonzero_share,
                 )
                 mvc_ids, mvc_bins = torch.from_numpy(mvc_ids).to(device), torch.from_numpy(mvc_bins).to(device)
+                if n_views == 2:
+                    mvc_ids, mvc_bins = mvc_ids.repeat(2, 1), mvc_bins.repeat(2, 1)
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step, micro, rank))
             masked, hidden = mask_values(
                 bins, padding, mask_bin=architecture.n_bins, ratio_range=config.mask_ratio, generator=generator
             )
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                loss_value, loss_mvc = trained(gene_ids, masked, padding, bins, hidden, mvc_ids, mvc_bins)
-            ((loss_value + loss_mvc) / config.grad_accumulation).backward()
-            running["loss_value"] += float(loss_value.detach()) / config.grad_accumulation
-            running["loss_mvc"] += float(loss_mvc.detach()) / config.grad_accumulation
+                losses = trained(
+                    gene_ids,
+                    masked,
+                    padding,
+                    bins,
+                    hidden,
+                    mvc_ids,
+                    mvc_bins,
+                    n_views=n_views,
+                    temperature=config.contrastive_temperature,
+                )
+            total = sum(weights[name] * loss for name, loss in losses.items())
+            (total / config.grad_accumulation).backward()
+            for name, loss in losses.items():
+                running[name] += float(loss.detach()) / config.grad_accumulation
             running["cells"] += len(tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
         optimizer.step()
@@ -274,22 +327,18 @@ def pretrain(
         steps_this_session += 1
         elapsed = time.monotonic() - start_time
         if step % config.log_every == 0 or step == config.max_steps:
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "lr": scheduler.get_last_lr()[0],
-                "loss_value": running["loss_value"] / (config.log_every if step % config.log_every == 0 else 1),
-                "loss_mvc": running["loss_mvc"] / (config.log_every if step % config.log_every == 0 else 1),
+            steps_logged = config.log_every if step % config.log_every == 0 else 1
+            record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+            record |= {f"loss_{name}": running[name] / steps_logged for name in loss_names}
+            record |= {
                 "grad_norm": float(grad_norm),
                 "cells_per_s": running["cells"] * world / max(elapsed, 1e-9) if steps_this_session else 0.0,
                 "elapsed_s": elapsed,
             }
-            record["loss"] = record["loss_value"] + record["loss_mvc"]
+            record["loss"] = sum(weights[name] * record[f"loss_{name}"] for name in loss_names)
             history.append(record)
-            bar.set_postfix(
-                loss=f"{record['loss']:.3f}", value=f"{record['loss_value']:.3f}", mvc=f"{record['loss_mvc']:.3f}"
-            )
-            running = {"loss_value": 0.0, "loss_mvc": 0.0, "cells": running["cells"]}
+            bar.set_postfix({"loss": f"{record['loss']:.3f}"} | {n: f"{record[f'loss_{n}']:.3f}" for n in loss_names})
+            running = dict.fromkeys(loss_names, 0.0) | {"cells": running["cells"]}
         bar.update(1)
         finished = step >= config.max_steps
         out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
@@ -317,6 +366,7 @@ def pretrain(
         "finished": step >= config.max_steps,
         "loss_value": last.get("loss_value"),
         "loss_mvc": last.get("loss_mvc"),
+        "loss_contrastive": last.get("loss_contrastive"),
         "wall_time_s": time.monotonic() - start_time,
         "out_dir": str(out_dir),
     }

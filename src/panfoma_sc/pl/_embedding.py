@@ -1,0 +1,97 @@
+"""``pf.pl.embedding``: scanpy's embedding plot with PanFoMa's annotation confidence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["embedding"]
+
+
+def embedding(
+    adata: AnnData,
+    *,
+    basis: str = "umap",
+    color: str | Sequence[str] | None = None,
+    label_key: str = "panfoma_label",
+    confidence: bool = True,
+    **kwargs: Any,
+):
+    """Plot cells on an embedding, coloured by PanFoMa's labels and their confidence.
+
+    A thin wrapper of :func:`scanpy.pl.embedding`: it adds, for every coloured label column written by
+    :func:`panfoma_sc.tl.annotate`, a panel of its ``*_confidence`` on a fixed 0-1 scale, and draws
+    ``"Unknown"`` cells in light grey. Everything else is scanpy's.
+
+    Parameters
+    ----------
+    adata
+        Annotated data.
+    basis
+        ``obsm`` key (with or without ``X_``), e.g. ``"umap"`` after
+        ``sc.pp.neighbors(adata, use_rep="X_panfoma"); sc.tl.umap(adata)``.
+    color
+        ``obs`` columns or genes to colour by; default: ``label_key``.
+    label_key
+        The ``key_added`` of :func:`panfoma_sc.tl.annotate`.
+    confidence
+        Add the confidence panel of each coloured annotation.
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding`.
+
+    Returns
+    -------
+    Whatever :func:`scanpy.pl.embedding` returns.
+    """
+    import scanpy as sc
+
+    key = basis if basis in adata.obsm else f"X_{basis}"
+    if key not in adata.obsm:
+        msg = (
+            f"adata.obsm has no {basis!r} embedding (keys: {list(adata.obsm)}). Compute one first, e.g. "
+            "sc.pp.neighbors(adata, use_rep='X_panfoma'); sc.tl.umap(adata)."
+        )
+        raise KeyError(msg)
+    colors = [label_key] if color is None else ([color] if isinstance(color, str) else list(color))
+    missing = [c for c in colors if c not in adata.obs.columns and c not in adata.var_names]
+    if missing:
+        msg = f"color {missing} not found in adata.obs columns or var_names."
+        raise KeyError(msg)
+    panels: list[str] = []
+    for name in colors:
+        panels.append(name)
+        if confidence and f"{name}_confidence" in adata.obs.columns:
+            panels.append(f"{name}_confidence")
+    palette = kwargs.pop("palette", None)
+    labelled = [c for c in colors if "Unknown" in _categories(adata, c)]
+    if palette is None and labelled:
+        palette = _palette_with_grey_unknown(adata, labelled)
+    kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels])
+    kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
+    return sc.pl.embedding(adata, basis=key, color=panels, palette=palette, **kwargs)
+
+
+def _categories(adata: AnnData, column: str) -> list[str]:
+    """Categories of a categorical ``obs`` column, else empty."""
+    import pandas as pd
+
+    if column in adata.obs.columns and isinstance(adata.obs[column].dtype, pd.CategoricalDtype):
+        return list(adata.obs[column].cat.categories)
+    return []
+
+
+def _palette_with_grey_unknown(adata: AnnData, columns: list[str]) -> dict[str, str]:
+    """Scanpy's default category colours, with ``"Unknown"`` light grey."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    palette: dict[str, str] = {}
+    for column in columns:
+        categories = [c for c in _categories(adata, column) if c != "Unknown"]
+        cmap = colormaps["tab20"] if len(categories) > 10 else colormaps["tab10"]
+        palette |= {c: to_hex(cmap(i % cmap.N)) for i, c in enumerate(categories)}
+    palette["Unknown"] = "#d9d9d9"
+    return palette

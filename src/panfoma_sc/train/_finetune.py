@@ -1,0 +1,418 @@
+"""Fine-tuning a pretrained PanFoMa: a cell-type classifier, and batch-corrected (integrated) encoders."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import sparse
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._settings import settings
+from ..data.rows import iter_row_blocks
+from ..data.tokenizer import sample_expression_targets
+from ..models._pretrained import CLASSIFIER_HEAD, PretrainedModel, tokens_to_torch
+from ..nn import BatchDiscriminator, CellClassifier, PanFoMa, masked_bin_loss
+from ._masking import mask_values
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CellRows", "FineTuneConfig", "finetune_classifier", "finetune_integration"]
+
+
+@dataclass
+class CellRows:
+    """Expression rows matched to a model's vocabulary.
+
+    Attributes
+    ----------
+    matrix
+        ``(cells, genes)`` numpy array, scipy sparse matrix or backed dataset.
+    columns
+        Columns of ``matrix`` the model uses.
+    gene_ids
+        Vocabulary id of each of ``columns``.
+    cell_keys
+        Per-cell sampling keys.
+    """
+
+    matrix: Any
+    columns: np.ndarray
+    gene_ids: np.ndarray
+    cell_keys: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        """Number of rows."""
+        return int(self.matrix.shape[0])
+
+    def block(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """CSR block of ``rows`` (any order), restricted to the model's columns."""
+        order = np.argsort(rows, kind="stable")
+        (_, block), *_ = iter_row_blocks(self.matrix, max(len(rows), 1), columns=self.columns, rows=rows[order])
+        return block[np.argsort(order)]
+
+
+@dataclass
+class FineTuneConfig:
+    """Settings of a fine-tuning run.
+
+    Attributes
+    ----------
+    n_genes
+        Genes per cell while fine-tuning (a random expressed subset per epoch: it doubles as augmentation).
+    batch_size
+        Cells per optimizer step.
+    max_epochs
+        Upper bound on passes over the cells.
+    max_steps
+        Optional cap on optimizer steps (``None``: no cap).
+    learning_rate
+        Learning rate of the pretrained network.
+    head_learning_rate
+        Learning rate of the new heads.
+    weight_decay
+        AdamW weight decay.
+    validation_fraction
+        Share of labelled cells held out for early stopping (classifier only).
+    patience
+        Epochs without a better validation loss before stopping (classifier only).
+    seed
+        Seed of splits, shuffling, gene draws and head initialization.
+    """
+
+    n_genes: int = 256
+    batch_size: int = 32
+    max_epochs: int = 10
+    max_steps: int | None = None
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    validation_fraction: float = 0.15
+    patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_genes", "batch_size", "max_epochs"):
+            if int(getattr(self, name)) < 1:
+                msg = f"{name} must be a positive integer, got {getattr(self, name)!r}."
+                raise ValueError(msg)
+        if not 0 <= self.validation_fraction < 1:
+            msg = f"validation_fraction must lie in [0, 1), got {self.validation_fraction}."
+            raise ValueError(msg)
+
+
+def _minibatches(indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    shuffled = rng.permutation(indices)
+    for start in range(0, shuffled.size, batch_size):
+        yield shuffled[start : start + batch_size]
+
+
+def _split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation split; classes with fewer than 2 cells stay in training."""
+    rng = np.random.default_rng(seed)
+    validation = []
+    for code in np.unique(codes):
+        members = rng.permutation(np.flatnonzero(codes == code))
+        n_validation = round(fraction * members.size) if members.size >= 2 else 0
+        validation.append(members[: min(n_validation, members.size - 1)])
+    validation = np.sort(np.concatenate(validation)) if validation else np.array([], dtype=int)
+    train = np.setdiff1d(np.arange(codes.size), validation)
+    return train, validation
+
+
+def _fresh_network(model: PretrainedModel, device: str) -> PanFoMa:
+    network = model.checkpoint.build_model(device)  # a new copy: the loaded model stays untouched
+    return network.train()
+
+
+def _step_tokens(model: PretrainedModel, cells: CellRows, rows: np.ndarray, n_genes: int, seed: int, device: str):
+    tokenizer = model.tokenizer(n_genes, "random")
+    return tokens_to_torch(tokenizer(cells.block(rows), cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
+
+
+def finetune_classifier(
+    model: PretrainedModel,
+    cells: CellRows,
+    labels: np.ndarray,
+    classes: list[str],
+    *,
+    config: FineTuneConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[PretrainedModel, pd.DataFrame]:
+    """Fine-tune the whole network with a classification head; early stopping on a validation split.
+
+    Parameters
+    ----------
+    model
+        Pretrained starting point (not modified).
+    cells
+        Labelled cells.
+    labels
+        ``(n_cells,)`` integer class of each cell (index into ``classes``).
+    classes
+        Class names.
+    config
+        Fine-tuning settings.
+    device
+        Torch device (default: auto).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    The fine-tuned model (in memory, with a ``"classifier"`` head and its classes in ``info``), and the
+    per-epoch history (train loss, validation loss and accuracy).
+    """
+    config = config or FineTuneConfig()
+    device = settings.resolve_device(device)
+    labels = np.asarray(labels, dtype=np.int64)
+    torch.manual_seed(config.seed)
+    network = _fresh_network(model, device)
+    head = CellClassifier(model.config.d_model, len(classes)).to(device).train()
+    train, validation = _split(labels, config.validation_fraction, config.seed)
+    counts = np.bincount(labels[train], minlength=len(classes)).astype(np.float64)
+    class_weight = torch.tensor(
+        np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0),
+        dtype=torch.float32,
+        device=device,
+    )
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": network.parameters(), "lr": config.learning_rate},
+            {"params": head.parameters(), "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    rng = np.random.default_rng(config.seed)
+    steps_per_epoch = -(-train.size // config.batch_size)
+    total_steps = config.max_epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    history, best, best_loss, stale, step = [], None, np.inf, 0, 0
+    bar = tqdm(total=total_steps, disable=not progress, desc="fine-tune classifier", unit="step")
+    for epoch in range(config.max_epochs):
+        network.train(), head.train()
+        train_loss, seen = 0.0, 0
+        for rows in _minibatches(train, config.batch_size, rng):
+            output = network(*_step_tokens(model, cells, rows, config.n_genes, config.seed + epoch, device))
+            target = torch.from_numpy(labels[rows]).to(device)
+            loss = F.cross_entropy(head(output.cell_embedding).float(), target, weight=class_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*network.parameters(), *head.parameters()], 1.0)
+            optimizer.step()
+            train_loss += float(loss.detach()) * rows.size
+            seen += rows.size
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
+            if step >= total_steps:
+                break
+        record = {"epoch": epoch, "step": step, "train_loss": train_loss / max(seen, 1)}
+        if validation.size:
+            record |= _validate(model, network, head, cells, validation, labels, config, device)
+        history.append(record)
+        monitored = record.get("validation_loss", record["train_loss"])
+        if monitored < best_loss - 1e-4:
+            best_loss, stale = monitored, 0
+            best = (copy.deepcopy(network.state_dict()), copy.deepcopy(head.state_dict()), epoch)
+        else:
+            stale += 1
+        if step >= total_steps or (validation.size and stale >= config.patience):
+            break
+    bar.close()
+    network_state, head_state, best_epoch = best
+    network.load_state_dict(network_state)
+    head.load_state_dict(head_state)
+    logger.info("Fine-tuned classifier: best epoch %d of %d.", best_epoch, len(history))
+    info = {
+        "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
+        "classifier": {"classes": list(classes), "best_epoch": best_epoch, "history": history},
+        "fine_tuning": dataclass_dict(config),
+    }
+    tuned = PretrainedModel.from_network(
+        network.eval(), model.vocab, name=f"{model.name}-classifier", info=info, heads={CLASSIFIER_HEAD: head.eval()}
+    )
+    return tuned, pd.DataFrame(history)
+
+
+@torch.no_grad()
+def _validate(
+    model: PretrainedModel,
+    network: PanFoMa,
+    head: CellClassifier,
+    cells: CellRows,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    config: FineTuneConfig,
+    device: str,
+) -> dict[str, float]:
+    network.eval(), head.eval()
+    tokenizer = model.tokenizer(config.n_genes)  # the inference tokenizer: deterministic
+    loss, correct = 0.0, 0
+    for start in range(0, rows.size, config.batch_size):
+        batch = rows[start : start + config.batch_size]
+        tokens = tokenizer(cells.block(batch), cells.gene_ids, cells.cell_keys[batch], seed=config.seed)
+        logits = head(network(*tokens_to_torch(tokens, device)).cell_embedding).float()
+        target = torch.from_numpy(labels[batch]).to(device)
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(1) == target).sum())
+    return {"validation_loss": loss / rows.size, "validation_accuracy": correct / rows.size}
+
+
+def dataclass_dict(config: FineTuneConfig) -> dict[str, Any]:
+    """JSON-able settings."""
+    return {k: v for k, v in vars(config).items() if v is not None}
+
+
+class _IntegrationObjective(nn.Module):
+    """Masked-value + batch-conditioned MVC + adversarial batch loss on the cell embedding."""
+
+    def __init__(self, network: PanFoMa, n_batches: int) -> None:
+        super().__init__()
+        self.network = network
+        self.batch_embedding = nn.Embedding(n_batches, network.config.d_model)
+        nn.init.zeros_(self.batch_embedding.weight)
+        self.discriminator = BatchDiscriminator(network.config.d_model, n_batches)
+
+    def forward(self, tokens, masked_bins, hidden, batches, mvc_ids, mvc_bins, strength: float):
+        gene_ids, bins, padding = tokens
+        output = self.network(gene_ids, masked_bins, padding)
+        flat = bins.reshape(bins.shape[0], -1)
+        loss_value = masked_bin_loss(self.network.value_logits(output), flat, hidden.reshape(hidden.shape[0], -1))
+        # the decoder is told the batch, so the cell embedding need not carry it to reconstruct the profile
+        conditioned = output.cell_embedding + self.batch_embedding(batches)
+        logits = self.network.mvc_head(conditioned, self.network.embedding.gene(mvc_ids))
+        loss_mvc = masked_bin_loss(logits, mvc_bins, torch.ones_like(mvc_bins, dtype=torch.bool))
+        loss_batch = F.cross_entropy(self.discriminator(output.cell_embedding, strength).float(), batches)
+        return loss_value, loss_mvc, loss_batch
+
+
+def finetune_integration(
+    model: PretrainedModel,
+    cells: CellRows,
+    batches: np.ndarray,
+    n_batches: int,
+    *,
+    config: FineTuneConfig | None = None,
+    adversarial_weight: float = 1.0,
+    mvc_genes: int = 128,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[PretrainedModel, pd.DataFrame]:
+    """Fine-tune the encoder so its cell embedding keeps the expression profile but not the batch.
+
+    The objective is the pretraining one (masked values, and MVC reconstruction of expressed and silent
+    genes from the cell embedding) with two changes: the MVC decoder also receives a learned batch
+    embedding, and a batch discriminator reads the cell embedding through gradient reversal
+    (strength ramped up over the first third of the steps, as in DANN).
+
+    Parameters
+    ----------
+    model
+        Pretrained starting point (not modified).
+    cells
+        The cells to integrate.
+    batches
+        ``(n_cells,)`` integer batch of each cell.
+    n_batches
+        Number of batches.
+    config
+        Fine-tuning settings (``validation_fraction`` and ``patience`` are not used: there are no labels).
+    adversarial_weight
+        Weight of the batch-discriminator loss.
+    mvc_genes
+        Reconstructed genes per cell (half expressed, half silent).
+    device
+        Torch device (default: auto).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    The fine-tuned model (in memory) and the per-step loss history.
+    """
+    config = config or FineTuneConfig()
+    device = settings.resolve_device(device)
+    batches = np.asarray(batches, dtype=np.int64)
+    torch.manual_seed(config.seed)
+    objective = _IntegrationObjective(_fresh_network(model, device), n_batches).to(device).train()
+    new_parameters = [*objective.batch_embedding.parameters(), *objective.discriminator.parameters()]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": objective.network.parameters(), "lr": config.learning_rate},
+            {"params": new_parameters, "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    rng = np.random.default_rng(config.seed)
+    every = np.arange(cells.n_cells)
+    total_steps = config.max_epochs * -(-every.size // config.batch_size)
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    ramp = max(total_steps // 3, 1)
+    history, step = [], 0
+    bar = tqdm(total=total_steps, disable=not progress, desc="integrate", unit="step")
+    while step < total_steps:
+        epoch = step // max(-(-every.size // config.batch_size), 1)
+        for rows in _minibatches(every, config.batch_size, rng):
+            tokens = _step_tokens(model, cells, rows, config.n_genes, config.seed + epoch, device)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            masked, hidden = mask_values(
+                tokens[1], tokens[2], mask_bin=model.config.n_bins, ratio_range=(0.15, 0.4), generator=generator
+            )
+            mvc_ids, mvc_bins = sample_expression_targets(
+                cells.block(rows),
+                cells.gene_ids,
+                cells.cell_keys[rows],
+                n_genes=mvc_genes,
+                n_bins=model.config.n_bins,
+                seed=config.seed + epoch + 1,
+            )
+            strength = min(1.0, (step + 1) / ramp)
+            loss_value, loss_mvc, loss_batch = objective(
+                tokens,
+                masked,
+                hidden,
+                torch.from_numpy(batches[rows]).to(device),
+                torch.from_numpy(mvc_ids).to(device),
+                torch.from_numpy(mvc_bins).to(device),
+                strength,
+            )
+            loss = loss_value + loss_mvc + adversarial_weight * loss_batch
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+            optimizer.step()
+            record = {
+                "step": step,
+                "loss_value": float(loss_value.detach()),
+                "loss_mvc": float(loss_mvc.detach()),
+                "loss_batch": float(loss_batch.detach()),
+            }
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(mvc=f"{record['loss_mvc']:.3f}", batch=f"{record['loss_batch']:.3f}")
+            step += 1
+            if step >= total_steps:
+                break
+    bar.close()
+    info = {
+        "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
+        "integration": {"n_batches": int(n_batches), "adversarial_weight": adversarial_weight, "steps": step},
+        "fine_tuning": dataclass_dict(config),
+    }
+    tuned = PretrainedModel.from_network(
+        objective.network.eval(), model.vocab, name=f"{model.name}-integrated", info=info
+    )
+    return tuned, pd.DataFrame(history)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scanpy as sc
+from anndata.tests.helpers import assert_equal
+
+import panfoma_sc as pf
+
+
+@pytest.fixture
+def two_batches(pbmc_sorted):
+    adata = pbmc_sorted.copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    return adata
+
+
+def test_integrate_writes_embedding_and_scanpy_runs_on_it(two_batches, tiny_checkpoint, tmp_path):
+    path = tmp_path / "integrated.safetensors"
+    pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=3, save_model=path, progress=False)
+    embedding = two_batches.obsm["X_panfoma_integrated"]
+    assert embedding.shape == (two_batches.n_obs, 32)
+    assert embedding.dtype == np.float32
+    assert np.isfinite(embedding).all()
+    params = two_batches.uns["X_panfoma_integrated"]["params"]
+    assert params["batch_key"] == "batch"
+    assert params["n_batches"] == 2
+    assert params["steps"] == 3
+    sc.pp.neighbors(two_batches, use_rep="X_panfoma_integrated")
+    # the saved model reproduces the embedding
+    again = pf.tl.embed(two_batches, path, progress=False, copy=True)
+    np.testing.assert_allclose(again.obsm["X_panfoma"], embedding, atol=1e-5)
+
+
+def test_integrate_differs_from_zero_shot_and_is_seeded(two_batches, tiny_checkpoint):
+    zero_shot = pf.tl.embed(two_batches, tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
+    first = pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=3, progress=False, copy=True)
+    second = pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=3, progress=False, copy=True)
+    assert "X_panfoma_integrated" not in two_batches.obsm
+    np.testing.assert_allclose(first.obsm["X_panfoma_integrated"], second.obsm["X_panfoma_integrated"], atol=1e-6)
+    assert not np.allclose(first.obsm["X_panfoma_integrated"], zero_shot, atol=1e-3)
+
+
+def test_integrate_accepts_csc_int_and_layers(two_batches, tiny_checkpoint):
+    adata = two_batches.copy()
+    adata.layers["counts"] = adata.X.tocsc().astype(np.int32)
+    adata.X = None
+    before = adata.copy()
+    result = pf.tl.integrate(
+        adata, "batch", model=tiny_checkpoint, layer="counts", max_steps=1, progress=False, copy=True
+    )
+    assert result.obsm["X_panfoma_integrated"].shape[0] == adata.n_obs
+    assert_equal(adata, before)
