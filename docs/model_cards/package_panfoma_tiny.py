@@ -1,12 +1,13 @@
 """Turn a pretraining run into the bundled ``panfoma-tiny`` checkpoint and its registry entry.
 
 Writes float16 weights to ``src/panfoma_sc/models/weights/panfoma-tiny.safetensors`` (the run's float32
-checkpoint is twice the size for no measurable change in embeddings) with the inference ``n_genes`` chosen on
-held-out data, and updates ``src/panfoma_sc/models/registry.json``.
+checkpoint is twice the size for no measurable change in embeddings) with the inference defaults (``n_genes``,
+gene selection, value encoding) chosen on labelled files of the training corpus (never on the held-out
+evaluation sets), and updates ``src/panfoma_sc/models/registry.json``.
 
 Usage (from the repository root)::
 
-    python docs/model_cards/package_panfoma_tiny.py runs/panfoma-tiny-v1 --n-genes 512
+    python docs/model_cards/package_panfoma_tiny.py runs/panfoma-tiny-v1 --n-genes 256 --version 1.1
 """
 
 from __future__ import annotations
