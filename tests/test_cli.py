@@ -43,3 +43,31 @@ def test_models_register_and_list(tiny_checkpoint, capsys):
     assert main(["models", "register", "mine", str(tiny_checkpoint)]) == EXIT_OK
     assert main(["models", "list"]) == EXIT_OK
     assert "mine" in capsys.readouterr().out
+
+
+def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path, capsys):
+    query, reference = pbmc_sorted[::3].copy(), pbmc_sorted[1::3].copy()
+    query.obs["batch"] = np.where(np.arange(query.n_obs) % 2, "a", "b")
+    paths = {name: tmp_path / f"{name}.h5ad" for name in ("query", "reference", "labelled", "integrated")}
+    query.write_h5ad(paths["query"])
+    reference.write_h5ad(paths["reference"])
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    args = ["annotate", str(paths["query"]), str(paths["reference"]), str(paths["labelled"]), "--labels-key"]
+    assert main([*args, "cell_type", *model]) == EXIT_OK
+    assert "panfoma_label" in ad.read_h5ad(paths["labelled"]).obs
+    assert "labels" in capsys.readouterr().out
+    args = ["integrate", str(paths["query"]), str(paths["integrated"]), "--batch-key", "batch", "--max-steps", "1"]
+    assert main([*args, *model]) == EXIT_OK
+    assert ad.read_h5ad(paths["integrated"]).obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)
+
+
+def test_annotate_and_integrate_refuse_bad_keys_with_exit_2(pbmc_sorted, tiny_checkpoint, tmp_path, capsys):
+    source = tmp_path / "in.h5ad"
+    pbmc_sorted[:20].copy().write_h5ad(source)
+    out = tmp_path / "out.h5ad"
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    assert main(["annotate", str(source), str(source), str(out), "--labels-key", "nope", *model]) == EXIT_BAD_INPUT
+    assert "labels_key='nope'" in capsys.readouterr().err
+    assert main(["integrate", str(source), str(out), "--batch-key", "nope", *model]) == EXIT_BAD_INPUT
+    assert "batch_key='nope'" in capsys.readouterr().err
+    assert not out.exists()

@@ -92,6 +92,8 @@ def _integrate(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         max_steps=args.max_steps,
         adversarial_weight=args.adversarial_weight,
+        mmd_weight=args.mmd_weight,
+        learning_rate=args.learning_rate,
         key_added=args.key_added,
         save_model=args.save_model,
         seed=args.seed,
@@ -221,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument("--batch-key", required=True, help="obs column with each cell's batch")
     integrate.add_argument("--max-epochs", type=int, default=4, help="fine-tuning passes over the cells")
     integrate.add_argument("--max-steps", type=int, help="cap on fine-tuning steps")
-    integrate.add_argument("--adversarial-weight", type=float, default=1.0, help="strength of batch removal")
+    integrate.add_argument("--adversarial-weight", type=float, default=1.0, help="adversarial batch-removal weight")
+    integrate.add_argument("--mmd-weight", type=float, default=10.0, help="batch-MMD weight (0 when batches differ)")
+    integrate.add_argument("--learning-rate", type=float, default=1e-3, help="fine-tuning learning rate")
     integrate.add_argument("--key-added", default="X_panfoma_integrated", help="obsm key of the result")
     integrate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file")
     _add_model_options(integrate)

@@ -70,3 +70,12 @@ def test_bad_reference_raises_and_leaves_everything_untouched(split, tiny_checkp
         pf.tl.annotate(query, reference, labels_key=key, model=tiny_checkpoint, progress=False)
     assert_equal(query, before_query)
     assert_equal(reference, before_reference)
+
+
+def test_csc_int_query_and_float_reference_give_the_same_labels(split, tiny_checkpoint):
+    reference, query = split
+    as_csr = pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False, copy=True)
+    query.X = query.X.tocsc().astype(np.int64)
+    reference.X = reference.X.astype(np.float32)
+    as_csc = pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False, copy=True)
+    np.testing.assert_array_equal(as_csc.obs["panfoma_label"], as_csr.obs["panfoma_label"])

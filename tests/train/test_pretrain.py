@@ -172,3 +172,31 @@ def test_mvc_on_extra_genes_trains(corpus_files, vocab, tmp_path):
     assert summary["finished"]
     history = pd.read_csv(tmp_path / "history.csv")
     assert np.isfinite(history["loss_mvc"]).all()
+
+
+def test_contrastive_views_train_and_record_the_encoding(corpus_files, vocab, tmp_path):
+    config = _config(max_steps=20, warmup_steps=2, contrastive_weight=1.0, value_encoding="presence")
+    summary = pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert {"loss_value", "loss_mvc", "loss_contrastive"} <= set(history.columns)
+    # InfoNCE over 16 cells starts near log(16) and must fall as the two views of a cell are pulled together
+    assert history["loss_contrastive"].head(3).mean() > 2.0
+    assert history["loss_contrastive"].tail(3).mean() < history["loss_contrastive"].head(3).mean() - 0.2
+    assert summary["loss_contrastive"] is not None
+    from panfoma_sc.models import read_checkpoint
+
+    assert read_checkpoint(tmp_path / "model.safetensors").config.value_encoding == "presence"
+
+
+def test_batch_mmd_is_zero_for_one_batch_and_larger_for_separated_batches():
+    import torch
+
+    from panfoma_sc.train._finetune import batch_mmd
+
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.randn(64, 16, generator=generator)
+    batches = torch.arange(64) % 2
+    separated = cells.clone()
+    separated[batches == 1] += 3.0
+    assert float(batch_mmd(cells, torch.zeros(64, dtype=torch.long))) == 0.0
+    assert float(batch_mmd(separated, batches)) > 5 * float(batch_mmd(cells, batches))

@@ -66,9 +66,8 @@ def embedding(
         if confidence and f"{name}_confidence" in adata.obs.columns:
             panels.append(f"{name}_confidence")
     palette = kwargs.pop("palette", None)
-    labelled = [c for c in colors if "Unknown" in _categories(adata, c)]
-    if palette is None and labelled:
-        palette = _palette_with_grey_unknown(adata, labelled)
+    if palette is None and any("Unknown" in _categories(adata, c) for c in colors):
+        palette = _palette_with_grey_unknown(adata, [c for c in colors if _categories(adata, c)])
     kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels])
     kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
     return sc.pl.embedding(adata, basis=key, color=panels, palette=palette, **kwargs)

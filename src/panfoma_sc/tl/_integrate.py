@@ -55,7 +55,8 @@ def integrate(
     max_epochs: int = 4,
     max_steps: int | None = None,
     adversarial_weight: float = 1.0,
-    learning_rate: float = 1e-4,
+    mmd_weight: float = 10.0,
+    learning_rate: float = 1e-3,
     key_added: str = "X_panfoma_integrated",
     save_model: str | Path | None = None,
     copy: bool = False,
@@ -66,8 +67,13 @@ def integrate(
 
     Fine-tunes the model on ``adata`` with its pretraining objective (masked values, and reconstruction of
     expressed and silent genes from the cell embedding) while removing batch: the reconstruction decoder is
-    told each cell's batch (so the embedding need not carry it) and an adversarial batch classifier reads
-    the embedding through gradient reversal. The fine-tuned model then embeds every cell.
+    told each cell's batch (so the embedding need not carry it), an adversarial batch classifier reads the
+    embedding through gradient reversal, and a maximum-mean-discrepancy term pulls each batch's embeddings
+    onto the other cells of the minibatch. The fine-tuned model then embeds every cell.
+
+    Of the two batch-removal terms the MMD did most: on the lung cell lines (two protocols), the adversarial
+    term alone moved AvgBATCH from 0.69 to 0.70 and adding MMD to 0.74 (see ``benchmarks/``). MMD assumes
+    the batches hold broadly similar cell populations; lower ``mmd_weight`` when they do not.
 
     Parameters
     ----------
@@ -93,6 +99,8 @@ def integrate(
         Optional cap on fine-tuning steps.
     adversarial_weight
         Weight of the batch-classifier loss: higher removes more batch signal, at some cost to biology.
+    mmd_weight
+        Weight of a maximum-mean-discrepancy term that pulls each batch's embeddings onto the others'.
     learning_rate
         Learning rate of the pretrained weights.
     key_added
@@ -123,8 +131,8 @@ def integrate(
     >>> sc.pp.neighbors(adata, use_rep="X_panfoma_integrated")  # doctest: +SKIP
     """
     keys = embedding_keys(key_added, default_obsm="X_panfoma_integrated", default_uns="X_panfoma_integrated")
-    if adversarial_weight < 0:
-        msg = f"adversarial_weight must be >= 0, got {adversarial_weight}."
+    if adversarial_weight < 0 or mmd_weight < 0:
+        msg = f"adversarial_weight and mmd_weight must be >= 0, got {adversarial_weight} and {mmd_weight}."
         raise ValueError(msg)
     codes = _batch_codes(adata, batch_key)
     pretrained = resolve_model(model)
@@ -155,6 +163,7 @@ def integrate(
         len(codes.categories),
         config=config,
         adversarial_weight=adversarial_weight,
+        mmd_weight=mmd_weight,
         device=device,
         progress=progress,
     )
@@ -172,6 +181,7 @@ def integrate(
         n_batches=len(codes.categories),
         steps=len(history),
         adversarial_weight=adversarial_weight,
+        mmd_weight=mmd_weight,
         learning_rate=learning_rate,
         final_loss_mvc=float(tail["loss_mvc"].mean()),
         final_loss_batch=float(tail["loss_batch"].mean()),

@@ -68,7 +68,7 @@ class FineTuneConfig:
     Attributes
     ----------
     n_genes
-        Genes per cell while fine-tuning (a random expressed subset per epoch: it doubles as augmentation).
+        Genes per cell while fine-tuning (chosen by the model's inference rule).
     batch_size
         Cells per optimizer step.
     max_epochs
@@ -135,7 +135,9 @@ def _fresh_network(model: PretrainedModel, device: str) -> PanFoMa:
 
 
 def _step_tokens(model: PretrainedModel, cells: CellRows, rows: np.ndarray, n_genes: int, seed: int, device: str):
-    tokenizer = model.tokenizer(n_genes, "random")
+    # the model's own gene-selection rule, as at inference: a classifier trained on random gene subsets and
+    # applied to the most expressed genes would see two different distributions
+    tokenizer = model.tokenizer(n_genes)
     return tokens_to_torch(tokenizer(cells.block(rows), cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
 
 
@@ -275,6 +277,29 @@ def dataclass_dict(config: FineTuneConfig) -> dict[str, Any]:
     return {k: v for k, v in vars(config).items() if v is not None}
 
 
+def batch_mmd(embedding: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
+    """Mean squared maximum mean discrepancy between each batch's cells and the other cells of the minibatch.
+
+    Multi-scale Gaussian kernels on L2-normalized embeddings; 0 when the minibatch holds a single batch.
+    """
+    z = F.normalize(embedding.float(), dim=-1)
+    squared = torch.cdist(z, z).pow(2)
+    kernel = sum(torch.exp(-squared / (2 * width**2)) for width in (0.1, 0.2, 0.5, 1.0))
+    present = torch.unique(batches)
+    if present.numel() < 2:
+        return embedding.sum() * 0.0
+    terms = []
+    for batch in present:
+        inside = (batches == batch).float()
+        outside = 1.0 - inside
+        n_in, n_out = inside.sum(), outside.sum()
+        within_in = inside @ kernel @ inside / (n_in * n_in)
+        within_out = outside @ kernel @ outside / (n_out * n_out)
+        between = inside @ kernel @ outside / (n_in * n_out)
+        terms.append(within_in + within_out - 2 * between)
+    return torch.stack(terms).mean()
+
+
 class _IntegrationObjective(nn.Module):
     """Masked-value + batch-conditioned MVC + adversarial batch loss on the cell embedding."""
 
@@ -295,7 +320,7 @@ class _IntegrationObjective(nn.Module):
         logits = self.network.mvc_head(conditioned, self.network.embedding.gene(mvc_ids))
         loss_mvc = masked_bin_loss(logits, mvc_bins, torch.ones_like(mvc_bins, dtype=torch.bool))
         loss_batch = F.cross_entropy(self.discriminator(output.cell_embedding, strength).float(), batches)
-        return loss_value, loss_mvc, loss_batch
+        return loss_value, loss_mvc, loss_batch, batch_mmd(output.cell_embedding, batches)
 
 
 def finetune_integration(
@@ -306,6 +331,7 @@ def finetune_integration(
     *,
     config: FineTuneConfig | None = None,
     adversarial_weight: float = 1.0,
+    mmd_weight: float = 0.0,
     mvc_genes: int = 128,
     device: str | None = None,
     progress: bool = True,
@@ -331,6 +357,8 @@ def finetune_integration(
         Fine-tuning settings (``validation_fraction`` and ``patience`` are not used: there are no labels).
     adversarial_weight
         Weight of the batch-discriminator loss.
+    mmd_weight
+        Weight of the maximum mean discrepancy between each batch's embeddings and the rest of the minibatch.
     mvc_genes
         Reconstructed genes per cell (half expressed, half silent).
     device
@@ -380,7 +408,7 @@ def finetune_integration(
                 seed=config.seed + epoch + 1,
             )
             strength = min(1.0, (step + 1) / ramp)
-            loss_value, loss_mvc, loss_batch = objective(
+            loss_value, loss_mvc, loss_batch, loss_mmd = objective(
                 tokens,
                 masked,
                 hidden,
@@ -389,7 +417,7 @@ def finetune_integration(
                 torch.from_numpy(mvc_bins).to(device),
                 strength,
             )
-            loss = loss_value + loss_mvc + adversarial_weight * loss_batch
+            loss = loss_value + loss_mvc + adversarial_weight * loss_batch + mmd_weight * loss_mmd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
@@ -399,6 +427,7 @@ def finetune_integration(
                 "loss_value": float(loss_value.detach()),
                 "loss_mvc": float(loss_mvc.detach()),
                 "loss_batch": float(loss_batch.detach()),
+                "loss_mmd": float(loss_mmd.detach()),
             }
             history.append(record)
             bar.update(1)
@@ -409,7 +438,12 @@ def finetune_integration(
     bar.close()
     info = {
         "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
-        "integration": {"n_batches": int(n_batches), "adversarial_weight": adversarial_weight, "steps": step},
+        "integration": {
+            "n_batches": int(n_batches),
+            "adversarial_weight": adversarial_weight,
+            "mmd_weight": mmd_weight,
+            "steps": step,
+        },
         "fine_tuning": dataclass_dict(config),
     }
     tuned = PretrainedModel.from_network(

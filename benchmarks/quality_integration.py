@@ -1,0 +1,87 @@
+"""Integration quality: PanFoMa zero-shot and integrated vs PCA and Harmony, scored with scib-metrics.
+
+For each labelled multi-batch dataset: AvgBIO (NMI, ARI, label silhouette) and AvgBATCH (batch silhouette,
+iLISI, graph connectivity) of four embeddings of the same cells. Harmony runs on the PCA (harmonypy, from the
+``bench`` extra). Prints a table and writes ``benchmarks/results/integration.csv``.
+
+Usage (from the repository root)::
+
+    PANFOMA_DATA_DIR=../shared/data python benchmarks/quality_integration.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+import panfoma_sc as pf
+
+#: dataset, label column, batch column, whether X holds counts
+DATASETS = [
+    ("lung_celllines_3cl_celseq2_dropseq", "cell_line", "batch", True),
+    ("pancreas_3batches_beta_ductal", "cell_type", "batch", True),
+    ("pancreas_wang_xin_logexpr", "cell_type", "batch", False),
+]
+
+
+def _harmony(pca: np.ndarray, obs: pd.DataFrame, batch: str) -> np.ndarray:
+    import harmonypy
+
+    result = harmonypy.run_harmony(pca, obs, [batch], random_state=0, verbose=False)
+    corrected = np.asarray(result.Z_corr)
+    return (corrected.T if corrected.shape[0] != pca.shape[0] else corrected).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="panfoma-tiny")
+    parser.add_argument("--max-epochs", type=int, default=4)
+    parser.add_argument("--max-cells", type=int, default=600)
+    parser.add_argument("--out", default="benchmarks/results/integration.csv")
+    args = parser.parse_args()
+    rows = []
+    for name, label, batch, counts in DATASETS:
+        adata = pf.datasets.load(name)
+        if "demuxlet_cls" in adata.obs:
+            adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
+        sc.pp.filter_cells(adata, min_genes=1)
+        adata = adata[adata.obs[label].notna()].copy()
+        if adata.n_obs > args.max_cells:
+            adata = sc.pp.sample(adata, n=args.max_cells, rng=0, copy=True)
+        embeddings, seconds = {}, {}
+        start = time.perf_counter()
+        embeddings["PCA(50) on HVGs"] = pf.bench.pca_embedding(adata, counts=counts)
+        seconds["PCA(50) on HVGs"] = time.perf_counter() - start
+        start = time.perf_counter()
+        embeddings["Harmony (on the PCA)"] = _harmony(embeddings["PCA(50) on HVGs"], adata.obs, batch)
+        seconds["Harmony (on the PCA)"] = time.perf_counter() - start
+        start = time.perf_counter()
+        pf.tl.embed(adata, args.model, progress=False)
+        embeddings["PanFoMa zero-shot"] = adata.obsm["X_panfoma"]
+        seconds["PanFoMa zero-shot"] = time.perf_counter() - start
+        start = time.perf_counter()
+        pf.tl.integrate(adata, batch, model=args.model, max_epochs=args.max_epochs, progress=False)
+        embeddings["PanFoMa integrated"] = adata.obsm["X_panfoma_integrated"]
+        seconds["PanFoMa integrated"] = time.perf_counter() - start
+        labels, batches = adata.obs[label].to_numpy(), adata.obs[batch].to_numpy()
+        for method, embedding in embeddings.items():
+            row = {"dataset": name, "n_cells": adata.n_obs, "n_batches": len(set(batches)), "method": method}
+            row |= pf.bench.bio_conservation(embedding, labels)
+            row |= pf.bench.batch_correction(embedding, batches, labels)
+            row["seconds"] = round(seconds[method], 1)
+            rows.append(row)
+            print(row, flush=True)
+    table = pd.DataFrame(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    columns = ["dataset", "n_cells", "method", "avg_bio", "avg_batch", "nmi", "ari", "asw_label", "asw_batch", "ilisi"]
+    print(table[columns].round(3).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
