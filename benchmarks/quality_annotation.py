@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="panfoma-tiny")
     parser.add_argument("--max-reference", type=int, default=600, help="reference cells at most (random)")
-    parser.add_argument("--max-epochs", type=int, default=5)
+    parser.add_argument("--max-epochs", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results/annotation.csv")
     args = parser.parse_args()
     rows = []

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--labels-key", help="reference obs column with the labels")
     annotate.add_argument("--method", choices=["knn", "finetune"], default="knn")
     annotate.add_argument("--n-neighbors", type=int, default=15, help="reference neighbours per cell (knn)")
-    annotate.add_argument("--max-epochs", type=int, default=10, help="fine-tuning epochs at most (finetune)")
+    annotate.add_argument("--max-epochs", type=int, default=15, help="fine-tuning epochs at most (finetune)")
     annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")
     annotate.add_argument("--unknown-threshold", type=float, default=0.5, help="below this confidence: Unknown")
     annotate.add_argument("--reference-layer", help="reference layer holding expression (default: X)")

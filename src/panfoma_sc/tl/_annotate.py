@@ -79,7 +79,7 @@ def annotate(
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
     method: Literal["knn", "finetune"] = "knn",
     n_neighbors: int = 15,
-    max_epochs: int = 10,
+    max_epochs: int = 15,
     save_model: str | Path | None = None,
     unknown_threshold: float = 0.5,
     layer: str | None = None,

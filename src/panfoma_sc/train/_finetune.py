@@ -76,7 +76,9 @@ class FineTuneConfig:
     max_steps
         Optional cap on optimizer steps (``None``: no cap).
     learning_rate
-        Learning rate of the pretrained network.
+        Learning rate of the pretrained network. The classifier defaults (5e-4, head 3e-3, patience 3) were chosen
+        on a pbmc3k reference/query split from the training corpus (query accuracy 0.44 with 1e-4/1e-3/2,
+        0.55 with 5e-4/1e-3/3, 0.62 with 5e-4/3e-3/3); ``pf.tl.integrate`` passes its own learning rate.
     head_learning_rate
         Learning rate of the new heads.
     weight_decay
@@ -91,13 +93,13 @@ class FineTuneConfig:
 
     n_genes: int = 256
     batch_size: int = 32
-    max_epochs: int = 10
+    max_epochs: int = 15
     max_steps: int | None = None
-    learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
+    head_learning_rate: float = 3e-3
     weight_decay: float = 0.01
     validation_fraction: float = 0.15
-    patience: int = 2
+    patience: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
