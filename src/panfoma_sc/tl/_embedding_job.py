@@ -76,33 +76,26 @@ class EmbeddingJob:
 
     def run(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
         """Compute the ``(n_obs, d_model)`` float32 embedding, streaming ``batch_size`` cells at a time."""
-        matrix = expression_matrix(self.adata, self.layer)
-        return self.model.embed_blocks(
-            iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
-            n_cells=self.adata.n_obs,
-            gene_ids=self.match.gene_ids,
-            cell_keys=cell_keys_from_names(self.adata.obs_names),
-            device=device,
-            n_genes=self.n_genes,
-            gene_selection=self.gene_selection,
-            seed=self.seed,
-            progress=progress,
-        )
+        return self.model.embed_blocks(**self._stream(device, progress))
 
     def predict(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
         """Class probabilities ``(n_obs, n_classes)`` from the model's fine-tuned classifier head."""
+        return self.model.predict_blocks(**self._stream(device, progress))
+
+    def _stream(self, device: str | None, progress: bool) -> dict[str, Any]:
+        """Arguments of the model's block-wise inference: row blocks of the matched genes and the settings."""
         matrix = expression_matrix(self.adata, self.layer)
-        return self.model.predict_blocks(
-            iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
-            n_cells=self.adata.n_obs,
-            gene_ids=self.match.gene_ids,
-            cell_keys=cell_keys_from_names(self.adata.obs_names),
-            device=device,
-            n_genes=self.n_genes,
-            gene_selection=self.gene_selection,
-            seed=self.seed,
-            progress=progress,
-        )
+        return {
+            "blocks": iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
+            "n_cells": self.adata.n_obs,
+            "gene_ids": self.match.gene_ids,
+            "cell_keys": cell_keys_from_names(self.adata.obs_names),
+            "device": device,
+            "n_genes": self.n_genes,
+            "gene_selection": self.gene_selection,
+            "seed": self.seed,
+            "progress": progress,
+        }
 
     def cell_rows(self):
         """The matched expression rows, as the fine-tuning engine takes them (:class:`panfoma_sc.train.CellRows`)."""

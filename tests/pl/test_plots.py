@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from anndata.tests.helpers import assert_equal
+
+import panfoma_sc as pf
+
+
+@pytest.fixture
+def labelled(pbmc68k):
+    adata = pbmc68k[:60].copy()
+    rng = np.random.default_rng(0)
+    adata.obsm["X_umap"] = rng.normal(size=(adata.n_obs, 2)).astype(np.float32)
+    labels = rng.choice(["B", "T", "Unknown"], adata.n_obs)
+    adata.obs["panfoma_label"] = pd.Categorical(labels, categories=["B", "T", "Unknown"])
+    adata.obs["panfoma_label_confidence"] = rng.uniform(size=adata.n_obs).astype(np.float32)
+    return adata
+
+
+def test_embedding_adds_a_confidence_panel_and_greys_unknown(labelled):
+    axes = pf.pl.embedding(labelled, show=False)
+    assert len(axes) == 2  # the label and its confidence
+    assert axes[1].get_title() == "panfoma_label_confidence"
+    colors = list(labelled.uns["panfoma_label_colors"])
+    assert colors[2].startswith("#d9d9d9")  # "Unknown"
+    assert len(set(colors)) == 3
+
+
+def test_bad_basis_or_color_raise_and_leave_adata_untouched(labelled):
+    before = labelled.copy()
+    with pytest.raises(KeyError, match="not found"):
+        pf.pl.embedding(labelled, color="nope", show=False)
+    del labelled.obsm["X_umap"]
+    del before.obsm["X_umap"]
+    with pytest.raises(KeyError, match=r"sc\.tl\.umap"):
+        pf.pl.embedding(labelled, show=False)
+    assert_equal(labelled, before)
+
+
+def test_training_curve_draws_every_loss_column():
+    history = pd.DataFrame({"step": [1, 2, 3], "loss_value": [3.0, 2.0, 1.0], "loss_batch": [0.7, 0.7, 0.6]})
+    ax = pf.pl.training_curve(history, smooth=1, show=False)
+    assert [line.get_label() for line in ax.get_lines()] == ["loss_value", "loss_batch"]
+    with pytest.raises(KeyError, match="loss_mvc"):
+        pf.pl.training_curve(history, columns=("loss_mvc",), show=False)
+
+
+def test_scanpy_can_plot_after_embed(pbmc68k, tiny_checkpoint):
+    adata = pbmc68k[:40].copy()
+    pf.tl.embed(adata, tiny_checkpoint, progress=False)
+    sc.pp.neighbors(adata, use_rep="X_panfoma", n_neighbors=5)
+    sc.tl.umap(adata, random_state=0)
+    assert pf.pl.embedding(adata, color="bulk_labels", show=False) is not None
