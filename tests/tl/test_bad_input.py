@@ -8,7 +8,7 @@ from anndata.tests.helpers import assert_equal
 
 import panfoma_sc as pf
 
-from .bad_inputs import CASES, bad_inputs
+CASES = ["nan", "inf", "z-scored", "empty cell", "no overlap", "missing layer", "missing gene_symbols", "zero cells"]
 
 
 def _run(tool: str, adata, reference, checkpoint, **kwargs):
@@ -27,8 +27,8 @@ TOOLS = ["embed", "annotate-knn", "annotate-finetune", "integrate"]
 
 @pytest.mark.parametrize("tool", TOOLS)
 @pytest.mark.parametrize("case", CASES)
-def test_bad_query_raises_before_work_and_leaves_adata_untouched(pbmc_sorted, tiny_checkpoint, tool, case):
-    adata, kwargs, message = bad_inputs(pbmc_sorted)[case]
+def test_bad_query_raises_before_work_and_leaves_adata_untouched(pbmc_sorted, bad_inputs, tiny_checkpoint, tool, case):
+    adata, kwargs, message = bad_inputs[case]
     reference = pbmc_sorted[20:].copy()
     before, reference_before = adata.copy(), reference.copy()
     with pytest.raises((ValueError, KeyError), match=message):
@@ -39,8 +39,8 @@ def test_bad_query_raises_before_work_and_leaves_adata_untouched(pbmc_sorted, ti
 
 @pytest.mark.parametrize("method", ["knn", "finetune"])
 @pytest.mark.parametrize("case", ["nan", "inf", "z-scored", "empty cell", "no overlap", "zero cells"])
-def test_bad_reference_raises_and_leaves_both_untouched(pbmc_sorted, tiny_checkpoint, method, case):
-    reference, _, message = bad_inputs(pbmc_sorted)[case]
+def test_bad_reference_raises_and_leaves_both_untouched(pbmc_sorted, bad_inputs, tiny_checkpoint, method, case):
+    reference, _, message = bad_inputs[case]
     query = pbmc_sorted[20:40].copy()
     if case == "zero cells":
         message = "no labels|no cells"

@@ -1,8 +1,9 @@
-"""Bad AnnData inputs shared by the tools' tests: each with the words its error must contain."""
+"""Fixtures of the tools' tests: bad AnnData inputs, each with the words its error must contain."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from anndata import AnnData
 
 
@@ -12,6 +13,7 @@ def _with_x(adata: AnnData, x: np.ndarray) -> AnnData:
     return out
 
 
+@pytest.fixture
 def bad_inputs(pbmc_sorted: AnnData) -> dict[str, tuple[AnnData, dict, str]]:
     """``case -> (adata, extra kwargs, message pattern)`` on 20 real PBMCs (with a two-batch column)."""
     base = pbmc_sorted[:20].copy()
@@ -37,6 +39,3 @@ def bad_inputs(pbmc_sorted: AnnData) -> dict[str, tuple[AnnData, dict, str]]:
         "missing gene_symbols": (base.copy(), {"gene_symbols": "symbol"}, "not a column"),
         "zero cells": (base[:0].copy(), {}, "no cells"),
     }
-
-
-CASES = ["nan", "inf", "z-scored", "empty cell", "no overlap", "missing layer", "missing gene_symbols", "zero cells"]
