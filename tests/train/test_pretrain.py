@@ -174,14 +174,16 @@ def test_mvc_on_extra_genes_trains(corpus_files, vocab, tmp_path):
     assert np.isfinite(history["loss_mvc"]).all()
 
 
-def test_contrastive_views_train_and_record_the_encoding(corpus_files, vocab, tmp_path):
-    config = _config(max_steps=20, warmup_steps=2, contrastive_weight=1.0, value_encoding="presence")
+def test_contrastive_term_is_weighted_logged_and_the_encoding_recorded(corpus_files, vocab, tmp_path):
+    config = _config(max_steps=4, warmup_steps=2, contrastive_weight=0.5, value_encoding="presence")
     summary = pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
     history = pd.read_csv(tmp_path / "history.csv")
     assert {"loss_value", "loss_mvc", "loss_contrastive"} <= set(history.columns)
-    # InfoNCE over 16 cells starts near log(16) and must fall as the two views of a cell are pulled together
-    assert history["loss_contrastive"].head(3).mean() > 2.0
-    assert history["loss_contrastive"].tail(3).mean() < history["loss_contrastive"].head(3).mean() - 0.2
+    # InfoNCE over 16 cells and their second views: at most about log(16) for embeddings that say nothing
+    assert np.isfinite(history["loss_contrastive"]).all()
+    assert (history["loss_contrastive"] < np.log(16) + 0.5).all()
+    total = history["loss_value"] + history["loss_mvc"] + 0.5 * history["loss_contrastive"]
+    np.testing.assert_allclose(history["loss"], total, rtol=1e-6)
     assert summary["loss_contrastive"] is not None
     from panfoma_sc.models import read_checkpoint
 
