@@ -83,3 +83,18 @@ def test_bad_key_added_raises(pbmc_sorted, tiny_checkpoint):
     with pytest.raises(ValueError, match="key_added"):
         pf.tl.integrate(adata, "batch", model=tiny_checkpoint, key_added="", progress=False)
     assert_equal(adata, before)
+
+
+def test_duplicate_gene_and_cell_names_work_in_every_tool(pbmc_sorted, tiny_checkpoint):
+    adata = pbmc_sorted[:24].copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    names = adata.var_names.tolist()
+    names[1] = names[0].lower()  # the same gene twice (the first column is used)
+    adata.var_names = names
+    adata.obs_names = ["cell"] * adata.n_obs
+    reference = pbmc_sorted[24:].copy()
+    pf.tl.annotate(adata, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False)
+    assert adata.obs["panfoma_label"].notna().all()
+    assert adata.uns["panfoma_label"]["genes"]["n_duplicated"] == 1
+    pf.tl.integrate(adata, "batch", model=tiny_checkpoint, max_steps=1, progress=False)
+    assert adata.obsm["X_panfoma_integrated"].shape[0] == adata.n_obs
