@@ -136,11 +136,13 @@ def _fresh_network(model: PretrainedModel, device: str) -> PanFoMa:
     return network.train()
 
 
-def _step_tokens(model: PretrainedModel, cells: CellRows, rows: np.ndarray, n_genes: int, seed: int, device: str):
+def _step_tokens(
+    model: PretrainedModel, cells: CellRows, rows: np.ndarray, block, n_genes: int, seed: int, device: str
+):
     # the model's own gene-selection rule, as at inference: a classifier trained on random gene subsets and
     # applied to the most expressed genes would see two different distributions
     tokenizer = model.tokenizer(n_genes)
-    return tokens_to_torch(tokenizer(cells.block(rows), cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
+    return tokens_to_torch(tokenizer(block, cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
 
 
 def finetune_classifier(
@@ -208,7 +210,8 @@ def finetune_classifier(
         network.train(), head.train()
         train_loss, seen = 0.0, 0
         for rows in _minibatches(train, config.batch_size, rng):
-            output = network(*_step_tokens(model, cells, rows, config.n_genes, config.seed + epoch, device))
+            block = cells.block(rows)
+            output = network(*_step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device))
             target = torch.from_numpy(labels[rows]).to(device)
             loss = F.cross_entropy(head(output.cell_embedding).float(), target, weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -396,13 +399,14 @@ def finetune_integration(
     while step < total_steps:
         epoch = step // max(-(-every.size // config.batch_size), 1)
         for rows in _minibatches(every, config.batch_size, rng):
-            tokens = _step_tokens(model, cells, rows, config.n_genes, config.seed + epoch, device)
+            block = cells.block(rows)  # read once: tokens and MVC targets come from the same rows
+            tokens = _step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device)
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             masked, hidden = mask_values(
                 tokens[1], tokens[2], mask_bin=model.config.n_bins, ratio_range=(0.15, 0.4), generator=generator
             )
             mvc_ids, mvc_bins = sample_expression_targets(
-                cells.block(rows),
+                block,
                 cells.gene_ids,
                 cells.cell_keys[rows],
                 n_genes=mvc_genes,
