@@ -148,7 +148,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise ValueError(msg)
     out = Path(args.out)
     vocab_file = out / "vocab.json"
-    if vocab_file.is_file():
+    init_from = None
+    if args.init_from:  # continue training a checkpoint: its vocabulary and architecture
+        from .models import load
+
+        start = load(args.init_from)
+        init_from, vocab = str(start.path), start.vocab
+    elif vocab_file.is_file():
         vocab = GeneVocabulary.from_json(vocab_file.read_text())
     else:
         vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
@@ -172,6 +178,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         contrastive_weight=args.contrastive,
         value_encoding=args.value_encoding,
         gene_selection=args.gene_selection,
+        init_from=init_from,
     )
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--value-encoding", choices=["rank", "presence"], default="rank", help="value tokens")
     pre.add_argument("--gene-selection", choices=["random", "top"], default="random", help="genes kept per cell")
+    pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")
     pre.add_argument("--seed", type=int, default=0)

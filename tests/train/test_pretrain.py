@@ -202,3 +202,22 @@ def test_batch_mmd_is_zero_for_one_batch_and_larger_for_separated_batches():
     separated[batches == 1] += 3.0
     assert float(batch_mmd(cells, torch.zeros(64, dtype=torch.long))) == 0.0
     assert float(batch_mmd(separated, batches)) > 5 * float(batch_mmd(cells, batches))
+
+
+def test_init_from_continues_a_checkpoint_and_refuses_another_vocabulary(corpus_files, vocab, tmp_path):
+    first = tmp_path / "first"
+    pretrain(corpus_files, first, vocab=vocab, config=_config(max_steps=20, warmup_steps=2), progress=False)
+    # with a zero learning rate the continued run must start from (and keep) exactly the saved weights
+    frozen = _config(max_steps=1, learning_rate=0.0, init_from=str(first / "model.safetensors"))
+    pretrain(corpus_files, tmp_path / "frozen", vocab=vocab, config=frozen, progress=False)
+    saved = load_file(first / "model.safetensors")
+    continued = load_file(tmp_path / "frozen" / "model.safetensors")
+    for key in saved:
+        np.testing.assert_array_equal(saved[key], continued[key], err_msg=key)
+    fresh = pd.read_csv(first / "history.csv")["loss"].iloc[0]
+    warm = pd.read_csv(tmp_path / "frozen" / "history.csv")["loss"].iloc[0]
+    assert warm < fresh - 0.3
+
+    other = GeneVocabulary.from_genes(vocab.symbols[:-1])
+    with pytest.raises(ValueError, match="vocabulary"):
+        pretrain(corpus_files, tmp_path / "other", vocab=other, config=frozen, progress=False)

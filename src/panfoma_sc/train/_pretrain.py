@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._settings import settings
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
-from ..models._checkpoint import write_checkpoint
+from ..models._checkpoint import read_checkpoint, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus
@@ -65,6 +65,8 @@ class TrainingConfig:
     contrastive_temperature: float = 0.1
     value_encoding: str = "rank"  # the tokenizer's value tokens while training ("rank" or "presence")
     gene_selection: str = "random"  # the tokenizer's gene selection while training ("random" or "top")
+    # continue from this checkpoint's weights (its architecture and vocabulary; `architecture` is then ignored)
+    init_from: str | None = None
     log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
@@ -158,6 +160,20 @@ def _batch_stream(
         epoch, position = epoch + 1, 0
 
 
+def _network_from_checkpoint(config: TrainingConfig, vocab: GeneVocabulary) -> PanFoMa:
+    """The network of ``config.init_from``, checked against ``vocab``, recording the training value encoding."""
+    checkpoint = read_checkpoint(config.init_from)
+    if checkpoint.vocab.symbols != vocab.symbols:
+        msg = (
+            f"The vocabulary of {config.init_from} differs from the run's vocabulary; continue training with "
+            "the checkpoint's own vocabulary (the CLI does this with --init-from)."
+        )
+        raise ValueError(msg)
+    network = checkpoint.build_model("cpu").train()
+    network.config = network.config.replace(value_encoding=config.value_encoding, **config.model_overrides)
+    return network
+
+
 def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
     state = {
         "model": objective.state_dict(),
@@ -221,11 +237,15 @@ def pretrain(
             json.dumps({"config": config.to_dict(), "files": [str(f) for f in files]}, indent=2)
         )
 
-    architecture = CONFIGS[config.architecture].replace(
-        **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
-    )
     torch.manual_seed(config.seed)
-    network = PanFoMa(architecture).to(device)
+    if config.init_from is not None:
+        network = _network_from_checkpoint(config, vocab).to(device)
+        architecture = network.config
+    else:
+        architecture = CONFIGS[config.architecture].replace(
+            **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
+        )
+        network = PanFoMa(architecture).to(device)
     objective: nn.Module = PretrainingObjective(network)
     optimizer = torch.optim.AdamW(
         objective.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98)
