@@ -1,4 +1,4 @@
-"""``panfoma`` command line: embed, annotate, integrate, models, pretrain.
+"""``panfoma`` command line: embed, annotate, integrate, models, pretrain, bench.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (clear message on stderr).
 """
@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--restart", action="store_true", help="ignore an existing state.pt")
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=_pretrain)
+
+    from .bench._cli import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

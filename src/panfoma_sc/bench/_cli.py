@@ -1,0 +1,47 @@
+"""``panfoma bench run|report``: the benchmark from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+__all__ = ["add_bench_parser"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._harness import run
+
+    command = "panfoma " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.record_command else None
+    results = run(args.config, args.out, command=command or f"panfoma bench run {args.config} --out {args.out}")
+    ok = int((results["status"] == "ok").sum()) if "status" in results else 0
+    print(f"Wrote {args.out}: results.csv ({ok} of {len(results)} rows ok), report.md, figures/.")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._report import render_report
+
+    print(render_report(args.folder))
+    return 0
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``bench run CONFIG --out DIR`` and ``bench report DIR`` to the ``panfoma`` parser."""
+    bench = commands.add_parser("bench", help="PanFoMaBench: run a benchmark config, render its report")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    run = bench_commands.add_parser(
+        "run",
+        help="build the datasets of CONFIG, run its tasks and methods, write results and figures",
+        description="Run a benchmark config (.toml/.json/.yaml) and write results.csv, results.md, report.md, "
+        "per_class_f1.csv, run.json, manifests/ and figures/ into --out.",
+    )
+    run.add_argument("config", help="benchmark config file, e.g. benchmarks/panfomabench.toml")
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument(
+        "--record-command", action="store_true", help="record the exact command line (default: a canonical one)"
+    )
+    run.set_defaults(func=_run)
+    report = bench_commands.add_parser("report", help="render the markdown report and figures of a run's folder")
+    report.add_argument("folder", help="output folder of `panfoma bench run`")
+    report.set_defaults(func=_report)

@@ -1,0 +1,283 @@
+"""``pf.bench.run``: a config of datasets, tasks and methods -> results, figures and a report in a folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from ._baselines import MethodContext
+from ._build import build, read_manifest, write_manifest
+from ._qc import QCThresholds
+from ._tasks import TASKS
+from ._timing import MEMORY_MEASURE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_config", "run"]
+
+#: Methods run by each task when the config does not list them.
+DEFAULT_METHODS: dict[str, list[str]] = {
+    "annotation": ["pca_knn", "pca_logreg", "logreg_genes", "scanvi", "panfoma_knn", "panfoma_finetune"],
+    "pan_cancer": ["pca_knn", "pca_logreg", "logreg_genes", "panfoma_knn", "panfoma_logreg"],
+    "integration": ["pca", "harmony", "scvi", "panfoma", "panfoma_integrated"],
+}
+DATASET_KEYS = frozenset(
+    {
+        "name",
+        "files",
+        "tasks",
+        "label_key",
+        "batch_key",
+        "donor_key",
+        "keep",
+        "qc",
+        "join",
+        "fractions",
+        "test_groups",
+        "max_cells",
+        "methods",
+        "umap",
+        "cv",
+        "note",
+    }
+)
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a benchmark config (``.toml``, ``.json``, ``.yaml``/``.yml``).
+
+    Layout: ``[run]`` (``seed``, ``model``, ``data_dir``, ``n_boot``), ``[methods]`` (method settings such
+    as ``finetune_max_epochs``, ``integrate_max_steps``), ``[tasks.<task>]`` (``methods`` to run) and one
+    ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``, ``label_key``, ``batch_key``,
+    ``donor_key``, ``keep``, ``qc``, ``join``, ``fractions``, ``test_groups``, ``max_cells``, ``methods``,
+    ``umap``, ``cv``, ``note``). ``data_dir`` is relative to the config file; without it files are looked
+    up in ``PANFOMA_DATA_DIR``.
+
+    Parameters
+    ----------
+    path
+        The config file.
+
+    Returns
+    -------
+    The config, with ``config["_path"]`` set to the file.
+    """
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        config = tomllib.loads(text)
+    elif path.suffix == ".json":
+        config = json.loads(text)
+    elif path.suffix in {".yaml", ".yml"}:
+        import yaml
+
+        config = yaml.safe_load(text)
+    else:
+        msg = f"Config {path.name!r}: use a .toml, .json or .yaml file."
+        raise ValueError(msg)
+    datasets = config.get("datasets")
+    if not datasets:
+        msg = f"Config {path.name!r} lists no [[datasets]]."
+        raise ValueError(msg)
+    for dataset in datasets:
+        unknown = set(dataset) - DATASET_KEYS
+        if unknown or "name" not in dataset or "files" not in dataset:
+            msg = f"Dataset entry {dataset.get('name')!r}: needs name and files; unknown keys {sorted(unknown)}."
+            raise ValueError(msg)
+        for task in dataset.get("tasks", []):
+            if task not in TASKS:
+                msg = f"Dataset {dataset['name']!r}: unknown task {task!r}; available: {sorted(TASKS)}."
+                raise ValueError(msg)
+    config["_path"] = str(path)
+    return config
+
+
+def _data_folder(config: Mapping) -> Path:
+    folder = config.get("run", {}).get("data_dir")
+    if folder is not None:
+        folder = Path(folder)
+        return folder if folder.is_absolute() else Path(config.get("_path", ".")).parent / folder
+    from ..datasets import data_dir
+
+    return data_dir()
+
+
+def _load_model(name: str):
+    """The loaded model and its provenance, or the error message when it cannot be loaded."""
+    from ..models import load
+
+    try:
+        model = load(name)
+    except Exception as err:  # recorded in every PanFoMa row instead of stopping the baselines
+        return name, {"name": name, "error": f"{type(err).__name__}: {err}"}
+    trained_on = (model.info or {}).get("trained_on", {}) if hasattr(model, "info") else {}
+    return model, {
+        "name": model.name,
+        "version": (model.info or {}).get("version") if hasattr(model, "info") else None,
+        "sha256": model.sha256,
+        "trained_on_files": list(trained_on.get("files", [])),
+    }
+
+
+def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = None) -> pd.DataFrame:
+    """Run a benchmark config and write its results into ``out``.
+
+    For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``), then each
+    task with its methods on the same cells and splits. Writes ``results.csv`` (one row per dataset, task
+    and method, with status, metrics, confidence intervals, wall time and peak memory),
+    ``per_class_f1.csv``, ``run.json`` (config, model checksum, versions, timing), ``figures/`` and the
+    markdown report (:func:`render_report`).
+
+    Parameters
+    ----------
+    config
+        The config (see :func:`load_config`) or its file.
+    out
+        Output folder (created).
+    command
+        The command line to record in the report.
+
+    Returns
+    -------
+    The results table.
+
+    Examples
+    --------
+    >>> pf.bench.run("benchmarks/panfomabench.toml", "bench_out")  # doctest: +SKIP
+    """
+    from ._figures import plot_umaps
+    from ._report import render_report
+
+    if not isinstance(config, Mapping):
+        config = load_config(config)
+    out = Path(out)
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    settings = config.get("run", {})
+    seed = int(settings.get("seed", 0))
+    options = {**config.get("methods", {}), "seed": seed}
+    start = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    model, model_info = _load_model(settings.get("model", "panfoma-tiny"))
+    folder = _data_folder(config)
+    rows, per_class, datasets = [], [], []
+    for dataset in config["datasets"]:
+        name = dataset["name"]
+        files = [folder / f for f in dataset["files"]]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            logger.warning("Dataset %s skipped: %s not found in %s.", name, missing, folder)
+            rows.append({"dataset": name, "task": ",".join(dataset.get("tasks", [])), "status": "skipped"})
+            rows[-1]["reason"] = f"data absent: {missing}"
+            continue
+        logger.info("Building %s from %s.", name, [f.name for f in files])
+        adata = build(
+            files,
+            label_key=dataset.get("label_key"),
+            donor_key=dataset.get("donor_key"),
+            batch_key=dataset.get("batch_key"),
+            keep=dataset.get("keep"),
+            qc=QCThresholds(**dataset.get("qc", {})),
+            join=dataset.get("join", "inner"),
+            fractions=tuple(dataset.get("fractions", (0.6, 0.2, 0.2))),
+            test_groups=dataset.get("test_groups"),
+            max_cells=dataset.get("max_cells"),
+            seed=seed,
+        )
+        manifest = read_manifest(adata)
+        write_manifest(manifest, out / "manifests" / f"{name}.json")
+        seen = sorted(set(dataset["files"]) & set(model_info.get("trained_on_files", [])))
+        datasets.append(
+            {
+                "dataset": name,
+                "files": list(dataset["files"]),
+                "tasks": list(dataset.get("tasks", [])),
+                "n_cells": manifest["n_cells"],
+                "n_genes": manifest["n_genes"],
+                "max_cells_per_file": dataset.get("max_cells"),
+                "split_unit": manifest["split_unit"],
+                "split_units_per_file": {i["name"]: i["split_unit"] for i in manifest["inputs"]},
+                "x_kind": {i["name"]: i["x_kind"] for i in manifest["inputs"]},
+                "splits": {k: v["n_cells"] for k, v in manifest["splits"].items()},
+                "flags": manifest["flags"],
+                "seen_in_pretraining": seen,
+                "note": dataset.get("note", ""),
+            }
+        )
+        ctx = MethodContext(adata, model=model, options=options)
+        for task in dataset.get("tasks", []):
+            methods = dataset.get("methods", {}).get(task) or config.get("tasks", {}).get(task, {}).get("methods")
+            methods = methods or DEFAULT_METHODS.get(task, [])
+            spec = {
+                "label_key": dataset.get("label_key"),
+                "batch_key": dataset.get("batch_key"),
+                "cv": dataset.get("cv", "leave_one_group_out" if task == "pan_cancer" else "split"),
+                "n_boot": settings.get("n_boot", 1000),
+                "split_unit": manifest["split_unit"],
+            }
+            logger.info("%s / %s: %s", name, task, methods)
+            result = TASKS[task](ctx, spec, methods)
+            for row in result.rows:
+                if "error" in model_info and row["method"].startswith("panfoma") and row.get("status") != "ok":
+                    row["reason"] = f"model could not be loaded: {model_info['error']}"
+                rows.append({"dataset": name, **row})
+            if not result.per_class.empty:
+                per_class.append(result.per_class.assign(dataset=name, task=task))
+            if task == "integration" and dataset.get("umap") and result.embeddings:
+                plot_umaps(
+                    result.embeddings,
+                    adata.obs[dataset["label_key"]].astype(str).to_numpy(),
+                    adata.obs[dataset["batch_key"]].astype(str).to_numpy(),
+                    out / "figures" / f"umap_{name}.png",
+                    title=name,
+                    seed=seed,
+                )
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    per_class_table = pd.concat(per_class, ignore_index=True) if per_class else pd.DataFrame()
+    per_class_table.to_csv(out / "per_class_f1.csv", index=False)
+    info = {
+        "started": started,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "command": command,
+        "config_file": config.get("_path"),
+        "config": {k: v for k, v in config.items() if k != "_path"},
+        "seed": seed,
+        "model": model_info,
+        "method_options": options,
+        "datasets": datasets,
+        "memory_measure": MEMORY_MEASURE,
+        "environment": _environment(),
+    }
+    (out / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    render_report(out)
+    return results
+
+
+def _environment() -> dict[str, object]:
+    from .. import __version__
+
+    versions = {"panfoma_sc": __version__, "python": platform.python_version()}
+    for package in ("torch", "scanpy", "anndata", "scib-metrics", "scikit-learn", "harmonypy", "scvi-tools"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "versions": versions,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_1_5_15_min_at_end": None if load is None else [round(v, 2) for v in load],
+    }

@@ -1,0 +1,70 @@
+"""Wall time and peak memory of one benchmark method."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["MEMORY_MEASURE", "measure"]
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _maxrss_kib() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+#: How ``peak_memory_mb`` is measured, for the report.
+MEMORY_MEASURE = (
+    "peak resident set size (RSS) of the process during the method minus the RSS at its start, in MB: "
+    "Linux VmHWM after resetting it through /proc/self/clear_refs (elsewhere the lifetime ru_maxrss, an "
+    "upper bound); counts numpy and torch memory alike"
+)
+
+
+@contextmanager
+def measure() -> Iterator[dict[str, float]]:
+    """Measure the block: ``seconds`` (wall clock) and ``peak_memory_mb`` (see :data:`MEMORY_MEASURE`).
+
+    Examples
+    --------
+    >>> with measure() as cost:  # doctest: +SKIP
+    ...     run_method()
+    >>> cost["seconds"], cost["peak_memory_mb"]  # doctest: +SKIP
+    """
+    result: dict[str, float] = {}
+    start_rss = _status_kib("VmRSS")
+    exact = start_rss is not None and _reset_peak()
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result["seconds"] = time.perf_counter() - start
+        peak = _status_kib("VmHWM") if exact else _maxrss_kib()
+        base = start_rss if start_rss is not None else 0
+        result["peak_memory_mb"] = max(0.0, ((peak or 0) - base) / 1024)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import panfoma_sc as pf
+
+
+def _data_file(name: str) -> Path:
+    folder = os.environ.get("PANFOMA_DATA_DIR")
+    if not folder:
+        pytest.skip("PANFOMA_DATA_DIR is not set: the builder tests need the shared data folder")
+    path = Path(folder) / name
+    if not path.is_file():
+        pytest.skip(f"{name} not found in PANFOMA_DATA_DIR={folder}")
+    return path
+
+
+def test_build_splits_by_donor_and_writes_a_manifest(tmp_path):
+    path = _data_file("pancreas_3batches_beta_ductal.h5ad")
+    bench = pf.bench.build(
+        [path],
+        label_key="cell_type",
+        donor_key="donor_or_sample",
+        qc=pf.bench.QCThresholds(min_genes=50),
+        max_cells=150,
+        seed=1,
+        out=tmp_path,
+    )
+    assert bench.n_obs == 150
+    assert {"dataset", "split_group", "split", "x_kind"} <= set(bench.obs.columns)
+    # no donor in two splits
+    table = pd.crosstab(bench.obs["split_group"], bench.obs["split"])
+    assert ((table > 0).sum(axis=1) == 1).all()
+    manifest = pf.bench.read_manifest(tmp_path / "manifest.json")
+    assert manifest == pf.bench.read_manifest(bench)
+    assert pf.bench.read_manifest(ad.read_h5ad(tmp_path / "benchmark.h5ad")) == manifest
+    entry = manifest["inputs"][0]
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["split_unit"] == "donor column 'donor_or_sample'"
+    assert entry["x_kind"] != "counts"  # the README marks this file as mixed scales
+    assert any("not raw counts" in flag for flag in manifest["flags"])
+    qc = entry["qc"]
+    assert qc["n_cells_in"] == qc["n_cells_out"] + sum(qc["cells_removed"].values())
+    assert manifest["seed"] == 1
+    assert manifest["parameters"]["max_cells"] == 150
+    assert sum(s["n_cells"] for s in manifest["splits"].values()) == bench.n_obs
+    json.dumps(manifest)  # JSON-able
+
+
+def test_build_without_donors_splits_by_cells_and_flags_it():
+    path = _data_file("pbmc_sorted_9types_mudan_2115cells.h5ad")
+    bench = pf.bench.build([path], label_key="cell_type", max_cells=90)
+    manifest = pf.bench.read_manifest(bench)
+    assert manifest["split_unit"] == "cells"
+    assert any("split by CELLS" in flag for flag in manifest["flags"])
+    assert set(bench.obs["split"]) == {"train", "val", "test"}
+
+
+def test_build_harmonizes_several_studies_onto_common_genes():
+    files = [
+        _data_file("tumour_thyroid_atc2_numbat_173cells.h5ad"),
+        _data_file("tumour_pdac_moncada_card_1926cells.h5ad"),
+    ]
+    bench = pf.bench.build(files, label_key="malignant", qc=pf.bench.QCThresholds(min_genes=20), max_cells=40)
+    manifest = pf.bench.read_manifest(bench)
+    assert bench.n_obs == 80
+    assert bench.var_names.is_unique
+    assert (bench.var_names == bench.var_names.str.upper()).all()
+    assert bench.n_vars <= min(entry["n_genes_out"] for entry in manifest["inputs"])
+    assert manifest["split_unit"] == "groups"
+    assert sorted(bench.obs["split_group"].unique()) == [
+        "tumour_pdac_moncada_card_1926cells:PDAC-A",
+        "tumour_thyroid_atc2_numbat_173cells:ATC2",
+    ]
+    assert np.isin(bench.obs["split"], ["train", "test"]).all()

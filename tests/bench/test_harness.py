@@ -1,0 +1,97 @@
+"""The benchmark end to end on small real data, through the command line (fast methods, tiny subsamples)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from panfoma_sc.cli import EXIT_OK, main
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_checkpoint) -> Path:
+    folder = os.environ.get("PANFOMA_DATA_DIR")
+    needed = ["pbmc_sorted_9types_mudan_2115cells.h5ad", "lung_celllines_3cl_celseq2_dropseq.h5ad"]
+    if not folder or not all((Path(folder) / n).is_file() for n in needed):
+        pytest.skip("PANFOMA_DATA_DIR with the sorted-PBMC and lung files is needed for the end-to-end benchmark")
+    config = {
+        "run": {"seed": 0, "model": str(tiny_checkpoint), "data_dir": folder, "n_boot": 50},
+        "tasks": {
+            "annotation": {"methods": ["pca_knn", "logreg_genes", "scanvi", "panfoma_knn"]},
+            "integration": {"methods": ["pca", "harmony", "panfoma"]},
+        },
+        "datasets": [
+            {
+                "name": "sorted",
+                "files": ["pbmc_sorted_9types_mudan_2115cells.h5ad"],
+                "tasks": ["annotation"],
+                "label_key": "cell_type",
+                "max_cells": 60,
+            },
+            {
+                "name": "lung",
+                "files": ["lung_celllines_3cl_celseq2_dropseq.h5ad"],
+                "tasks": ["integration", "pan_cancer"],
+                "label_key": "cell_line",
+                "batch_key": "batch",
+                "keep": {"demuxlet_cls": ["SNG"]},
+                "max_cells": 50,
+                "methods": {"pan_cancer": ["pca_logreg"]},
+            },
+            {"name": "absent", "files": ["no_such_file.h5ad"], "tasks": ["annotation"], "label_key": "x"},
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_bench_run_and_report(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "run", str(tiny_config), "--out", str(out)]) == EXIT_OK
+    results = pd.read_csv(out / "results.csv")
+    ok = results[results["status"] == "ok"]
+    assert set(ok["method"]) >= {"pca_knn", "logreg_genes", "panfoma_knn", "pca", "panfoma", "pca_logreg"}
+    # optional baselines run when their package is installed, else they are recorded as skipped with the reason
+    for method, package in (("harmony", "harmonypy"), ("scanvi", "scvi-tools")):
+        row = results[results["method"] == method].iloc[0]
+        assert row["status"] == "ok" or (row["status"] == "skipped" and package in row["reason"])
+    annotation = ok[ok["task"] == "annotation"]
+    assert annotation[["accuracy", "macro_f1"]].notna().all().all()
+    assert (annotation["accuracy_low"] <= annotation["accuracy"]).all()
+    assert (annotation["accuracy"] <= annotation["accuracy_high"]).all()
+    assert (annotation["ci_unit"] == "cells").all()  # one donor: split by cells, said so
+    integration = ok[ok["task"] == "integration"]
+    assert integration[["avg_bio", "avg_batch", "total"]].notna().all().all()
+    assert (ok["seconds"] > 0).all()
+    assert (ok["peak_memory_mb"] >= 0).all()
+    # pan-cancer: leave one group (here: protocol) out
+    assert ok.loc[ok["task"] == "pan_cancer", "cv"].eq("leave_one_group_out").all()
+    assert results[results["dataset"] == "absent"]["reason"].str.contains("data absent").all()
+    for name in ("report.md", "results.md", "per_class_f1.csv", "run.json", "manifests/sorted.json"):
+        assert (out / name).is_file(), name
+    for figure in (
+        "results_table_annotation.png",
+        "results_table_integration.png",
+        "per_class_f1_annotation_sorted.png",
+    ):
+        assert (out / "figures" / figure).stat().st_size > 1000
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["sha256"]
+    assert run["datasets"][0]["split_unit"] == "cells"
+    capsys.readouterr()
+    (out / "report.md").unlink()
+    assert main(["bench", "report", str(out)]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "## Annotation" in printed
+    assert "## Integration" in printed
+    assert (out / "report.md").read_text().strip() == printed.strip()
+
+
+def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "report", str(tmp_path)]) == 2
+    assert "bench run" in capsys.readouterr().err
