@@ -76,7 +76,7 @@ def ssd_scan(
     -------
     ``y`` with the shape of ``x``.
     """
-    batch, length, heads, _ = x.shape
+    batch, length, heads, head_dim = x.shape
     groups = B.shape[2]
     if heads % groups:
         msg = f"heads ({heads}) must be a multiple of groups ({groups})."
@@ -88,38 +88,37 @@ def ssd_scan(
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     n_chunks = (length + pad) // chunk_size
+    per_group = heads // groups
 
-    B = B.repeat_interleave(heads // groups, dim=2)  # (b, L, h, n)
-    C = C.repeat_interleave(heads // groups, dim=2)
-    x = x * dt.unsqueeze(-1)  # discretized input
-    log_decay = dt * A  # (b, L, h), <= 0
+    # Work in (batch, group, head-in-group, chunk, step, channel) layout so that every contraction is one batched
+    # matmul, and B and C are used per group rather than repeated for every head that shares them.
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (b, L, h, ...) -> (b, g, h/g, c, q, ...)
+        t = t.reshape(batch, n_chunks, chunk_size, groups, per_group, *t.shape[3:])
+        return t.permute(0, 3, 4, 1, 2, *range(5, t.dim()))
 
-    def to_chunks(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
-
-    x, B, C = to_chunks(x), to_chunks(B), to_chunks(C)  # (b, c, q, h, .)
-    log_decay = to_chunks(log_decay).permute(0, 3, 1, 2)  # (b, h, c, q)
-    decay_cumsum = torch.cumsum(log_decay, dim=-1)  # (b, h, c, q)
+    x = heads_first(x * dt.unsqueeze(-1)).contiguous()  # discretized input, (b, g, r, c, q, p)
+    log_decay = heads_first(dt * A)  # (b, g, r, c, q), <= 0
+    B = B.reshape(batch, n_chunks, chunk_size, groups, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, g, 1, c, q, n)
+    C = C.reshape(batch, n_chunks, chunk_size, groups, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)
+    decay_cumsum = torch.cumsum(log_decay, dim=-1)  # (b, g, r, c, q)
 
     # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) decay(j->i) x_j
-    decay_within = torch.exp(_segment_sum(log_decay))  # (b, h, c, q, q)
-    y_within = torch.einsum("bcihn,bcjhn,bhcij,bcjhp->bcihp", C, B, decay_within, x)
+    scores = C @ B.transpose(-1, -2)  # (b, g, 1, c, q, q)
+    y = (torch.exp(_segment_sum(log_decay)) * scores) @ x  # (b, g, r, c, q, p)
 
     # 2. state at the end of each chunk, from that chunk's inputs only
-    decay_to_end = torch.exp(decay_cumsum[..., -1:] - decay_cumsum)  # (b, h, c, q)
-    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", B, decay_to_end, x)
+    decay_to_end = torch.exp(decay_cumsum[..., -1:] - decay_cumsum)  # (b, g, r, c, q)
+    chunk_states = (x * decay_to_end.unsqueeze(-1)).transpose(-1, -2) @ B  # (b, g, r, c, p, n)
 
     # 3. carry states across chunks (a short recurrence, written as one masked matmul)
-    chunk_states = torch.cat([torch.zeros_like(chunk_states[:, :1]), chunk_states], dim=1)  # (b, c+1, h, p, n)
-    chunk_log_decay = F.pad(decay_cumsum[..., -1], (1, 0))  # (b, h, c+1)
-    decay_across = torch.exp(_segment_sum(chunk_log_decay))  # (b, h, c+1, c+1)
-    carried = torch.einsum("bhzc,bchpn->bzhpn", decay_across, chunk_states)[:, :-1]  # state entering chunk
+    chunk_states = F.pad(chunk_states.flatten(-2), (0, 0, 1, 0))  # (b, g, r, c+1, p*n), zero state first
+    decay_across = torch.exp(_segment_sum(F.pad(decay_cumsum[..., -1], (1, 0))))  # (b, g, r, c+1, c+1)
+    carried = (decay_across @ chunk_states)[..., :-1, :].unflatten(-1, (head_dim, -1))  # state entering chunk
 
     # 4. contribution of the carried-in state to each step of the chunk
-    decay_from_start = torch.exp(decay_cumsum)  # (b, h, c, q)
-    y_carried = torch.einsum("bcihn,bchpn,bhci->bcihp", C, carried, decay_from_start)
+    y = y + (C @ carried.transpose(-1, -2)) * torch.exp(decay_cumsum).unsqueeze(-1)  # (b, g, r, c, q, p)
 
-    y = (y_within + y_carried).reshape(batch, n_chunks * chunk_size, heads, -1)
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * chunk_size, heads, head_dim)
     return y[:, :length]
 
 
