@@ -22,7 +22,8 @@ def tiny_config(tmp_path, tiny_checkpoint) -> Path:
         "run": {"seed": 0, "model": str(tiny_checkpoint), "data_dir": folder, "n_boot": 50},
         "tasks": {
             "annotation": {"methods": ["pca_knn", "logreg_genes", "scanvi", "panfoma_knn"]},
-            "integration": {"methods": ["pca", "harmony", "panfoma"]},
+            # one embedding width keeps scib-metrics to one jax compilation (PanFoMa is exercised by annotation)
+            "integration": {"methods": ["pca", "harmony"]},
         },
         "datasets": [
             {
@@ -55,7 +56,7 @@ def test_bench_run_and_report(tiny_config, tmp_path, capsys):
     assert main(["bench", "run", str(tiny_config), "--out", str(out)]) == EXIT_OK
     results = pd.read_csv(out / "results.csv")
     ok = results[results["status"] == "ok"]
-    assert set(ok["method"]) >= {"pca_knn", "logreg_genes", "panfoma_knn", "pca", "panfoma", "pca_logreg"}
+    assert set(ok["method"]) >= {"pca_knn", "logreg_genes", "panfoma_knn", "pca", "pca_logreg"}
     # optional baselines run when their package is installed, else they are recorded as skipped with the reason
     for method, package in (("harmony", "harmonypy"), ("scanvi", "scvi-tools")):
         row = results[results["method"] == method].iloc[0]

@@ -137,7 +137,7 @@ def plot_per_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str =
     support = per_class.groupby("class")["n_cells"].first()
     methods: Sequence[str] = list(table.columns)
     n_classes = table.shape[0]
-    fig, ax = plt.subplots(figsize=(7, 0.8 + n_classes * (0.12 * len(methods) + 0.2)))
+    fig, ax = plt.subplots(figsize=(9, 0.8 + n_classes * (0.12 * len(methods) + 0.2)))
     height = 0.8 / max(len(methods), 1)
     colors = plt.get_cmap("tab10")
     for k, method in enumerate(methods):
@@ -154,7 +154,7 @@ def plot_per_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str =
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 on test cells")
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -234,6 +234,8 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
                 rows.append({"dataset": name, **row})
             if not result.per_class.empty:
                 per_class.append(result.per_class.assign(dataset=name, task=task))
+            # written after every task, so a long run that stops early still leaves its results
+            pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
             if task == "integration" and dataset.get("umap") and result.embeddings:
                 plot_umaps(
                     result.embeddings,

@@ -96,6 +96,7 @@ def _run_method(method: str, function: Callable[[], np.ndarray], ctx: MethodCont
         logger.warning("Method %s failed: %s: %s", method, type(err).__name__, err)
         return None, {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
     seconds, memory = cost["seconds"], cost["peak_memory_mb"]
+    logger.info("%s: %.1f s, peak memory +%.0f MB.", method, seconds, memory)
     if reused:
         seconds += ctx.cache[key][1]["seconds"]
         memory = max(memory, ctx.cache[key][1]["peak_memory_mb"])
