@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anndata import AnnData
 
@@ -11,6 +12,10 @@ from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._keys import embedding_keys
 from ._model_arg import resolve_model
+from ._mudata import is_mudata
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +23,7 @@ __all__ = ["embed"]
 
 
 def embed(
-    adata: AnnData,
+    adata: AnnData | MuData,
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
     *,
     layer: str | None = None,
@@ -28,10 +33,11 @@ def embed(
     n_genes: int | None = None,
     gene_selection: str | None = None,
     key_added: str | None = None,
+    modality: str = "rna",
     copy: bool = False,
     progress: bool = True,
     seed: int = 0,
-) -> AnnData | None:
+) -> AnnData | MuData | None:
     """Embed cells with a PanFoMa model.
 
     Accepts raw counts or log1p-normalized values (dense or sparse, in memory or backed); values are binned
@@ -40,7 +46,8 @@ def embed(
     Parameters
     ----------
     adata
-        Cells x genes. Genes are matched to the model's vocabulary by symbol or Ensembl ID.
+        Cells x genes. Genes are matched to the model's vocabulary by symbol or Ensembl ID. A
+        :class:`~mudata.MuData` embeds its RNA modality (``modality``).
     model
         Registry name (see :func:`panfoma_sc.models.available`), checkpoint path, or a loaded model.
     layer
@@ -58,8 +65,10 @@ def embed(
         expression first, deterministic) or ``"random"`` (a seeded random subset); default: the model's.
     key_added
         Result keys: ``obsm[key_added]`` and ``uns[key_added]``; ``None`` gives ``"X_panfoma"`` and ``"panfoma"``.
+    modality
+        For a MuData: the RNA modality to embed.
     copy
-        Return a new AnnData instead of writing into ``adata``.
+        Return a new AnnData (MuData) instead of writing into ``adata``.
     progress
         Show a progress bar.
     seed
@@ -75,6 +84,10 @@ def embed(
         ``params`` (model name, checkpoint sha256, versions, genes per cell, seed), ``genes`` (match report)
         and ``input`` (what the values looked like).
 
+    For a MuData, the same two entries go to ``mdata.mod[modality]`` and to ``mdata.obsm`` / ``mdata.uns`` (rows
+    aligned with ``mdata.obs``; NaN for cells without RNA data, with a warning: keep paired cells first with
+    ``mu.pp.intersect_obs``).
+
     Examples
     --------
     >>> import scanpy as sc
@@ -84,6 +97,24 @@ def embed(
     (700, 128)
     """
     keys = embedding_keys(key_added)
+    if is_mudata(adata):
+        from ._mudata_tools import embed_mudata
+
+        return embed_mudata(
+            adata,
+            resolve_model(model),
+            modality=modality,
+            keys=keys,
+            copy=copy,
+            device=device,
+            progress=progress,
+            layer=layer,
+            gene_symbols=gene_symbols,
+            batch_size=batch_size,
+            n_genes=n_genes,
+            gene_selection=gene_selection,
+            seed=seed,
+        )
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     job = EmbeddingJob.prepare(

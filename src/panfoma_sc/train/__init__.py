@@ -3,12 +3,15 @@
 from ._corpus import EVALUATION_HOLDOUT, PretrainingCorpus, build_vocabulary, default_pretraining_files
 from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
+from ._multimodal import FeatureTokens, MultimodalEncoder, finetune_multimodal
 from ._pretrain import PretrainingObjective, TrainingConfig, pretrain
 
 __all__ = [
     "EVALUATION_HOLDOUT",
     "CellRows",
+    "FeatureTokens",
     "FineTuneConfig",
+    "MultimodalEncoder",
     "PretrainingCorpus",
     "PretrainingObjective",
     "TrainingConfig",
@@ -16,6 +19,7 @@ __all__ = [
     "default_pretraining_files",
     "finetune_classifier",
     "finetune_integration",
+    "finetune_multimodal",
     "finish_distributed",
     "init_distributed",
     "pretrain",

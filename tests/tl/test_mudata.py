@@ -1,0 +1,217 @@
+"""MuData: ``pf.tl.embed`` on the RNA modality, ``pf.tl.integrate`` joint RNA + protein / ATAC, bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from anndata.tests.helpers import assert_equal
+
+import panfoma_sc as pf
+
+md = pytest.importorskip("mudata")
+mu = pytest.importorskip("muon")
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # mudata's own pull_on_update notice
+
+CITESEQ = "pbmc_citeseq_10x_5k_10k_400cells.h5mu"
+
+
+@pytest.fixture(scope="session")
+def citeseq_session():
+    folder = os.environ.get("PANFOMA_DATA_DIR")
+    if not folder or not (Path(folder) / CITESEQ).is_file():
+        pytest.skip(f"{CITESEQ} not found: set PANFOMA_DATA_DIR to the shared data folder")
+    mdata = md.read_h5mu(Path(folder) / CITESEQ)
+    return mdata[np.r_[0:16, 200:216]].copy()  # 16 cells of each 10x run (two protein panels)
+
+
+@pytest.fixture
+def citeseq(citeseq_session):
+    """32 real CITE-seq PBMCs (RNA + 29 ADTs, two batches), a fresh copy per test."""
+    return citeseq_session.copy()
+
+
+@pytest.fixture
+def multiome(pbmc_sorted):
+    """Real RNA of 30 PBMCs with a generated peak matrix (mechanics only: no real multiome data here)."""
+    rna = pbmc_sorted[:30].copy()
+    rng = np.random.default_rng(0)
+    peaks = rng.poisson(0.3, size=(rna.n_obs, 120)).astype(np.float32)
+    peaks[:, :40] += rng.poisson(1.0, size=(rna.n_obs, 40)) * (rna.obs["cell_type"].cat.codes.to_numpy() % 2)[:, None]
+    names = [f"chr{1 + i // 40}:{1000 * i + 1}-{1000 * i + 500}" for i in range(peaks.shape[1])]
+    atac = ad.AnnData(peaks, obs=pd.DataFrame(index=rna.obs_names), var=pd.DataFrame(index=names))
+    return md.MuData({"rna": rna, "atac": atac})
+
+
+def assert_mudata_equal(a, b) -> None:
+    assert list(a.mod) == list(b.mod)
+    for name in a.mod:
+        assert_equal(a.mod[name], b.mod[name])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert sorted(a.obsm) == sorted(b.obsm)
+    for key in a.obsm:
+        np.testing.assert_array_equal(np.asarray(a.obsm[key]), np.asarray(b.obsm[key]))
+    assert_equal(dict(a.uns), dict(b.uns))
+
+
+def test_embed_mudata_writes_modality_and_joint_obsm(citeseq, tiny_checkpoint):
+    before = citeseq.copy()
+    result = pf.tl.embed(citeseq, tiny_checkpoint, progress=False, copy=True, key_added="X_pf")
+    assert_mudata_equal(citeseq, before)  # copy=True leaves the input alone
+    rna_only = pf.tl.embed(citeseq.mod["rna"], tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
+    np.testing.assert_allclose(result.mod["rna"].obsm["X_pf"], rna_only, atol=1e-5)
+    np.testing.assert_allclose(result.obsm["X_pf"], rna_only, atol=1e-5)
+    assert result.uns["X_pf"]["params"]["modality"] == "rna"
+    assert "X_pf" in result.mod["rna"].uns
+    assert pf.tl.embed(citeseq, tiny_checkpoint, progress=False) is None
+    assert citeseq.obsm["X_panfoma"].shape == (citeseq.n_obs, 32)
+
+
+def test_embed_mudata_cells_missing_from_rna_get_nan_rows(citeseq, tiny_checkpoint, caplog):
+    mdata = md.MuData({"rna": citeseq.mod["rna"][:30].copy(), "prot": citeseq.mod["prot"].copy()})
+    with caplog.at_level(logging.WARNING):
+        pf.tl.embed(mdata, tiny_checkpoint, progress=False)
+    assert "mu.pp.intersect_obs" in caplog.text
+    assert mdata.mod["rna"].obsm["X_panfoma"].shape == (30, 32)
+    missing = ~mdata.obs_names.isin(mdata.mod["rna"].obs_names)
+    assert missing.sum() == 2
+    assert np.isnan(mdata.obsm["X_panfoma"][missing]).all()
+    assert np.isfinite(mdata.obsm["X_panfoma"][~missing]).all()
+
+
+def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkpoint):
+    zero_shot = pf.tl.embed(citeseq.mod["rna"], tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
+    result = pf.tl.integrate(citeseq, "batch", model=tiny_checkpoint, max_steps=2, progress=False, copy=True)
+    assert "X_panfoma_integrated" not in citeseq.obsm
+    joint = result.obsm["X_panfoma_integrated"]
+    assert joint.shape == (citeseq.n_obs, 32)
+    assert joint.dtype == np.float32
+    assert np.isfinite(joint).all()
+    assert not np.allclose(joint, zero_shot, atol=1e-3)
+    uns = result.uns["X_panfoma_integrated"]
+    assert uns["params"]["method"] == "joint"
+    assert uns["params"]["steps"] == 2
+    prot = uns["modalities"]["prot"]
+    assert prot["n_features"] == 29
+    assert prot["n_measured_everywhere"] == 14  # the 10k panel has 14 of the 29 antibodies
+    assert {"loss_feature", "loss_mvc", "loss_batch"} <= set(uns["losses"])
+    sc.pp.neighbors(result, use_rep="X_panfoma_integrated", n_neighbors=5)
+    sc.tl.umap(result)
+    assert result.obsm["X_umap"].shape == (citeseq.n_obs, 2)
+
+
+def test_integrate_late_fusion(citeseq, tiny_checkpoint):
+    pf.tl.integrate(
+        citeseq, "batch", model=tiny_checkpoint, method="late_fusion", key_added="X_late", max_steps=1, progress=False
+    )
+    assert citeseq.obsm["X_late"].shape == (citeseq.n_obs, 32 + 14)  # RNA + PCA of the 14 shared proteins
+    assert citeseq.uns["X_late"]["params"]["method"] == "late_fusion"
+
+
+def test_integrate_joint_atac_on_generated_peaks(multiome, tiny_checkpoint):
+    pf.tl.integrate(multiome, model=tiny_checkpoint, max_steps=1, progress=False)
+    assert multiome.obsm["X_panfoma_integrated"].shape == (multiome.n_obs, 32)
+    atac = multiome.uns["X_panfoma_integrated"]["modalities"]["atac"]
+    assert atac["kind"] == "atac"
+    assert atac["n_chromosomes"] == 3
+    assert atac["n_features"] >= 2
+
+
+def _renamed(mdata, name, names):
+    mod = mdata.mod[name].copy()
+    mod.obs_names = names
+    mods = {k: (mod if k == name else v.copy()) for k, v in mdata.mod.items()}
+    return md.MuData(mods)
+
+
+def _bad_citeseq(citeseq, case):
+    """``(mdata, kwargs, error, message)`` of one bad input."""
+    if case == "missing modality":
+        return citeseq, {"modality": "gex"}, KeyError, "no modality 'gex'"
+    if case == "missing protein modality":
+        return citeseq, {"protein": "adt"}, KeyError, "no modality 'adt'"
+    if case == "no shared cells":
+        bad = _renamed(citeseq, "prot", [f"other{i}" for i in range(citeseq.n_obs)])
+        return bad, {}, ValueError, "share no cells"
+    if case == "cells not in every modality":
+        bad = md.MuData({"rna": citeseq.mod["rna"][:30].copy(), "prot": citeseq.mod["prot"].copy()})
+        return bad, {}, ValueError, "intersect_obs"
+    if case == "protein passed as RNA":
+        return citeseq, {"modality": "prot", "protein": "rna"}, ValueError, "RNA modality"
+    if case == "RNA passed as protein":
+        bad = md.MuData({"rna": citeseq.mod["rna"].copy(), "prot": citeseq.mod["rna"].copy()})
+        return bad, {}, ValueError, "looks like RNA"
+    if case == "no protein counts":
+        bad = citeseq.copy()
+        bad.mod["prot"].X = bad.mod["prot"].X * 0
+        return bad, {}, ValueError, "no counts"
+    if case == "non-count ADT":
+        bad = citeseq.copy()
+        mu.prot.pp.clr(bad.mod["prot"], axis=1)
+        return bad, {}, ValueError, "raw ADT counts"
+    if case == "no other modality":
+        bad = md.MuData({"rna": citeseq.mod["rna"].copy()})
+        return bad, {}, ValueError, "No protein or ATAC"
+    if case == "single batch":
+        bad = citeseq.copy()
+        bad.obs["run"] = "one"
+        return bad, {"batch_key": "run"}, ValueError, "single batch"
+    if case == "missing batch column":
+        return citeseq, {"batch_key": "donor"}, KeyError, "batch_key='donor'"
+    if case == "bad method":
+        return citeseq, {"method": "wnn"}, ValueError, "method must be"
+    raise AssertionError(case)
+
+
+CASES = [
+    "missing modality",
+    "missing protein modality",
+    "no shared cells",
+    "cells not in every modality",
+    "protein passed as RNA",
+    "RNA passed as protein",
+    "no protein counts",
+    "non-count ADT",
+    "no other modality",
+    "single batch",
+    "missing batch column",
+    "bad method",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_integrate_bad_mudata_raises_and_leaves_it_untouched(citeseq, tiny_checkpoint, case):
+    mdata, kwargs, error, message = _bad_citeseq(citeseq, case)
+    before = mdata.copy()
+    with pytest.raises(error, match=message):
+        pf.tl.integrate(mdata, model=tiny_checkpoint, max_steps=1, progress=False, **kwargs)
+    assert_mudata_equal(mdata, before)
+
+
+@pytest.mark.parametrize("case", ["missing modality", "no shared cells", "protein passed as RNA"])
+def test_embed_bad_mudata_raises_and_leaves_it_untouched(citeseq, tiny_checkpoint, case):
+    mdata, kwargs, error, message = _bad_citeseq(citeseq, case)
+    kwargs.pop("protein", None)
+    if case == "no shared cells":  # embed needs only the RNA modality: a foreign one is fine
+        pytest.skip("embed does not pair modalities")
+    before = mdata.copy()
+    with pytest.raises(error, match=message):
+        pf.tl.embed(mdata, tiny_checkpoint, progress=False, **kwargs)
+    assert_mudata_equal(mdata, before)
+
+
+def test_atac_without_peak_coordinates_raises_and_leaves_mudata_untouched(multiome, tiny_checkpoint):
+    atac = multiome.mod["atac"].copy()
+    atac.var_names = [f"peak{i}" for i in range(atac.n_vars)]
+    mdata = md.MuData({"rna": multiome.mod["rna"].copy(), "atac": atac})
+    before = mdata.copy()
+    with pytest.raises(ValueError, match="no coordinates"):
+        pf.tl.integrate(mdata, model=tiny_checkpoint, max_steps=1, progress=False)
+    assert_mudata_equal(mdata, before)
