@@ -52,6 +52,16 @@ def hash_uniform(seed: int, cell_keys: np.ndarray, gene_ids: np.ndarray) -> np.n
     return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+def _hash_entries(seed: int, cell_keys: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
+    """:func:`hash_uniform` at given ``(cell, gene)`` pairs only (equal 1-D arrays): the same numbers, no matrix."""
+    with np.errstate(over="ignore"):
+        seed_part = _splitmix(np.asarray([seed], dtype=np.uint64) * _GOLDEN)
+        cells = _splitmix(cell_keys.astype(np.uint64) ^ seed_part)
+        genes = _splitmix(gene_ids.astype(np.uint64) * _GOLDEN + seed_part)
+        mixed = _splitmix(cells ^ genes)
+    return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def cell_keys_from_names(names: Sequence[str] | pd.Index) -> np.ndarray:
     """Stable 64-bit key per cell name (pandas' deterministic hash), the identity used for gene sampling."""
     return pd.util.hash_array(np.asarray(names, dtype=object)).astype(np.uint64)
@@ -92,15 +102,24 @@ def bin_by_rank(matrix: sparse.csr_matrix, n_bins: int) -> np.ndarray:
     return bins
 
 
-def dense_bins(matrix: sparse.spmatrix | np.ndarray, n_bins: int) -> np.ndarray:
-    """``(cells, genes)`` int64 bins of a batch of rows (see :func:`bin_by_rank`); 0 where not expressed."""
+def _clean_csr(matrix: sparse.spmatrix | np.ndarray) -> sparse.csr_matrix:
+    """float64 CSR copy without explicit zeros, indices sorted."""
     csr = sparse.csr_matrix(matrix, dtype=np.float64, copy=True)
     csr.eliminate_zeros()
     csr.sort_indices()
+    return csr
+
+
+def _scatter_bins(csr: sparse.csr_matrix, n_bins: int) -> np.ndarray:
     bins = np.zeros(csr.shape, dtype=np.int64)
     rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
     bins[rows, csr.indices] = bin_by_rank(csr, n_bins)
     return bins
+
+
+def dense_bins(matrix: sparse.spmatrix | np.ndarray, n_bins: int) -> np.ndarray:
+    """``(cells, genes)`` int64 bins of a batch of rows (see :func:`bin_by_rank`); 0 where not expressed."""
+    return _scatter_bins(_clean_csr(matrix), n_bins)
 
 
 def sample_expression_targets(
@@ -215,34 +234,35 @@ class Tokenizer:
         seed
             Sampling seed; training passes a new one per epoch to re-draw the genes.
         """
-        bins = dense_bins(matrix, self.n_bins)  # (B, G): dense per batch only
         if self.value_encoding not in ("rank", "presence"):
             msg = f"value_encoding must be 'rank' or 'presence', got {self.value_encoding!r}."
             raise ValueError(msg)
-        n_cells, n_columns = bins.shape
-        uniform = hash_uniform(seed, np.asarray(cell_keys), np.asarray(gene_ids))  # (B, G)
-        if self.selection == "top":
-            priority = 0.5 * uniform - bins  # highest bin first; zero genes in [0, 0.5) after every nonzero one
-        elif self.selection == "random":
-            priority = uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
-        else:
+        if self.selection not in ("random", "top"):
             msg = f"selection must be 'random' or 'top', got {self.selection!r}."
             raise ValueError(msg)
+        csr = _clean_csr(matrix)
+        gene_ids, cell_keys = np.asarray(gene_ids), np.asarray(cell_keys)
+        n_cells, n_columns = csr.shape
         n_take = min(self.n_genes, n_columns)
-        if n_take < n_columns:
-            chosen = np.argpartition(priority, n_take - 1, axis=1)[:, :n_take]
-        else:
-            chosen = np.broadcast_to(np.arange(n_columns), (n_cells, n_columns))
-        # shuffle the chosen genes so every chunk gets a mix of expressed and zero genes
-        chosen = np.take_along_axis(chosen, np.argsort(np.take_along_axis(uniform, chosen, 1), axis=1), 1)
+        chosen = np.empty((n_cells, n_take), dtype=np.int64)  # column indices, in token order
+        chosen_bins = np.empty((n_cells, n_take), dtype=np.int64)
+        # Cells with at least n_take expressed genes only ever keep expressed genes: choose them from the CSR
+        # entries. The others also need their zero genes' random keys: choose densely, for those rows only.
+        full = np.diff(csr.indptr) >= n_take
+        if full.any():
+            rows = np.flatnonzero(full)
+            chosen[rows], chosen_bins[rows] = self._choose_sparse(csr[rows], gene_ids, cell_keys[rows], n_take, seed)
+        if not full.all():
+            rows = np.flatnonzero(~full)
+            chosen[rows], chosen_bins[rows] = self._choose_dense(csr[rows], gene_ids, cell_keys[rows], n_take, seed)
 
         chunk_length = -(-n_take // self.n_chunks)
         total = chunk_length * self.n_chunks
         token_ids = np.full((n_cells, total), self.pad_id, dtype=np.int64)
         token_bins = np.zeros((n_cells, total), dtype=np.int64)
         padding = np.ones((n_cells, total), dtype=bool)
-        token_ids[:, :n_take] = np.asarray(gene_ids)[chosen]
-        token_bins[:, :n_take] = np.take_along_axis(bins, chosen, 1)
+        token_ids[:, :n_take] = gene_ids[chosen]
+        token_bins[:, :n_take] = chosen_bins
         if self.value_encoding == "presence":
             token_bins = (token_bins > 0).astype(np.int64)
         padding[:, :n_take] = False
@@ -252,3 +272,37 @@ class Tokenizer:
             return np.ascontiguousarray(a.reshape(n_cells, chunk_length, self.n_chunks).transpose(0, 2, 1))
 
         return TokenBatch(gene_ids=deal(token_ids), value_bins=deal(token_bins), padding_mask=deal(padding))
+
+    def _priority(self, uniform: np.ndarray, bins: np.ndarray) -> np.ndarray:
+        """Lower is chosen first: expressed genes (``[-1, 0)`` or ``<= -0.5``) always before zero genes."""
+        if self.selection == "top":
+            return 0.5 * uniform - bins  # highest bin first; zero genes in [0, 0.5) after every nonzero one
+        return uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
+
+    def _choose_dense(
+        self, csr: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n_take`` lowest-priority columns of every row, ordered by their random key; and their bins."""
+        bins = _scatter_bins(csr, self.n_bins)  # (B, G): dense for these rows only
+        n_cells, n_columns = bins.shape
+        uniform = hash_uniform(seed, cell_keys, gene_ids)  # (B, G)
+        if n_take < n_columns:
+            chosen = np.argpartition(self._priority(uniform, bins), n_take - 1, axis=1)[:, :n_take]
+        else:
+            chosen = np.broadcast_to(np.arange(n_columns), (n_cells, n_columns))
+        # shuffle the chosen genes so every chunk gets a mix of expressed and zero genes
+        chosen = np.take_along_axis(chosen, np.argsort(np.take_along_axis(uniform, chosen, 1), axis=1), 1)
+        return chosen, np.take_along_axis(bins, chosen, 1)
+
+    def _choose_sparse(
+        self, csr: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_choose_dense` for rows with at least ``n_take`` stored values, on the CSR entries alone."""
+        n_cells = csr.shape[0]
+        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+        uniform = _hash_entries(seed, cell_keys[rows], gene_ids[csr.indices])  # (nnz,), as hash_uniform there
+        bins = bin_by_rank(csr, self.n_bins)
+        by_priority = np.lexsort((self._priority(uniform, bins), rows))
+        kept = by_priority[(np.arange(rows.size) - csr.indptr[rows[by_priority]]) < n_take]  # n_take per row
+        kept = kept[np.lexsort((uniform[kept], rows[kept]))]  # each row's chosen genes by random key
+        return csr.indices[kept].reshape(n_cells, n_take).astype(np.int64), bins[kept].reshape(n_cells, n_take)
