@@ -214,6 +214,11 @@ def test_init_from_continues_a_checkpoint_and_refuses_another_vocabulary(corpus_
     continued = load_file(tmp_path / "frozen" / "model.safetensors")
     for key in saved:
         np.testing.assert_array_equal(saved[key], continued[key], err_msg=key)
+    from panfoma_sc.models import read_checkpoint, sha256sum
+
+    origin = read_checkpoint(tmp_path / "frozen" / "model.safetensors").info["initialized_from"]
+    assert origin["sha256"] == sha256sum(first / "model.safetensors")
+    assert origin["trained_on"]["steps"] == 20
     fresh = pd.read_csv(first / "history.csv")["loss"].iloc[0]
     warm = pd.read_csv(tmp_path / "frozen" / "history.csv")["loss"].iloc[0]
     assert warm < fresh - 0.3

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._settings import settings
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
-from ..models._checkpoint import read_checkpoint, write_checkpoint
+from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus
@@ -160,8 +160,8 @@ def _batch_stream(
         epoch, position = epoch + 1, 0
 
 
-def _network_from_checkpoint(config: TrainingConfig, vocab: GeneVocabulary) -> PanFoMa:
-    """The network of ``config.init_from``, checked against ``vocab``, recording the training value encoding."""
+def _network_from_checkpoint(config: TrainingConfig, vocab: GeneVocabulary) -> tuple[PanFoMa, dict[str, Any]]:
+    """The network of ``config.init_from`` (checked against ``vocab``) and a provenance record of that file."""
     checkpoint = read_checkpoint(config.init_from)
     if checkpoint.vocab.symbols != vocab.symbols:
         msg = (
@@ -171,7 +171,14 @@ def _network_from_checkpoint(config: TrainingConfig, vocab: GeneVocabulary) -> P
         raise ValueError(msg)
     network = checkpoint.build_model("cpu").train()
     network.config = network.config.replace(value_encoding=config.value_encoding, **config.model_overrides)
-    return network
+    origin = {
+        "file": Path(config.init_from).name,
+        "sha256": sha256sum(config.init_from),
+        "version": checkpoint.info.get("version"),
+        "trained_on": checkpoint.info.get("trained_on"),
+        "training": checkpoint.info.get("training"),
+    }
+    return network, origin
 
 
 def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
@@ -239,8 +246,10 @@ def pretrain(
 
     torch.manual_seed(config.seed)
     if config.init_from is not None:
-        network = _network_from_checkpoint(config, vocab).to(device)
+        network, origin = _network_from_checkpoint(config, vocab)
+        network = network.to(device)
         architecture = network.config
+        info = {"initialized_from": origin, **(info or {})}
     else:
         architecture = CONFIGS[config.architecture].replace(
             **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
