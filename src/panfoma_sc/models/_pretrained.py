@@ -24,10 +24,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASSIFIER_HEAD", "PretrainedModel", "tokens_to_torch"]
+__all__ = ["CLASSIFIER_HEAD", "PretrainedModel", "cells_per_forward", "tokens_to_torch"]
 
 #: Name of the fine-tuned cell-type classifier head in a checkpoint.
 CLASSIFIER_HEAD = "classifier"
+
+#: Tokens per forward pass on CPU. Bigger passes spill the attention and SSD intermediates out of the caches:
+#: on 2 cores, panfoma-tiny embeds 2-2.6x more cells/s in passes of ~1k tokens than in passes of 32 cells
+#: (``benchmarks/bench_inference.py``, see the Performance page of the docs).
+CPU_TOKENS_PER_FORWARD = 1024
+
+
+def cells_per_forward(device: str | torch.device, tokens_per_cell: int, batch_size: int) -> int:
+    """Cells per forward pass: on CPU about :data:`CPU_TOKENS_PER_FORWARD` tokens, elsewhere the whole batch."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_TOKENS_PER_FORWARD // max(tokens_per_cell, 1)))
 
 
 def tokens_to_torch(tokens: TokenBatch, device: str | torch.device) -> tuple[torch.Tensor, ...]:
@@ -39,6 +53,14 @@ def tokens_to_torch(tokens: TokenBatch, device: str | torch.device) -> tuple[tor
     if torch.device(device).type == "cuda":
         return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
     return tuple(t.to(device) for t in tensors)
+
+
+def _split(tokens: TokenBatch, size: int) -> list[TokenBatch]:
+    """Consecutive slices of at most ``size`` cells."""
+    return [
+        TokenBatch(tokens.gene_ids[i : i + size], tokens.value_bins[i : i + size], tokens.padding_mask[i : i + size])
+        for i in range(0, max(len(tokens), 1), max(size, 1))
+    ]
 
 
 @dataclass
@@ -292,7 +314,10 @@ class PretrainedModel:
         with torch.inference_mode(), tqdm(total=n_cells, unit="cells", disable=not progress, desc=desc) as bar:
             for rows, block in blocks:
                 tokens = tokenizer(block, gene_ids, cell_keys[rows], seed=seed)
-                result = network(*tokens_to_torch(tokens, device))
-                output[rows] = transform(result.cell_embedding).float().cpu().numpy()
+                step = cells_per_forward(device, tokens.gene_ids[0].size if len(tokens) else 1, len(tokens))
+                embeddings = [
+                    network(*tokens_to_torch(part, device)).cell_embedding for part in _split(tokens, step)
+                ]  # one copy back per block: no host-device round trip per pass
+                output[rows] = transform(torch.cat(embeddings)).float().cpu().numpy()
                 bar.update(len(rows))
         return output
