@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 
 import _perf
 import torch
@@ -38,11 +39,17 @@ def _matched_rows(n_cells: int):
     return adata, vocab, match, cell_keys_from_names(adata.obs_names)
 
 
-def measure_model(name: str, architecture: str, n_genes: int, batch_size: int, n_cells: int, opts: dict) -> dict:
-    """Embed ``n_cells`` real cells with one model, in this (fresh) process."""
+def measure_model(
+    name: str, architecture: str, n_genes: int, batch_size: int, n_cells: int, opts: dict, *, whole_batch: bool
+) -> dict:
+    """Embed ``n_cells`` real cells with one model, in this (fresh) process.
+
+    Like ``pf.tl.embed``, each batch runs in passes of ``cells_per_forward`` cells (about 1k tokens on CPU),
+    unless ``whole_batch`` (one pass per batch, as before the CPU micro-batching).
+    """
     from panfoma_sc.data.rows import iter_row_blocks
     from panfoma_sc.data.tokenizer import Tokenizer
-    from panfoma_sc.models._pretrained import tokens_to_torch
+    from panfoma_sc.models._pretrained import _split, cells_per_forward, tokens_to_torch
 
     device = opts["device"]
     _perf.set_threads(opts["threads"])
@@ -50,16 +57,17 @@ def measure_model(name: str, architecture: str, n_genes: int, batch_size: int, n
     config = _perf.config_for(architecture)
     tokenizer = Tokenizer(n_genes=n_genes, n_chunks=config.n_chunks, n_bins=config.n_bins, pad_id=vocab.pad_id)
     model = _perf.build(name, config, device).eval()
+    step = batch_size if whole_batch else cells_per_forward(device, n_genes, batch_size)
 
-    def encode(block, rows):
-        tokens = tokenizer(block, match.gene_ids, keys[rows])
+    def encode(tokens):
         with _perf.autocast(device, opts["dtype"]):
-            return model(*tokens_to_torch(tokens, device)).cell_embedding.float().cpu().numpy()
+            parts = [model(*tokens_to_torch(part, device)).cell_embedding for part in _split(tokens, step)]
+            return torch.cat(parts).float().cpu().numpy()
 
     baseline = _perf.current_rss_mib()
     with torch.inference_mode():
         warm_rows, warm_block = next(iter_row_blocks(adata.X, 8, columns=match.columns))
-        encode(warm_block, warm_rows)
+        encode(tokenizer(warm_block, match.gene_ids, keys[warm_rows]))
         one = tokens_to_torch(tokenizer(warm_block[:1], match.gene_ids, keys[:1]), device)
         flops_per_cell = _perf.count_flops(lambda: model(*one))
         tokenize_s = forward_s = 0.0
@@ -69,11 +77,11 @@ def measure_model(name: str, architecture: str, n_genes: int, batch_size: int, n
                 tokens = tokenizer(block, match.gene_ids, keys[rows])
                 tokenize_s += time.perf_counter() - start
                 start = time.perf_counter()
-                with _perf.autocast(device, opts["dtype"]):
-                    model(*tokens_to_torch(tokens, device)).cell_embedding.float().cpu().numpy()
+                encode(tokens)
                 forward_s += time.perf_counter() - start
     return {
-        "model": name,
+        "model": name + (" (one pass per batch)" if whole_batch else ""),
+        "cells_per_forward": step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "cells_per_s": n_cells / (tokenize_s + forward_s),
         "model_cells_per_s": n_cells / forward_s,
@@ -127,10 +135,10 @@ def main() -> None:
     if args.device.startswith("cuda"):
         reference = {"size": 8192, "dtype": torch.bfloat16 if args.dtype == "bf16" else torch.float32}
     matmul_before = _perf.matmul_flops_per_s(args.device, **reference)
-    rows = [
-        _perf.run_isolated(measure_model, name, args.architecture, n_genes, args.batch_size, args.cells, opts)
-        for name in _perf.MODELS
-    ]
+    shape = (args.architecture, n_genes, args.batch_size, args.cells, opts)
+    rows = [_perf.run_isolated(partial(measure_model, whole_batch=False), name, *shape) for name in _perf.MODELS]
+    if not args.device.startswith("cuda"):  # before/after of the CPU micro-batching, same run
+        rows.append(_perf.run_isolated(partial(measure_model, whole_batch=True), "panfoma", *shape))
     matmul = (matmul_before + _perf.matmul_flops_per_s(args.device, **reference)) / 2
     panfoma = rows[0]
     for row in rows:
@@ -145,6 +153,7 @@ def main() -> None:
         rows,
         [
             "model",
+            "cells_per_forward",
             "cells_per_s",
             "time_ratio_to_panfoma",
             "peak_increase_mib",
