@@ -127,6 +127,13 @@ def render_report(folder: str | Path) -> str:
         f"{info.get('seed', '?')}, run {info.get('started', '?')} on {cores} CPU cores; whole run "
         f"{info.get('wall_time_s', '?')} s."
     )
+    load = info.get("environment", {}).get("load_average_1_5_15_min_at_end")
+    if load:
+        lines += [
+            "",
+            f"Load average of the machine at the end of the run (1/5/15 min): {load}; wall times include waiting "
+            "for the CPU when other jobs share it.",
+        ]
     if info.get("command"):
         lines += ["", f"Command: `{info['command']}`"]
     settings = ", ".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
@@ -165,6 +172,8 @@ def render_report(folder: str | Path) -> str:
 
     not_run = results[results["status"] != "ok"]
     if not not_run.empty:
+        reasons = not_run["reason"].astype(str).map(lambda r: r if len(r) <= 140 else r[:137] + "...")
+        not_run = not_run.assign(reason=reasons)
         lines += ["## Methods not run", "", _markdown(not_run[["dataset", "task", "method", "status", "reason"]]), ""]
 
     if info.get("datasets"):
