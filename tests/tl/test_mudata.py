@@ -86,7 +86,7 @@ def test_embed_mudata_cells_missing_from_rna_get_nan_rows(citeseq, tiny_checkpoi
     assert np.isfinite(mdata.obsm["X_panfoma"][~missing]).all()
 
 
-def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkpoint):
+def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkpoint, tmp_path):
     zero_shot = pf.tl.embed(citeseq.mod["rna"], tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
     result = pf.tl.integrate(citeseq, "batch", model=tiny_checkpoint, max_steps=2, progress=False, copy=True)
     assert "X_panfoma_integrated" not in citeseq.obsm
@@ -99,9 +99,11 @@ def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkp
     assert uns["params"]["method"] == "joint"
     assert uns["params"]["steps"] == 2
     prot = uns["modalities"]["prot"]
-    assert prot["n_features"] == 29
-    assert prot["n_measured_everywhere"] == 14  # the 10k panel has 14 of the 29 antibodies
+    assert prot["n_features"] == 14  # the 10k panel has 14 of the 29 antibodies
+    assert prot["n_left_out_not_in_every_batch"] == 15
     assert {"loss_feature", "loss_mvc", "loss_batch"} <= set(uns["losses"])
+    result.write(tmp_path / "joint.h5mu")  # the provenance is storable
+    assert "X_panfoma_integrated" in md.read_h5mu(tmp_path / "joint.h5mu").uns
     sc.pp.neighbors(result, use_rep="X_panfoma_integrated", n_neighbors=5)
     sc.tl.umap(result)
     assert result.obsm["X_umap"].shape == (citeseq.n_obs, 2)

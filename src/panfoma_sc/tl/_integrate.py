@@ -89,8 +89,9 @@ def integrate(
     other) and asks the cell embedding to reconstruct genes and every measured feature. ``batch_key`` adds the
     batch-removal terms above. ``method="late_fusion"`` is the baseline: the RNA embedding (batch-corrected when
     ``batch_key`` is given) concatenated with a PCA of the other modality, each block scaled to unit variance.
-    A protein with no count in any cell of a batch counts as not measured there (different panels). The ATAC path
-    is tested on generated peak matrices only: its accuracy has not been measured on real multiome data.
+    With ``batch_key``, only proteins with counts in every batch are used: panels differ between runs (merged files
+    fill the gaps with zeros), and a protein of one panel only would reveal the batch. The ATAC path is tested on
+    generated peak matrices only: its accuracy has not been measured on real multiome data.
 
     Of the two batch-removal terms the MMD did most: on the lung cell lines (two protocols), the adversarial
     term alone moved AvgBATCH from 0.69 to 0.70 and adding MMD to 0.74 (see ``benchmarks/``). MMD assumes

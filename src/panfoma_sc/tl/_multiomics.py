@@ -1,9 +1,11 @@
 """Protein (ADT) and chromatin (ATAC) features of paired cells: checks, normalization, late fusion.
 
-Proteins: raw ADT counts, CLR-normalized per cell over the proteins measured in that cell's batch (muon's
-``mu.prot.pp.clr``). A protein with no count in any cell of a batch is taken as not measured there (panels differ
-between runs and merged files fill the gaps with 0). Chromatin: raw peak counts with peak coordinates, TF-IDF and
-LSI (muon's ``mu.atac.pp.tfidf`` / ``mu.atac.tl.lsi``), dropping the first component (sequencing depth).
+Proteins: raw ADT counts, CLR-normalized per cell (muon's ``mu.prot.pp.clr``) over the proteins measured in every
+batch: a protein with no count in any cell of a batch was not in that batch's panel (merged files fill the gap
+with 0), and one present in some panels only would reveal the batch by its mere presence.
+
+Chromatin: raw peak counts with peak coordinates, TF-IDF and LSI (muon's ``mu.atac.pp.tfidf`` /
+``mu.atac.tl.lsi``), dropping the first component (sequencing depth).
 """
 
 from __future__ import annotations
@@ -126,37 +128,40 @@ def protein_features(
     names = [str(v) for v in mod.var_names]
     gene_ids = vocab.lookup(n.split("_")[0] for n in names)
     batches = np.zeros(counts.shape[0], dtype=np.int64) if batches is None else np.asarray(batches)
-    measured = np.zeros(counts.shape, dtype=bool)
-    values = np.zeros(counts.shape, dtype=np.float32)
-    for batch in np.unique(batches):
-        cells = np.flatnonzero(batches == batch)
-        panel = np.flatnonzero(counts[cells].sum(0) > 0)
-        if panel.size == 0:
-            continue
-        part = AnnData(counts[np.ix_(cells, panel)].astype(np.float32))
-        muon.prot.pp.clr(part, axis=1)  # per cell, over the proteins its batch measured
-        values[np.ix_(cells, panel)] = np.asarray(part.X, dtype=np.float32)
-        measured[np.ix_(cells, panel)] = True
-    if not measured.any():
+    if not counts.any():
         msg = f"{where} has no counts at all: no protein was measured in these cells. Check the modality."
         raise ValueError(msg)
-    used = measured.any(0)
+    # a protein in one batch's panel only would tell the batches apart by its mere presence: keep the shared panel
+    in_panel = np.stack([counts[batches == batch].sum(0) > 0 for batch in np.unique(batches)])
+    used = in_panel.all(0)
+    if not used.any():
+        msg = (
+            f"{where}: no protein has counts in every batch (the panels share no antibody). Integrate the batches "
+            "separately, or pass batch_key=None."
+        )
+        raise ValueError(msg)
     if not used.all():
-        logger.info("Dropping %d proteins with no counts in any cell.", int((~used).sum()))
+        logger.info("Leaving out %d proteins missing from some batch's panel.", int((~used).sum()))
+    values = np.zeros((counts.shape[0], int(used.sum())), dtype=np.float32)
+    for batch in np.unique(batches):
+        cells = np.flatnonzero(batches == batch)
+        part = AnnData(counts[np.ix_(cells, np.flatnonzero(used))].astype(np.float32))
+        muon.prot.pp.clr(part, axis=1)  # per cell, over the shared panel
+        values[cells] = np.asarray(part.X, dtype=np.float32)
     summary = {
         "modality": name,
         "kind": "protein",
         "n_features": int(used.sum()),
-        "n_measured_everywhere": int(measured.all(0).sum()),
+        "n_left_out_not_in_every_batch": int((~used).sum()),
         "n_coded_by_a_known_gene": int((gene_ids[used] >= 0).sum()),
-        "normalization": "CLR per cell over the proteins measured in its batch (muon.prot.pp.clr, axis=1)",
+        "normalization": "CLR per cell over the proteins measured in every batch (muon.prot.pp.clr, axis=1)",
     }
     return ModalityFeatures(
         modality=name,
         kind="protein",
         names=[n for n, keep in zip(names, used, strict=True) if keep],
-        values=values[:, used],
-        measured=measured[:, used],
+        values=values,
+        measured=np.ones(values.shape, dtype=bool),
         gene_ids=gene_ids[used],
         summary=summary,
     )
