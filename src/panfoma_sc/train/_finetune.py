@@ -118,6 +118,48 @@ def _minibatches(indices: np.ndarray, batch_size: int, rng: np.random.Generator)
         yield shuffled[start : start + batch_size]
 
 
+def _step_budget(n_cells: int, config: FineTuneConfig) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)``: ``max_epochs`` passes over ``n_cells``, capped at ``max_steps``."""
+    steps_per_epoch = max(-(-n_cells // config.batch_size), 1)
+    total_steps = config.max_epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _masked_inputs_and_mvc_targets(
+    model: PretrainedModel,
+    cells: CellRows,
+    rows: np.ndarray,
+    block,
+    bins: torch.Tensor,
+    padding: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    epoch: int,
+    mvc_genes: int,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """The self-supervised part of a fine-tuning step: masked value tokens and MVC targets of these rows.
+
+    Returns the masked bins, the hidden-position mask, and ``mvc_genes`` query genes per cell (half expressed,
+    half silent) with their target bins, all seeded by ``seed``, ``step`` and ``epoch``.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    masked, hidden = mask_values(
+        bins, padding, mask_bin=model.config.n_bins, ratio_range=(0.15, 0.4), generator=generator
+    )
+    mvc_ids, mvc_bins = sample_expression_targets(
+        block,
+        cells.gene_ids,
+        cells.cell_keys[rows],
+        n_genes=mvc_genes,
+        n_bins=model.config.n_bins,
+        seed=seed + epoch + 1,
+    )
+    return masked, hidden, mvc_ids, mvc_bins
+
+
 def _split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation split; classes with fewer than 2 cells stay in training."""
     rng = np.random.default_rng(seed)
@@ -200,10 +242,7 @@ def finetune_classifier(
         weight_decay=config.weight_decay,
     )
     rng = np.random.default_rng(config.seed)
-    steps_per_epoch = -(-train.size // config.batch_size)
-    total_steps = config.max_epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    _, total_steps = _step_budget(train.size, config)
     history, best, best_loss, stale, step = [], None, np.inf, 0, 0
     bar = tqdm(total=total_steps, disable=not progress, desc="fine-tune classifier", unit="step")
     for epoch in range(config.max_epochs):
@@ -390,28 +429,26 @@ def finetune_integration(
     )
     rng = np.random.default_rng(config.seed)
     every = np.arange(cells.n_cells)
-    total_steps = config.max_epochs * -(-every.size // config.batch_size)
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    steps_per_epoch, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
     history, step = [], 0
     bar = tqdm(total=total_steps, disable=not progress, desc="integrate", unit="step")
     while step < total_steps:
-        epoch = step // max(-(-every.size // config.batch_size), 1)
+        epoch = step // steps_per_epoch
         for rows in _minibatches(every, config.batch_size, rng):
             block = cells.block(rows)  # read once: tokens and MVC targets come from the same rows
             tokens = _step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device)
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            masked, hidden = mask_values(
-                tokens[1], tokens[2], mask_bin=model.config.n_bins, ratio_range=(0.15, 0.4), generator=generator
-            )
-            mvc_ids, mvc_bins = sample_expression_targets(
+            masked, hidden, mvc_ids, mvc_bins = _masked_inputs_and_mvc_targets(
+                model,
+                cells,
+                rows,
                 block,
-                cells.gene_ids,
-                cells.cell_keys[rows],
-                n_genes=mvc_genes,
-                n_bins=model.config.n_bins,
-                seed=config.seed + epoch + 1,
+                tokens[1],
+                tokens[2],
+                seed=config.seed,
+                step=step,
+                epoch=epoch,
+                mvc_genes=mvc_genes,
             )
             strength = min(1.0, (step + 1) / ramp)
             loss_value, loss_mvc, loss_batch, loss_mmd = objective(

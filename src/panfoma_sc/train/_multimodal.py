@@ -14,12 +14,18 @@ from tqdm.auto import tqdm
 
 from .._settings import settings
 from ..data.features import append_feature_tokens
-from ..data.tokenizer import sample_expression_targets
 from ..models._pretrained import PretrainedModel, tokens_to_torch
 from ..nn import BatchDiscriminator, PanFoMa, masked_bin_loss
 from ..nn.multimodal import add_feature_tokens
-from ._finetune import CellRows, FineTuneConfig, _minibatches, batch_mmd, dataclass_dict
-from ._masking import mask_values
+from ._finetune import (
+    CellRows,
+    FineTuneConfig,
+    _masked_inputs_and_mvc_targets,
+    _minibatches,
+    _step_budget,
+    batch_mmd,
+    dataclass_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,10 +227,7 @@ def finetune_multimodal(
     feature_ids = torch.as_tensor(len(model.vocab) + np.arange(features.n_features), device=device)
     rng = np.random.default_rng(config.seed)
     every = np.arange(cells.n_cells)
-    steps_per_epoch = -(-every.size // config.batch_size)
-    total_steps = config.max_epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    steps_per_epoch, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
     history, step = [], 0
     bar = tqdm(total=total_steps, disable=not progress, desc="joint fine-tune", unit="step")
@@ -233,17 +236,17 @@ def finetune_multimodal(
         for rows in _minibatches(every, config.batch_size, rng):
             block = cells.block(rows)
             tokens = encoder.tokens(cells, features, rows, block, seed=config.seed + epoch, device=device)
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            masked, hidden = mask_values(
-                tokens[1], tokens[2], mask_bin=model.config.n_bins, ratio_range=(0.15, 0.4), generator=generator
-            )
-            mvc_ids, mvc_bins = sample_expression_targets(
+            masked, hidden, mvc_ids, mvc_bins = _masked_inputs_and_mvc_targets(
+                model,
+                cells,
+                rows,
                 block,
-                cells.gene_ids,
-                cells.cell_keys[rows],
-                n_genes=mvc_genes,
-                n_bins=model.config.n_bins,
-                seed=config.seed + epoch + 1,
+                tokens[1],
+                tokens[2],
+                seed=config.seed,
+                step=step,
+                epoch=epoch,
+                mvc_genes=mvc_genes,
             )
             mvc_bins = torch.from_numpy(mvc_bins).to(device)
             feature_bins = torch.from_numpy(features.bins[rows]).to(device)
