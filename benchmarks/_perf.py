@@ -7,6 +7,7 @@ hide another's peak: on CPU the peak resident set size (``ru_maxrss``) minus the
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -28,6 +29,18 @@ MODELS = ("panfoma", "full-attention", "unidirectional-mamba")
 VOCAB_SIZE = 21303
 #: Real data used by the end-to-end scripts (raw counts, all genes).
 PBMC3K = "pbmc3k_allgenes_celltypes.h5ad"
+
+
+def model_parser(description: str, *, batch_size: int) -> argparse.ArgumentParser:
+    """The options every model benchmark takes: architecture, genes per cell, batch, device, dtype, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--architecture", default="panfoma-tiny", choices=sorted(CONFIGS))
+    parser.add_argument("--n-genes", type=int, default=None, help="genes per cell (default: the architecture's)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    return parser
 
 
 def config_for(architecture: str) -> PanFoMaConfig:

@@ -16,7 +16,6 @@ Prints tables and writes ``benchmarks/results/inference-<architecture>-<device>.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from functools import partial
@@ -117,14 +116,8 @@ def measure_embed(batch_size: int, n_cells: int, opts: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--architecture", default="panfoma-tiny", choices=sorted(_perf.CONFIGS))
-    parser.add_argument("--n-genes", type=int, default=None, help="genes per cell (default: the architecture's)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = _perf.model_parser(__doc__.splitlines()[0], batch_size=64)
     parser.add_argument("--cells", type=int, default=64, help="cells embedded per model (after an 8-cell warm-up)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     args = parser.parse_args()
     _perf.set_threads(args.threads)
     n_genes = args.n_genes or _perf.config_for(args.architecture).n_genes

@@ -14,8 +14,6 @@ Prints a table and writes ``benchmarks/results/training-<architecture>-<device>.
 
 from __future__ import annotations
 
-import argparse
-
 import _perf
 import torch
 import torch.nn.functional as F
@@ -58,14 +56,8 @@ def measure_step(name: str, architecture: str, n_genes: int, batch_size: int, op
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--architecture", default="panfoma-tiny", choices=sorted(_perf.CONFIGS))
-    parser.add_argument("--n-genes", type=int, default=None, help="genes per cell (default: the architecture's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser = _perf.model_parser(__doc__.splitlines()[0], batch_size=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     _perf.set_threads(args.threads)
     n_genes = args.n_genes or _perf.config_for(args.architecture).n_genes
