@@ -179,6 +179,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         value_encoding=args.value_encoding,
         gene_selection=args.gene_selection,
         init_from=init_from,
+        model_overrides={
+            name: value
+            for name, value in (("cell_readout", args.cell_readout), ("mvc_head", args.mvc_head))
+            if value is not None
+        },
     )
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
@@ -278,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--value-encoding", choices=["rank", "presence"], default="rank", help="value tokens")
     pre.add_argument("--gene-selection", choices=["random", "top"], default="random", help="genes kept per cell")
+    pre.add_argument(
+        "--cell-readout",
+        choices=["decoder", "decoder+tokens"],
+        help="cell embedding from the decoder alone or also from the mean input token (default: the architecture's)",
+    )
+    pre.add_argument(
+        "--mvc-head",
+        choices=["concat", "bilinear"],
+        help="MVC head: MLP on [cell, gene] or bilinear in cell and gene (default: the architecture's)",
+    )
     pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")

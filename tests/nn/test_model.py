@@ -21,12 +21,17 @@ TINY = PanFoMaConfig(
 )
 PAD = 0
 ATOL = 1e-5
+#: the v1 read-out and MVC head, and the v2 ones (token-mean path into the cell embedding, bilinear MVC)
+VARIANTS = {
+    "v1": TINY,
+    "tokens+bilinear": TINY.replace(cell_readout="decoder+tokens", mvc_head="bilinear"),
+}
 
 
-@pytest.fixture(scope="module")
-def model() -> PanFoMa:
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def model(request) -> PanFoMa:
     torch.manual_seed(0)
-    return PanFoMa(TINY).eval()
+    return PanFoMa(VARIANTS[request.param]).eval()
 
 
 def _cell(n_real: int, chunks: int, length: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,9 +142,10 @@ def test_cell_embedding_depends_on_values(model: PanFoMa):
     assert (after - before).abs().max() > 1e-4
 
 
-def test_gradient_reaches_every_parameter():
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradient_reaches_every_parameter(variant: str):
     torch.manual_seed(0)
-    net = PanFoMa(TINY).train()
+    net = PanFoMa(VARIANTS[variant]).train()
     ids, bins, padding = (torch.cat(t) for t in zip(_cell(32, 4, 8, seed=12), _cell(25, 4, 8, seed=13), strict=True))
     gen = torch.Generator().manual_seed(14)
     loss_mask = (torch.rand(ids.shape, generator=gen) < 0.3) & ~padding
@@ -183,6 +189,50 @@ def test_config_validation_and_round_trip():
     assert PanFoMaConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ValueError, match="upgrade"):
         PanFoMaConfig.from_dict({**TINY.to_dict(), "new_field": 1})
+    with pytest.raises(ValueError, match="cell_readout"):
+        TINY.replace(cell_readout="tokens")
+    with pytest.raises(ValueError, match="mvc_head"):
+        TINY.replace(mvc_head="mlp")
+    # a v1 checkpoint's config has neither field: it loads as the v1 read-out and head
+    v1 = {k: v for k, v in TINY.to_dict().items() if k not in ("cell_readout", "mvc_head")}
+    assert PanFoMaConfig.from_dict(v1).cell_readout == "decoder"
+    assert PanFoMaConfig.from_dict(v1).mvc_head == "concat"
+
+
+def test_token_readout_carries_the_token_mean_into_the_cell_embedding():
+    """With the decoder's contributions zeroed, the cell embedding is a function of the mean input token alone."""
+    torch.manual_seed(0)
+    net = PanFoMa(VARIANTS["tokens+bilinear"]).eval()
+    d = TINY.d_model
+    with torch.no_grad():
+        net.cell_projection.weight[:, : 2 * d] = 0.0  # [pooled decoder states, h_global] parts
+    ids, bins, padding = _cell(30, 4, 8, seed=15)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(16))
+    shuffled = [t.reshape(1, -1)[:, perm].reshape(1, 4, 8) for t in (ids, bins, padding)]
+    with torch.no_grad():
+        out = net(ids, bins, padding).cell_embedding
+        moved = net(*shuffled).cell_embedding  # genes change chunks: the encoder sees other neighbours
+        tokens = net.embedding(ids, bins)[~padding].mean(0)
+        expected = net.cell_norm(net.cell_projection.weight[:, 2 * d :] @ tokens + net.cell_projection.bias)
+    torch.testing.assert_close(out[0], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(moved, out, atol=ATOL, rtol=0)
+
+
+def test_bilinear_mvc_head_needs_the_cell_for_cell_specific_predictions():
+    from panfoma_sc.nn.model import BilinearMVCHead
+
+    torch.manual_seed(0)
+    head = BilinearMVCHead(TINY)
+    genes = torch.randn(1, 5, TINY.d_model).expand(3, -1, -1)
+    cells = torch.randn(3, TINY.d_model)
+    logits = head(cells, genes)
+    assert logits.shape == (3, 5, TINY.n_bins)
+    assert (logits[0] - logits[1]).abs().max() > 1e-3  # different cells, different predictions
+    with torch.no_grad():
+        head.cell.weight.zero_()
+        head.cell.bias.zero_()
+    blind = head(cells, genes)
+    torch.testing.assert_close(blind[0], blind[1])  # without the cell term only the gene prior is left
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient():

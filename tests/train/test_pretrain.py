@@ -226,3 +226,19 @@ def test_init_from_continues_a_checkpoint_and_refuses_another_vocabulary(corpus_
     other = GeneVocabulary.from_genes(vocab.symbols[:-1])
     with pytest.raises(ValueError, match="vocabulary"):
         pretrain(corpus_files, tmp_path / "other", vocab=other, config=frozen, progress=False)
+
+    # continuing into a new read-out and MVC head keeps every other trained tensor and records what started fresh
+    upgrade = _config(
+        max_steps=1,
+        learning_rate=0.0,
+        init_from=str(first / "model.safetensors"),
+        model_overrides=TINY | {"cell_readout": "decoder+tokens", "mvc_head": "bilinear"},
+    )
+    pretrain(corpus_files, tmp_path / "upgraded", vocab=vocab, config=upgrade, progress=False)
+    upgraded = load_file(tmp_path / "upgraded" / "model.safetensors")
+    reinitialized = read_checkpoint(tmp_path / "upgraded" / "model.safetensors").info["initialized_from"][
+        "reinitialized"
+    ]
+    assert reinitialized == sorted(k for k in upgraded if k.startswith("mvc_head.") or k == "cell_projection.weight")
+    for key in set(upgraded) - set(reinitialized):
+        np.testing.assert_array_equal(saved[key], upgraded[key], err_msg=key)

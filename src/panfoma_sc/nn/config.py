@@ -34,6 +34,12 @@ class PanFoMaConfig:
     headdim: int = 32  # Mamba2 channels per head
     ssd_chunk_size: int = 64  # chunk length of the SSD scan
     dropout: float = 0.0  # dropout in the encoder block
+    # cell read-out: "decoder" = [pooled decoder states, h_global] (v1); "decoder+tokens" also feeds the mean of the
+    # cell's input token embeddings, so what the tokens carry reaches the cell embedding without the deep stack
+    cell_readout: str = "decoder"
+    # MVC head: "concat" = MLP on [cell, gene] (v1); "bilinear" = gene-wise product of cell and gene projections, so a
+    # prediction cannot ignore the cell (see panfoma_sc.nn.model.BilinearMVCHead)
+    mvc_head: str = "concat"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -41,6 +47,12 @@ class PanFoMaConfig:
             raise ValueError(msg)
         if self.n_genes % self.n_chunks:
             msg = f"n_genes ({self.n_genes}) must be divisible by n_chunks ({self.n_chunks})."
+            raise ValueError(msg)
+        if self.cell_readout not in ("decoder", "decoder+tokens"):
+            msg = f"cell_readout must be 'decoder' or 'decoder+tokens', not {self.cell_readout!r}."
+            raise ValueError(msg)
+        if self.mvc_head not in ("concat", "bilinear"):
+            msg = f"mvc_head must be 'concat' or 'bilinear', not {self.mvc_head!r}."
             raise ValueError(msg)
         if (self.expand * self.d_model) % self.headdim:
             msg = f"expand * d_model ({self.expand * self.d_model}) must be divisible by headdim ({self.headdim})."

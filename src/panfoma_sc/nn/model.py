@@ -11,7 +11,7 @@ from torch import nn
 from .config import PanFoMaConfig
 from .layers import BidirectionalMambaLayer, LocalEncoder, TokenEmbedding, reverse_valid_prefix, sort_by_global_score
 
-__all__ = ["MVCHead", "PanFoMa", "PanFoMaOutput", "ValueHead"]
+__all__ = ["BilinearMVCHead", "MVCHead", "PanFoMa", "PanFoMaOutput", "ValueHead"]
 
 
 @dataclass
@@ -64,6 +64,30 @@ class MVCHead(nn.Module):
         return self.net(torch.cat([cells, gene_embedding], dim=-1))
 
 
+class BilinearMVCHead(nn.Module):
+    """MVC head whose logits are bilinear in the cell and gene embeddings, plus a gene-only prior.
+
+    ``logits = W_out((A c) * (B g)) + W_prior g``: the gene-only term carries how often a gene is expressed in any
+    cell, so the cell term has to carry what is specific to this cell. Unlike :class:`MVCHead` (an MLP on the
+    concatenation, which can fit the gene prior and ignore the cell), every cell-specific prediction must pass
+    through the cell embedding, like a linear decoder of an autoencoder.
+    """
+
+    def __init__(self, config: PanFoMaConfig, *, device=None, dtype=None) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        d = config.d_model
+        self.cell = nn.Linear(d, d, **factory_kwargs)
+        self.gene = nn.Linear(d, d, **factory_kwargs)
+        self.out = nn.Linear(d, config.n_bins, **factory_kwargs)
+        self.prior = nn.Linear(d, config.n_bins, bias=False, **factory_kwargs)
+
+    def forward(self, cell_embedding: torch.Tensor, gene_embedding: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` cells and ``(B, N, D)`` gene embeddings to ``(B, N, n_bins)`` logits."""
+        interaction = self.cell(cell_embedding).unsqueeze(1) * self.gene(gene_embedding)
+        return self.out(interaction) + self.prior(gene_embedding)
+
+
 class PanFoMa(nn.Module):
     """PanFoMa single-cell foundation model.
 
@@ -89,10 +113,12 @@ class PanFoMa(nn.Module):
             BidirectionalMambaLayer(config, **factory_kwargs) for _ in range(config.decoder_layers)
         )
         self.decoder_norm = nn.RMSNorm(config.d_model, eps=1e-5, **factory_kwargs)
-        self.cell_projection = nn.Linear(2 * config.d_model, config.d_model, **factory_kwargs)
+        readout_parts = 3 if config.cell_readout == "decoder+tokens" else 2
+        self.cell_projection = nn.Linear(readout_parts * config.d_model, config.d_model, **factory_kwargs)
         self.cell_norm = nn.LayerNorm(config.d_model, **factory_kwargs)
         self.value_head = ValueHead(config, **factory_kwargs)
-        self.mvc_head = MVCHead(config, **factory_kwargs)
+        mvc_class = BilinearMVCHead if config.mvc_head == "bilinear" else MVCHead
+        self.mvc_head = mvc_class(config, **factory_kwargs)
 
     @property
     def mask_bin(self) -> int:
@@ -130,7 +156,10 @@ class PanFoMa(nn.Module):
 
         valid = (torch.arange(ordered.shape[1], device=ordered.device) < lengths[:, None]).to(ordered.dtype)
         pooled = (ordered * valid.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(ordered.dtype)
-        cell = self.cell_norm(self.cell_projection(torch.cat([pooled, h_global], dim=-1)))
+        readout = [pooled, h_global]
+        if self.config.cell_readout == "decoder+tokens":
+            readout.append(_mean_over_valid(tokens, padding_mask))
+        cell = self.cell_norm(self.cell_projection(torch.cat(readout, dim=-1)))
 
         inverse = torch.argsort(order, dim=1)
         gene_states = ordered.gather(1, inverse.unsqueeze(-1).expand_as(ordered))
@@ -147,6 +176,12 @@ class PanFoMa(nn.Module):
     def n_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _mean_over_valid(tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B, C, M, D)`` token vectors over the non-padding positions: ``(B, D)``."""
+    valid = (~padding_mask).to(tokens.dtype).unsqueeze(-1)
+    return (tokens * valid).sum((1, 2)) / valid.sum((1, 2)).clamp(min=1.0)
 
 
 def masked_bin_loss(logits: torch.Tensor, target_bins: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

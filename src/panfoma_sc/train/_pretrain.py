@@ -169,16 +169,31 @@ def _network_from_checkpoint(config: TrainingConfig, vocab: GeneVocabulary) -> t
             "the checkpoint's own vocabulary (the CLI does this with --init-from)."
         )
         raise ValueError(msg)
-    network = checkpoint.build_model("cpu").train()
-    network.config = network.config.replace(value_encoding=config.value_encoding, **config.model_overrides)
+    architecture = checkpoint.config.replace(value_encoding=config.value_encoding, **config.model_overrides)
+    network = PanFoMa(architecture)
+    fresh = _load_matching_weights(network, checkpoint.build_model("cpu").state_dict())
+    network.train()
     origin = {
         "file": Path(config.init_from).name,
         "sha256": sha256sum(config.init_from),
         "version": checkpoint.info.get("version"),
         "trained_on": checkpoint.info.get("trained_on"),
         "training": checkpoint.info.get("training"),
+        "reinitialized": fresh,
     }
     return network, origin
+
+
+def _load_matching_weights(network: PanFoMa, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``state`` that ``network`` has with the same shape; return the names left fresh.
+
+    This is how a checkpoint continues into a changed read-out or MVC head (``model_overrides``): the encoder,
+    decoder and embeddings keep their trained weights and only the changed modules start from scratch.
+    """
+    own = network.state_dict()
+    matching = {name: tensor for name, tensor in state.items() if name in own and own[name].shape == tensor.shape}
+    network.load_state_dict(matching, strict=False)
+    return sorted(set(own) - set(matching))
 
 
 def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
