@@ -30,6 +30,7 @@ def _embed(args: argparse.Namespace) -> int:
         gene_symbols=args.gene_symbols,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         n_genes=args.n_genes,
         key_added=args.key_added,
         seed=args.seed,
@@ -179,6 +180,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         value_encoding=args.value_encoding,
         gene_selection=args.gene_selection,
         init_from=init_from,
+        gene_init=args.gene_init,
+        freeze_gene_embedding=args.freeze_gene_embedding,
         model_overrides={
             name: value
             for name, value in (("cell_readout", args.cell_readout), ("mvc_head", args.mvc_head))
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("output", help="output .h5ad (input plus the embedding)")
     _add_model_options(embed)
     embed.add_argument("--key-added", help="obsm/uns key (default X_panfoma / panfoma)")
+    embed.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, fp32 elsewhere (default)"
+    )
     embed.set_defaults(func=_embed)
 
     annotate = commands.add_parser(
@@ -293,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["concat", "bilinear"],
         help="MVC head: MLP on [cell, gene] or bilinear in cell and gene (default: the architecture's)",
     )
+    pre.add_argument(
+        "--gene-init",
+        choices=["random", "corpus-svd"],
+        default="random",
+        help="gene-embedding start: random, or TF-IDF SVD loadings of the training cells' top-gene sets",
+    )
+    pre.add_argument("--freeze-gene-embedding", action="store_true", help="keep the gene-embedding table fixed")
     pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")

@@ -31,7 +31,11 @@ VARIANTS = {
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def model(request) -> PanFoMa:
     torch.manual_seed(0)
-    return PanFoMa(VARIANTS[request.param]).eval()
+    net = PanFoMa(VARIANTS[request.param]).eval()
+    if request.param != "v1":  # a fresh token read-out ignores the decoder (tested below); give it trained-like weights
+        with torch.no_grad():
+            net.cell_projection.weight.normal_(0.0, 0.1)
+    return net
 
 
 def _cell(n_real: int, chunks: int, length: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,23 +203,27 @@ def test_config_validation_and_round_trip():
     assert PanFoMaConfig.from_dict(v1).mvc_head == "concat"
 
 
-def test_token_readout_carries_the_token_mean_into_the_cell_embedding():
-    """With the decoder's contributions zeroed, the cell embedding is a function of the mean input token alone."""
+def test_token_readout_starts_as_the_mean_gene_embedding():
+    """A fresh "decoder+tokens" read-out is the normalized mean gene embedding alone: no chunk or decoder effect."""
     torch.manual_seed(0)
     net = PanFoMa(VARIANTS["tokens+bilinear"]).eval()
-    d = TINY.d_model
-    with torch.no_grad():
-        net.cell_projection.weight[:, : 2 * d] = 0.0  # [pooled decoder states, h_global] parts
     ids, bins, padding = _cell(30, 4, 8, seed=15)
     perm = torch.randperm(32, generator=torch.Generator().manual_seed(16))
     shuffled = [t.reshape(1, -1)[:, perm].reshape(1, 4, 8) for t in (ids, bins, padding)]
     with torch.no_grad():
         out = net(ids, bins, padding).cell_embedding
         moved = net(*shuffled).cell_embedding  # genes change chunks: the encoder sees other neighbours
-        tokens = net.embedding(ids, bins)[~padding].mean(0)
-        expected = net.cell_norm(net.cell_projection.weight[:, 2 * d :] @ tokens + net.cell_projection.bias)
+        other_values = net(ids, (bins + 7) % TINY.n_bins, padding).cell_embedding
+        expected = net.cell_norm(net.gene_mean_norm(net.embedding.gene(ids[~padding]).mean(0)))
     torch.testing.assert_close(out[0], expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(moved, out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(other_values, out, atol=ATOL, rtol=0)
+    # once the decoder part of the projection is non-zero, the decoder (and with it the values) matters
+    with torch.no_grad():
+        net.cell_projection.weight[:, : 2 * TINY.d_model].normal_(0.0, 0.1)
+        assert (
+            net(ids, (bins + 7) % TINY.n_bins, padding).cell_embedding - net(ids, bins, padding).cell_embedding
+        ).abs().max() > 1e-4
 
 
 def test_bilinear_mvc_head_needs_the_cell_for_cell_specific_predictions():

@@ -242,3 +242,51 @@ def test_init_from_continues_a_checkpoint_and_refuses_another_vocabulary(corpus_
     assert reinitialized == sorted(k for k in upgraded if k.startswith("mvc_head.") or k == "cell_projection.weight")
     for key in set(upgraded) - set(reinitialized):
         np.testing.assert_array_equal(saved[key], upgraded[key], err_msg=key)
+
+
+def test_corpus_gene_factors_capture_co_expression(corpus_files, vocab):
+    from panfoma_sc.data import Tokenizer
+    from panfoma_sc.train import PretrainingCorpus, corpus_gene_factors
+
+    corpus = PretrainingCorpus(corpus_files, vocab, batch_size=16)
+    tokenizer = Tokenizer(n_genes=32, n_chunks=4, n_bins=51, pad_id=vocab.pad_id, selection="top")
+    loadings, seen = corpus_gene_factors(corpus, tokenizer, vocab_size=len(vocab), n_components=8)
+    again, _ = corpus_gene_factors(corpus, tokenizer, vocab_size=len(vocab), n_components=8)
+    corpus.close()
+    assert loadings.shape == (len(vocab), 8)
+    np.testing.assert_array_equal(loadings, again)  # seeded
+    assert 0 < seen.sum() < len(vocab)
+    assert not loadings[~seen].any()
+    assert not seen[vocab.pad_id]
+    # genes held by the same cells get similar loadings: the first factor separates cells, not noise
+    assert np.linalg.matrix_rank(loadings[seen]) == 8
+
+
+def test_corpus_svd_gene_init_is_recorded_and_stays_frozen(corpus_files, vocab, tmp_path):
+    from panfoma_sc.models import read_checkpoint
+
+    config = _config(
+        max_steps=3,
+        gene_init="corpus-svd",
+        freeze_gene_embedding=True,
+        model_overrides=TINY | {"cell_readout": "decoder+tokens", "mvc_head": "bilinear"},
+    )
+    pretrain(corpus_files, tmp_path / "svd", vocab=vocab, config=config, progress=False)
+    checkpoint = read_checkpoint(tmp_path / "svd" / "model.safetensors")
+    record = checkpoint.info["gene_init"]
+    assert record["method"] == "corpus-svd"
+    assert record["frozen"] is True
+    assert 0 < record["genes_initialized"] < len(vocab)
+    table = checkpoint.state_dict["embedding.gene.weight"].float().numpy()
+    assert abs(table[table.any(1)].std() - 0.02) < 0.01
+    # frozen: a second run with the same start and more steps has the very same table
+    longer = _config(**{**config.to_dict(), "max_steps": 6})
+    pretrain(corpus_files, tmp_path / "svd6", vocab=vocab, config=longer, progress=False)
+    later = read_checkpoint(tmp_path / "svd6" / "model.safetensors").state_dict["embedding.gene.weight"]
+    np.testing.assert_array_equal(table, later.float().numpy())
+    assert not np.array_equal(  # while the rest of the network trained
+        checkpoint.state_dict["cell_projection.weight"].float().numpy(),
+        read_checkpoint(tmp_path / "svd6" / "model.safetensors").state_dict["cell_projection.weight"].float().numpy(),
+    )
+    with pytest.raises(ValueError, match="gene_init"):
+        pretrain(corpus_files, tmp_path / "bad", vocab=vocab, config=_config(gene_init="pca"), progress=False)

@@ -34,8 +34,9 @@ class PanFoMaConfig:
     headdim: int = 32  # Mamba2 channels per head
     ssd_chunk_size: int = 64  # chunk length of the SSD scan
     dropout: float = 0.0  # dropout in the encoder block
-    # cell read-out: "decoder" = [pooled decoder states, h_global] (v1); "decoder+tokens" also feeds the mean of the
-    # cell's input token embeddings, so what the tokens carry reaches the cell embedding without the deep stack
+    # cell read-out: "decoder" = [pooled decoder states, h_global] (v1); "decoder+tokens" also feeds the (normalized)
+    # mean gene embedding of the cell's genes, so what the tokens carry reaches the cell embedding without the deep
+    # stack; the read-out then starts as that part alone
     cell_readout: str = "decoder"
     # MVC head: "concat" = MLP on [cell, gene] (v1); "bilinear" = gene-wise product of cell and gene projections, so a
     # prediction cannot ignore the cell (see panfoma_sc.nn.model.BilinearMVCHead)

@@ -115,6 +115,14 @@ class PanFoMa(nn.Module):
         self.decoder_norm = nn.RMSNorm(config.d_model, eps=1e-5, **factory_kwargs)
         readout_parts = 3 if config.cell_readout == "decoder+tokens" else 2
         self.cell_projection = nn.Linear(readout_parts * config.d_model, config.d_model, **factory_kwargs)
+        if config.cell_readout == "decoder+tokens":
+            # the gene-embedding mean enters normalized, and the read-out starts as exactly that part: training
+            # learns what the decoder adds to what the genes already say
+            self.gene_mean_norm = nn.LayerNorm(config.d_model, **factory_kwargs)
+            with torch.no_grad():
+                self.cell_projection.weight.zero_()
+                self.cell_projection.weight[:, 2 * config.d_model :].copy_(torch.eye(config.d_model))
+                self.cell_projection.bias.zero_()
         self.cell_norm = nn.LayerNorm(config.d_model, **factory_kwargs)
         self.value_head = ValueHead(config, **factory_kwargs)
         mvc_class = BilinearMVCHead if config.mvc_head == "bilinear" else MVCHead
@@ -158,7 +166,8 @@ class PanFoMa(nn.Module):
         pooled = (ordered * valid.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(ordered.dtype)
         readout = [pooled, h_global]
         if self.config.cell_readout == "decoder+tokens":
-            readout.append(_mean_over_valid(tokens, padding_mask))
+            gene_mean = _mean_over_valid(self.embedding.gene(gene_ids), padding_mask)
+            readout.append(self.gene_mean_norm(gene_mean))
         cell = self.cell_norm(self.cell_projection(torch.cat(readout, dim=-1)))
 
         inverse = torch.argsort(order, dim=1)

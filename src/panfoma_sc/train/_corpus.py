@@ -164,6 +164,17 @@ class PretrainingCorpus:
             _, block = next(iter_row_blocks(self._data[file_index].X, len(rows), columns=match.columns, rows=rows))
             yield CorpusBatch(file_index, block, match.gene_ids, self._keys[file_index][rows])
 
+    def sample(self, max_cells_per_file: int, *, seed: int = 0, block: int = 512) -> Iterator[CorpusBatch]:
+        """Up to ``max_cells_per_file`` random cells of every file (seeded), in blocks of ``block`` rows."""
+        rng = np.random.default_rng([self.seed, seed, 7])
+        for file_index, adata in enumerate(self._data):
+            rows = np.sort(rng.permutation(adata.n_obs)[:max_cells_per_file])
+            match = self._matches[file_index]
+            for start in range(0, len(rows), block):
+                chunk = rows[start : start + block]
+                _, matrix = next(iter_row_blocks(adata.X, len(chunk), columns=match.columns, rows=chunk))
+                yield CorpusBatch(file_index, matrix, match.gene_ids, self._keys[file_index][chunk])
+
     def close(self) -> None:
         """Close the backed files."""
         for adata in self._data:

@@ -28,6 +28,7 @@ from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus
+from ._gene_factors import corpus_gene_factors
 from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class TrainingConfig:
     # two cell embeddings together against the other cells of the micro-batch; 0 = off (as panfoma-tiny v1)
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
+    # gene-embedding start: "random" (normal, std 0.02) or "corpus-svd" (TF-IDF SVD loadings of the training cells'
+    # top-gene sets, rescaled to std 0.02; see corpus_gene_factors); freeze_gene_embedding keeps the table fixed
+    gene_init: str = "random"
+    freeze_gene_embedding: bool = False
     value_encoding: str = "rank"  # the tokenizer's value tokens while training ("rank" or "presence")
     gene_selection: str = "random"  # the tokenizer's gene selection while training ("random" or "top")
     # continue from this checkpoint's weights (its architecture and vocabulary; `architecture` is then ignored)
@@ -196,6 +201,45 @@ def _load_matching_weights(network: PanFoMa, state: dict[str, torch.Tensor]) -> 
     return sorted(set(own) - set(matching))
 
 
+#: genes per cell and cells per file of the corpus factorization behind ``gene_init="corpus-svd"``
+FACTOR_GENES = 256
+FACTOR_CELLS_PER_FILE = 3000
+
+
+def _init_gene_embedding(
+    network: PanFoMa, corpus: PretrainingCorpus, config: TrainingConfig, pad_id: int
+) -> dict[str, Any]:
+    """Overwrite the gene-embedding rows of corpus genes with their co-expression loadings (std 0.02)."""
+    architecture = network.config
+    tokenizer = Tokenizer(
+        n_genes=FACTOR_GENES,
+        n_chunks=architecture.n_chunks,
+        n_bins=architecture.n_bins,
+        pad_id=pad_id,
+        selection="top",
+        value_encoding="presence",
+    )
+    loadings, seen = corpus_gene_factors(
+        corpus,
+        tokenizer,
+        vocab_size=architecture.vocab_size,
+        n_components=architecture.d_model,
+        max_cells_per_file=FACTOR_CELLS_PER_FILE,
+        seed=config.seed,
+    )
+    loadings *= 0.02 / loadings[seen].std()
+    weight = network.embedding.gene.weight
+    with torch.no_grad():
+        weight[torch.from_numpy(seen).to(weight.device)] = torch.from_numpy(loadings[seen]).to(weight)
+    return {
+        "method": "corpus-svd",
+        "genes_per_cell": FACTOR_GENES,
+        "cells_per_file": FACTOR_CELLS_PER_FILE,
+        "genes_initialized": int(seen.sum()),
+        "frozen": config.freeze_gene_embedding,
+    }
+
+
 def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
     state = {
         "model": objective.state_dict(),
@@ -248,6 +292,9 @@ def pretrain(
     Summary: steps done, final losses, wall time, whether the run finished.
     """
     config = config or TrainingConfig()
+    if config.gene_init not in ("random", "corpus-svd"):
+        msg = f"gene_init must be 'random' or 'corpus-svd', not {config.gene_init!r}."
+        raise ValueError(msg)
     out_dir = Path(out_dir)
     rank, world = _distributed()
     device = settings.resolve_device(config.device)
@@ -270,14 +317,23 @@ def pretrain(
             **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
         )
         network = PanFoMa(architecture).to(device)
+    corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
+    state_path = out_dir / STATE_FILE
+    resuming = resume and state_path.is_file()
+    if config.gene_init == "corpus-svd" and not resuming:
+        info = {"gene_init": _init_gene_embedding(network, corpus, config, vocab.pad_id), **(info or {})}
+    if config.freeze_gene_embedding:
+        network.embedding.gene.weight.requires_grad_(False)
     objective: nn.Module = PretrainingObjective(network)
     optimizer = torch.optim.AdamW(
-        objective.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98)
+        (p for p in objective.parameters() if p.requires_grad),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.98),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     step, epoch, position = 0, 0, 0
-    state_path = out_dir / STATE_FILE
-    if resume and state_path.is_file():
+    if resuming:
         state = torch.load(state_path, map_location=device, weights_only=True)
         objective.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -290,7 +346,6 @@ def pretrain(
             objective, device_ids=[device] if device.startswith("cuda") else None
         )
 
-    corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
     tokenizer = Tokenizer(
         n_genes=config.n_genes,
         n_chunks=architecture.n_chunks,
