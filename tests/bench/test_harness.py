@@ -6,9 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
+from panfoma_sc.bench import TASKS, TaskResult
 from panfoma_sc.cli import EXIT_OK, main
 
 
@@ -96,3 +99,34 @@ def test_bench_run_and_report(tiny_config, tmp_path, capsys):
 def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "report", str(tmp_path)]) == 2
     assert "bench run" in capsys.readouterr().err
+
+
+def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch):
+    def forgetful(ctx, spec, methods):  # a task that returns a row for its first method only
+        return TaskResult(rows=[{"task": "forgetful", "method": methods[0], "status": "ok", "reason": ""}])
+
+    monkeypatch.setitem(TASKS, "forgetful", forgetful)
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(1.0, (40, 30)).astype(np.float32))
+    adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
+    adata.write_h5ad(tmp_path / "toy.h5ad")
+    config = {
+        "run": {"model": str(tmp_path / "no_model.safetensors"), "data_dir": str(tmp_path)},
+        "datasets": [
+            {
+                "name": "toy",
+                "files": ["toy.h5ad"],
+                "tasks": ["forgetful"],
+                "label_key": "cell_type",
+                "qc": {"min_genes": 1, "min_cells": 1},
+                "methods": {"forgetful": ["kept", "dropped"]},
+            }
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(config))
+    assert main(["bench", "run", str(path), "--out", str(tmp_path / "out")]) == EXIT_OK
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("method")
+    assert results.loc["kept", "status"] == "ok"
+    assert results.loc["dropped", "status"] == "failed"
+    assert "no result" in results.loc["dropped", "reason"]

@@ -2,7 +2,8 @@
 
 Two kinds: *classifiers* fit on training cells and predict test cells (annotation, pan-cancer); *embedders*
 embed every cell of a dataset (integration). Each is a plain function registered in :data:`CLASSIFIERS` or
-:data:`EMBEDDERS`; a method that cannot run here raises :class:`MethodSkipped` with the reason.
+:data:`EMBEDDERS`; a method that cannot run here raises :class:`MethodSkipped` with the reason. The multi-omics
+methods live in ``_multiomics.py``.
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ class MethodContext:
     Attributes
     ----------
     adata
-        The benchmark dataset (from :func:`panfoma_sc.bench.build`); ``obs["x_kind"]`` says what ``X`` holds.
+        The benchmark dataset (from :func:`panfoma_sc.bench.build`; for the multi-omics task the MuData of
+        :func:`panfoma_sc.bench.build_paired`); ``obs["x_kind"]`` says what ``X`` (the RNA) holds.
     model
         PanFoMa model (registry name, path or loaded model).
     options
         Method settings: ``n_neighbors`` (15), ``n_comps`` (50), ``n_top_genes`` (2000),
         ``finetune_max_epochs`` (1), ``integrate_max_epochs`` (1), ``integrate_max_steps`` (None),
-        ``batch_size``, ``n_genes``, ``seed``.
+        ``joint_max_epochs`` (2), ``joint_max_steps`` (None), ``multiomics_rna_comps`` (30),
+        ``multiomics_protein_comps`` (10), ``scvi_max_epochs`` (50), ``batch_size``, ``n_genes``, ``seed``.
     cache
         Embeddings computed once per dataset (with their cost), reused by several methods and tasks.
     """
 
-    adata: AnnData
+    adata: AnnData  # or a MuData (multi-omics task)
     model: object = "panfoma-tiny"
     options: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
@@ -331,4 +334,10 @@ METHOD_LABELS: dict[str, str] = {
     "scvi": "scVI",
     "panfoma": "PanFoMa zero-shot",
     "panfoma_integrated": "PanFoMa integrated",
+    "rna_pca": "RNA PCA(30)",
+    "pca_concat": "PCA concat. (RNA + protein)",
+    "wnn": "WNN (muon, graph)",
+    "totalvi": "totalVI",
+    "panfoma_joint": "PanFoMa joint RNA+protein",
+    "panfoma_late_fusion": "PanFoMa late fusion (+ protein PCA)",
 }

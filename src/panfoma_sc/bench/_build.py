@@ -276,13 +276,13 @@ def read_manifest(source: str | Path | AnnData) -> dict[str, object]:
     Parameters
     ----------
     source
-        The JSON file or the AnnData returned by :func:`build`.
+        The JSON file, or the AnnData returned by :func:`build` (the MuData of :func:`build_paired`).
 
     Returns
     -------
     The manifest.
     """
-    if isinstance(source, AnnData):
+    if not isinstance(source, str | Path):
         if MANIFEST_KEY not in source.uns:
             msg = f"adata.uns has no {MANIFEST_KEY!r}: build the dataset with pf.bench.build first."
             raise KeyError(msg)

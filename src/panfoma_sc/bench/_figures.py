@@ -22,6 +22,17 @@ INTEGRATION_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("avg_batch", "AvgBATCH", True),
     ("total", "Total", True),
 )
+#: Multi-omics columns of the results table (WNN has graph scores only).
+MULTIOMICS_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("nmi", "NMI", False),
+    ("ari", "ARI", False),
+    ("asw_label", "ASW label", False),
+    ("nmi_graph", "NMI graph", False),
+    ("ari_graph", "ARI graph", False),
+    ("avg_batch", "AvgBATCH", True),
+    ("avg_bio", "AvgBIO", True),
+    ("avg_bio_graph", "AvgBIO graph", True),
+)
 
 
 def _pyplot():
@@ -42,7 +53,7 @@ def _label(method: str) -> str:
 def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Path | None:
     """A scib-metrics-style table: methods as rows, scores as coloured circles, aggregates as bars.
 
-    Integration shows each metric averaged over the datasets (AvgBIO, AvgBATCH and Total as bars);
+    Integration and multi-omics show each metric averaged over the datasets (the aggregates as bars);
     classification tasks show macro-F1 per dataset and its mean. Rows are sorted by the last column.
 
     Parameters
@@ -50,26 +61,29 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
     results
         The results table of :func:`panfoma_sc.bench.run`.
     task
-        ``"integration"``, ``"annotation"`` or ``"pan_cancer"``.
+        ``"integration"``, ``"multiomics"``, ``"annotation"`` or ``"pan_cancer"``.
     path
         Output image.
 
     Returns
     -------
-    The path, or ``None`` when the task has no successful rows.
+    The path, or ``None`` when the task has no successful rows or no scores this figure knows.
     """
     plt = _pyplot()
     rows = results[(results["task"] == task) & (results["status"] == "ok")]
     if rows.empty:
         return None
-    if task == "integration":
-        columns = [(c, h, a) for c, h, a in INTEGRATION_COLUMNS if c in rows]
+    if task in {"integration", "multiomics"}:
+        spec = INTEGRATION_COLUMNS if task == "integration" else MULTIOMICS_COLUMNS
+        columns = [(c, h, a) for c, h, a in spec if c in rows]
         table = rows.groupby("method")[[c for c, _, _ in columns]].mean()
-    else:
+    elif "macro_f1" in rows:
         table = rows.pivot_table(index="method", columns="dataset", values="macro_f1")
         table["mean"] = table.mean(axis=1)
         columns = [(c, str(c).replace("_", " ")[:22], False) for c in table.columns[:-1]]
         columns.append(("mean", "Mean macro-F1", True))
+    else:  # a task registered elsewhere, without scores this figure knows
+        return None
     table = table.sort_values(columns[-1][0], ascending=True)
     n_rows, n_cols = table.shape[0], len(columns)
     fig, ax = plt.subplots(figsize=(2.2 + 1.15 * n_cols + 2.2, 0.9 + 0.45 * n_rows))
@@ -105,7 +119,11 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
-    title = {"integration": "Integration (mean over datasets)", "annotation": "Annotation: macro-F1 on test donors"}
+    title = {
+        "integration": "Integration (mean over datasets)",
+        "multiomics": "Multi-omics (mean over datasets)",
+        "annotation": "Annotation: macro-F1 on test donors",
+    }
     ax.set_title(title.get(task, f"{task.replace('_', ' ')}: macro-F1 on held-out patients"), fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._baselines import MethodContext
 from ._build import build, read_manifest, write_manifest
+from ._paired import build_paired
 from ._qc import QCThresholds
 from ._tasks import TASKS
 from ._timing import MEMORY_MEASURE
@@ -29,7 +30,19 @@ DEFAULT_METHODS: dict[str, list[str]] = {
     "annotation": ["pca_knn", "pca_logreg", "logreg_genes", "scanvi", "panfoma_knn", "panfoma_finetune"],
     "pan_cancer": ["pca_knn", "pca_logreg", "logreg_genes", "panfoma_knn", "panfoma_logreg"],
     "integration": ["pca", "harmony", "scvi", "panfoma", "panfoma_integrated"],
+    "multiomics": [
+        "rna_pca",
+        "pca_concat",
+        "wnn",
+        "totalvi",
+        "panfoma",
+        "panfoma_integrated",
+        "panfoma_joint",
+        "panfoma_late_fusion",
+    ],
 }
+#: Tasks that read a paired multi-omics file (``.h5mu``, built by :func:`build_paired`) instead of ``.h5ad`` files.
+PAIRED_TASKS = frozenset({"multiomics"})
 DATASET_KEYS = frozenset(
     {
         "name",
@@ -48,6 +61,7 @@ DATASET_KEYS = frozenset(
         "umap",
         "cv",
         "note",
+        "gates",
     }
 )
 
@@ -56,11 +70,13 @@ def load_config(path: str | Path) -> dict:
     """Read a benchmark config (``.toml``, ``.json``, ``.yaml``/``.yml``).
 
     Layout: ``[run]`` (``seed``, ``model``, ``data_dir``, ``n_boot``), ``[methods]`` (method settings such
-    as ``finetune_max_epochs``, ``integrate_max_steps``), ``[tasks.<task>]`` (``methods`` to run) and one
-    ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``, ``label_key``, ``batch_key``,
-    ``donor_key``, ``keep``, ``qc``, ``join``, ``fractions``, ``test_groups``, ``max_cells``, ``methods``,
-    ``umap``, ``cv``, ``note``). ``data_dir`` is relative to the config file; without it files are looked
-    up in ``PANFOMA_DATA_DIR``.
+    as ``finetune_max_epochs``, ``integrate_max_steps``, ``joint_max_epochs``), ``[tasks.<task>]``
+    (``methods`` to run) and one ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``,
+    ``label_key``, ``batch_key``, ``donor_key``, ``keep``, ``qc``, ``join``, ``fractions``, ``test_groups``,
+    ``max_cells``, ``methods``, ``umap``, ``cv``, ``note``, ``gates``). ``data_dir`` is relative to the config
+    file; without it files are looked up in ``PANFOMA_DATA_DIR``. A dataset of one paired ``.h5mu`` file is
+    read by :func:`build_paired` (labels from the protein ``gates``, default ``"pbmc_citeseq"``) and runs the
+    ``multiomics`` task only.
 
     Parameters
     ----------
@@ -99,6 +115,17 @@ def load_config(path: str | Path) -> dict:
             if task not in TASKS:
                 msg = f"Dataset {dataset['name']!r}: unknown task {task!r}; available: {sorted(TASKS)}."
                 raise ValueError(msg)
+        paired = [str(f).endswith(".h5mu") for f in dataset["files"]]
+        paired_tasks = set(dataset.get("tasks", [])) & PAIRED_TASKS
+        if any(paired) and (len(paired) > 1 or set(dataset.get("tasks", [])) - PAIRED_TASKS):
+            msg = (
+                f"Dataset {dataset['name']!r}: a paired .h5mu file is a dataset of its own (one file) for the "
+                f"tasks {sorted(PAIRED_TASKS)}; list .h5ad files in another entry."
+            )
+            raise ValueError(msg)
+        if paired_tasks and not all(paired):
+            msg = f"Dataset {dataset['name']!r}: the tasks {sorted(paired_tasks)} need one paired .h5mu file."
+            raise ValueError(msg)
     config["_path"] = str(path)
     return config
 
@@ -133,8 +160,10 @@ def _load_model(name: str):
 def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = None) -> pd.DataFrame:
     """Run a benchmark config and write its results into ``out``.
 
-    For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``), then each
-    task with its methods on the same cells and splits. Writes ``results.csv`` (one row per dataset, task
+    For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``) or, for a
+    paired ``.h5mu`` file, :func:`build_paired`, then each task with its methods on the same cells and splits.
+    A method the task returns no row for is recorded as ``failed``, so none drops out of the results unseen.
+    Writes ``results.csv`` (one row per dataset, task
     and method, with status, metrics, confidence intervals, wall time and peak memory),
     ``per_class_f1.csv``, ``run.json`` (config, model checksum, versions, timing), ``figures/`` and the
     markdown report (:func:`render_report`).
@@ -182,19 +211,38 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
             rows[-1]["reason"] = f"data absent: {missing}"
             continue
         logger.info("Building %s from %s.", name, [f.name for f in files])
-        adata = build(
-            files,
-            label_key=dataset.get("label_key"),
-            donor_key=dataset.get("donor_key"),
-            batch_key=dataset.get("batch_key"),
-            keep=dataset.get("keep"),
-            qc=QCThresholds(**dataset.get("qc", {})),
-            join=dataset.get("join", "inner"),
-            fractions=tuple(dataset.get("fractions", (0.6, 0.2, 0.2))),
-            test_groups=dataset.get("test_groups"),
-            max_cells=dataset.get("max_cells"),
-            seed=seed,
-        )
+        label_key, batch_key = dataset.get("label_key"), dataset.get("batch_key")
+        if files[0].suffix == ".h5mu":
+            label_key, batch_key = label_key or "gated_label", batch_key or "batch"
+            try:
+                adata = build_paired(
+                    files[0],
+                    gates=dataset.get("gates", "pbmc_citeseq"),
+                    label_key=label_key,
+                    batch_key=batch_key,
+                    qc=QCThresholds(**dataset.get("qc", {})),
+                    max_cells=dataset.get("max_cells"),
+                    seed=seed,
+                )
+            except ImportError as err:  # mudata/muon are an extra: the other datasets still run
+                logger.warning("Dataset %s skipped: %s", name, err)
+                rows.append({"dataset": name, "task": ",".join(dataset.get("tasks", [])), "status": "skipped"})
+                rows[-1]["reason"] = str(err)
+                continue
+        else:
+            adata = build(
+                files,
+                label_key=label_key,
+                donor_key=dataset.get("donor_key"),
+                batch_key=batch_key,
+                keep=dataset.get("keep"),
+                qc=QCThresholds(**dataset.get("qc", {})),
+                join=dataset.get("join", "inner"),
+                fractions=tuple(dataset.get("fractions", (0.6, 0.2, 0.2))),
+                test_groups=dataset.get("test_groups"),
+                max_cells=dataset.get("max_cells"),
+                seed=seed,
+            )
         manifest = read_manifest(adata)
         write_manifest(manifest, out / "manifests" / f"{name}.json")
         seen = sorted(set(dataset["files"]) & set(model_info.get("trained_on_files", [])))
@@ -210,6 +258,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
                 "split_units_per_file": {i["name"]: i["split_unit"] for i in manifest["inputs"]},
                 "x_kind": {i["name"]: i["x_kind"] for i in manifest["inputs"]},
                 "splits": {k: v["n_cells"] for k, v in manifest["splits"].items()},
+                "labels": manifest.get("labels"),
                 "flags": manifest["flags"],
                 "seen_in_pretraining": seen,
                 "note": dataset.get("note", ""),
@@ -220,8 +269,8 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
             methods = dataset.get("methods", {}).get(task) or config.get("tasks", {}).get(task, {}).get("methods")
             methods = methods or DEFAULT_METHODS.get(task, [])
             spec = {
-                "label_key": dataset.get("label_key"),
-                "batch_key": dataset.get("batch_key"),
+                "label_key": label_key,
+                "batch_key": batch_key,
                 "cv": dataset.get("cv", "leave_one_group_out" if task == "pan_cancer" else "split"),
                 "n_boot": settings.get("n_boot", 1000),
                 "split_unit": manifest["split_unit"],
@@ -232,15 +281,16 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
                 if "error" in model_info and row["method"].startswith("panfoma") and row.get("status") != "ok":
                     row["reason"] = f"model could not be loaded: {model_info['error']}"
                 rows.append({"dataset": name, **row})
+            rows += _missing_rows(name, task, methods, result.rows)
             if not result.per_class.empty:
                 per_class.append(result.per_class.assign(dataset=name, task=task))
             # written after every task, so a long run that stops early still leaves its results
             pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
-            if task == "integration" and dataset.get("umap") and result.embeddings:
+            if task in {"integration", "multiomics"} and dataset.get("umap") and result.embeddings:
                 plot_umaps(
                     result.embeddings,
-                    adata.obs[dataset["label_key"]].astype(str).to_numpy(),
-                    adata.obs[dataset["batch_key"]].astype(str).to_numpy(),
+                    adata.obs[label_key].astype(str).to_numpy(),
+                    adata.obs[batch_key].astype(str).to_numpy(),
                     out / "figures" / f"umap_{name}.png",
                     title=name,
                     seed=seed,
@@ -265,6 +315,18 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     render_report(out)
     return results
+
+
+def _missing_rows(dataset: str, task: str, methods: list[str], task_rows: list[dict]) -> list[dict]:
+    """A ``failed`` row for each requested method the task returned no row for, so none drops out unseen."""
+    returned = {row.get("method") for row in task_rows}
+    missing = [method for method in methods if method not in returned]
+    for method in missing:
+        logger.error("%s / %s: the task returned no result for method %s.", dataset, task, method)
+    reason = "the task returned no result row for this method"
+    return [
+        {"dataset": dataset, "task": task, "method": method, "status": "failed", "reason": reason} for method in missing
+    ]
 
 
 def _environment() -> dict[str, object]:
