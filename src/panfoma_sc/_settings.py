@@ -1,4 +1,4 @@
-"""Package-wide defaults: device, batch size, cache and data folders."""
+"""Package-wide defaults: device, batch size, precision, prefetching, cache and data folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "settings"]
+__all__ = ["PRECISIONS", "Settings", "settings"]
+
+#: Accepted values of ``precision``: ``"auto"`` is bf16 autocast on CUDA and float32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _default_cache_dir() -> Path:
@@ -14,6 +17,12 @@ def _default_cache_dir() -> Path:
         return Path(os.environ["PANFOMA_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     return Path(base) / "panfoma-sc"
+
+
+def _cuda_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 @dataclass
@@ -26,6 +35,13 @@ class Settings:
         ``"auto"`` (CUDA, else Apple MPS, else CPU) or a torch device string.
     batch_size
         Cells per forward pass.
+    precision
+        Inference arithmetic of the embedding tools: ``"auto"`` (bf16 autocast on a CUDA GPU that supports
+        it, float32 elsewhere),
+        ``"fp32"`` or ``"bf16"`` (CUDA only). Results are float32 either way.
+    prefetch
+        Batches read and tokenized ahead, in a background thread, while the model runs the current one;
+        ``0`` does it in the calling thread. Does not change results.
     cache_dir
         Where downloaded checkpoints and user registrations live (env ``PANFOMA_CACHE_DIR``).
     data_dir
@@ -34,6 +50,8 @@ class Settings:
 
     device: str = "auto"
     batch_size: int = 64
+    precision: str = "auto"
+    prefetch: int = 1
     cache_dir: Path = field(default_factory=_default_cache_dir)
     data_dir: Path | None = field(
         default_factory=lambda: Path(os.environ["PANFOMA_DATA_DIR"]) if os.environ.get("PANFOMA_DATA_DIR") else None
@@ -51,6 +69,27 @@ class Settings:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+
+    def resolve_precision(self, precision: str | None, device: str) -> str:
+        """``"bf16"`` or ``"fp32"``: ``precision`` if given, else :attr:`precision`, ``"auto"`` resolved for ``device``.
+
+        bf16 autocast runs on CUDA only: on CPU it is slower than float32 (no bf16 matrix units on most
+        CPUs) and it would silently change results, so asking for it there is an error.
+        """
+        choice = precision or self.precision
+        if choice not in PRECISIONS:
+            msg = f"precision must be one of {PRECISIONS}, got {choice!r}."
+            raise ValueError(msg)
+        on_cuda = str(device).split(":")[0] == "cuda"
+        if choice == "auto":
+            return "bf16" if on_cuda and _cuda_has_bf16() else "fp32"
+        if choice == "bf16" and not on_cuda:
+            msg = (
+                f"precision='bf16' (autocast) runs on CUDA only, but the device is {device!r}. "
+                "Pass precision='fp32' (or 'auto', which picks bf16 on CUDA and fp32 elsewhere), or device='cuda'."
+            )
+            raise ValueError(msg)
+        return choice
 
 
 settings = Settings()

@@ -98,3 +98,24 @@ def test_duplicate_gene_and_cell_names_work_in_every_tool(pbmc_sorted, tiny_chec
     assert adata.uns["panfoma_label"]["genes"]["n_duplicated"] == 1
     pf.tl.integrate(adata, "batch", model=tiny_checkpoint, max_steps=1, progress=False)
     assert adata.obsm["X_panfoma_integrated"].shape[0] == adata.n_obs
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_bf16_setting_off_cuda_is_refused_before_any_work(pbmc_sorted, tiny_checkpoint, monkeypatch, tool):
+    import panfoma_sc.train
+
+    def no_work(*args, **kwargs):
+        msg = "the tool fine-tuned before refusing precision='bf16'"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(panfoma_sc.train, "finetune_integration", no_work)
+    monkeypatch.setattr(panfoma_sc.train, "finetune_classifier", no_work)
+    monkeypatch.setattr(pf.settings, "precision", "bf16")
+    adata = pbmc_sorted[:20].copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    reference = pbmc_sorted[20:].copy()
+    before, reference_before = adata.copy(), reference.copy()
+    with pytest.raises(ValueError, match="runs on CUDA only"):
+        _run(tool, adata, reference, tiny_checkpoint, device="cpu")
+    assert_equal(adata, before)
+    assert_equal(reference, reference_before)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from anndata.tests.helpers import assert_equal
 from scipy import sparse
 
 import panfoma_sc as pf
+from panfoma_sc.data.prefetch import THREAD_NAME
 
 
 def _embed(adata, checkpoint, **kwargs):
@@ -123,3 +126,72 @@ def test_gene_selection_is_recorded_and_validated(pbmc68k, tiny_checkpoint):
     with pytest.raises(ValueError, match="gene_selection"):
         pf.tl.embed(small, tiny_checkpoint, gene_selection="best", progress=False)
     assert_equal(small, before)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_prefetch_gives_bit_identical_embeddings_in_memory_and_backed(
+    pbmc_sorted, tiny_checkpoint, tmp_path, monkeypatch, depth
+):
+    path = tmp_path / "cells.h5ad"
+    pbmc_sorted.write_h5ad(path)
+    monkeypatch.setattr(pf.settings, "prefetch", 0)  # tokenize in the calling thread, as before the loader
+    reference = _embed(pbmc_sorted, tiny_checkpoint, batch_size=16).obsm["X_panfoma"]  # 7 batches
+    monkeypatch.setattr(pf.settings, "prefetch", depth)
+    in_memory = _embed(pbmc_sorted, tiny_checkpoint, batch_size=16).obsm["X_panfoma"]
+    backed = ad.read_h5ad(path, backed="r")
+    assert pf.tl.embed(backed, tiny_checkpoint, batch_size=16, progress=False) is None  # rows read by the worker
+    np.testing.assert_array_equal(in_memory, reference)
+    np.testing.assert_array_equal(backed.obsm["X_panfoma"], reference)
+    backed.file.close()
+    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+
+def test_precision_auto_is_fp32_on_cpu_and_recorded(pbmc_sorted, tiny_checkpoint):
+    small = pbmc_sorted[:20].copy()
+    auto = _embed(small, tiny_checkpoint, device="cpu")
+    fp32 = _embed(small, tiny_checkpoint, device="cpu", precision="fp32")
+    np.testing.assert_array_equal(auto.obsm["X_panfoma"], fp32.obsm["X_panfoma"])
+    assert auto.uns["panfoma"]["params"]["precision"] == "fp32"
+    assert fp32.uns["panfoma"]["params"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("how", ["argument", "setting"])
+def test_bf16_is_refused_off_cuda_before_any_work(pbmc_sorted, tiny_checkpoint, monkeypatch, how):
+    small = pbmc_sorted[:20].copy()
+    before = small.copy()
+    kwargs = {"precision": "bf16"}
+    if how == "setting":
+        monkeypatch.setattr(pf.settings, "precision", "bf16")
+        kwargs = {}
+    with pytest.raises(ValueError, match=r"precision='bf16' \(autocast\) runs on CUDA only.*precision='fp32'"):
+        pf.tl.embed(small, tiny_checkpoint, device="cpu", progress=False, **kwargs)
+    assert_equal(small, before)
+
+
+def test_unknown_precision_is_refused(pbmc_sorted, tiny_checkpoint):
+    small = pbmc_sorted[:5].copy()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pf.tl.embed(small, tiny_checkpoint, device="cpu", precision="fp16", progress=False)
+    assert "X_panfoma" not in small.obsm
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_agrees_with_fp32_on_cuda(pbmc_sorted):
+    """bf16 stores 7 mantissa bits (rounding error up to 2**-8 ~ 4e-3 per value). Emulated on CPU
+    (``benchmarks/precision_bf16.py``: the fp32 path under ``torch.autocast("cpu", bfloat16)``, shipped
+    panfoma-tiny, 256 pbmc3k cells) the per-cell embedding moved by a relative error of at most 0.0044 (cosine
+    >= 0.99999). CUDA's kernels accumulate in a different order and may take the fused Mamba path, so the
+    bounds leave 10x room: relative error < 0.05 and cosine > 0.99 per cell. A broken cast (wrong layer in
+    bf16 without fp32 accumulation, a dropped scale) moves embeddings by far more; random vectors give ~0."""
+    model = pf.models.load("panfoma-tiny")
+    fp32 = _embed(pbmc_sorted, model, device="cuda", precision="fp32")
+    auto = _embed(pbmc_sorted, model, device="cuda")  # auto = bf16 on CUDA
+    assert fp32.uns["panfoma"]["params"]["precision"] == "fp32"
+    assert auto.uns["panfoma"]["params"]["precision"] == "bf16"
+    a, b = fp32.obsm["X_panfoma"], auto.obsm["X_panfoma"]
+    assert a.dtype == b.dtype == np.float32
+    assert np.isfinite(b).all()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    relative = np.linalg.norm(b - a, axis=1) / np.linalg.norm(a, axis=1)
+    assert cosine.min() > 0.99, f"lowest per-cell cosine {cosine.min():.4f}"
+    assert relative.max() < 0.05, f"largest per-cell relative error {relative.max():.4f}"

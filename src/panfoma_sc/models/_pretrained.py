@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._settings import settings
+from ..data.prefetch import Prefetcher
 from ..data.tokenizer import TokenBatch, Tokenizer
 from ._checkpoint import HEADS_PREFIX, Checkpoint, read_checkpoint, sha256sum, write_checkpoint
 
@@ -53,6 +54,18 @@ def tokens_to_torch(tokens: TokenBatch, device: str | torch.device) -> tuple[tor
     if torch.device(device).type == "cuda":
         return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
     return tuple(t.to(device) for t in tensors)
+
+
+def _token_batches(
+    blocks: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+    tokenizer: Tokenizer,
+    gene_ids: np.ndarray,
+    cell_keys: np.ndarray,
+    seed: int,
+) -> Iterator[tuple[np.ndarray, TokenBatch]]:
+    """``(row_indices, tokens)`` per row block: the CPU work that :class:`Prefetcher` moves off the model's thread."""
+    for rows, block in blocks:
+        yield rows, tokenizer(block, gene_ids, cell_keys[rows], seed=seed)
 
 
 def _split(tokens: TokenBatch, size: int) -> list[TokenBatch]:
@@ -203,6 +216,8 @@ class PretrainedModel:
         gene_selection: str | None = None,
         seed: int = 0,
         progress: bool = True,
+        precision: str | None = None,
+        prefetch: int | None = None,
     ) -> np.ndarray:
         """Cell embeddings of row blocks.
 
@@ -226,6 +241,12 @@ class PretrainedModel:
             Gene-sampling seed.
         progress
             Show a tqdm bar.
+        precision
+            ``"auto"`` (bf16 autocast on CUDA, float32 elsewhere), ``"fp32"`` or ``"bf16"`` (CUDA only; an error
+            elsewhere); default :attr:`panfoma_sc.settings.precision`. The result is float32 either way.
+        prefetch
+            Row blocks read and tokenized ahead in a background thread while the network runs (``0``: none);
+            default :attr:`panfoma_sc.settings.prefetch`. Does not change the result.
 
         Returns
         -------
@@ -243,6 +264,8 @@ class PretrainedModel:
             gene_selection=gene_selection,
             seed=seed,
             progress=progress,
+            precision=precision,
+            prefetch=prefetch,
             desc="embed",
         )
 
@@ -258,6 +281,8 @@ class PretrainedModel:
         gene_selection: str | None = None,
         seed: int = 0,
         progress: bool = True,
+        precision: str | None = None,
+        prefetch: int | None = None,
     ) -> np.ndarray:
         """Class probabilities ``(n_cells, len(classes))`` of the fine-tuned classifier head.
 
@@ -285,6 +310,8 @@ class PretrainedModel:
             gene_selection=gene_selection,
             seed=seed,
             progress=progress,
+            precision=precision,
+            prefetch=prefetch,
             desc="predict",
         )
 
@@ -302,22 +329,37 @@ class PretrainedModel:
         gene_selection: str | None,
         seed: int,
         progress: bool,
+        precision: str | None,
+        prefetch: int | None,
         desc: str,
     ) -> np.ndarray:
-        """Run the network over row blocks and store ``transform(cell_embedding)`` per cell."""
+        """Run the network over row blocks and store ``transform(cell_embedding)`` per cell.
+
+        Block ``i + 1`` is read and tokenized in a background thread while the network runs block ``i`` (see
+        :class:`~panfoma_sc.data.Prefetcher`); on CUDA the network runs under bf16 autocast unless
+        ``precision`` says ``"fp32"``.
+        """
         import torch
 
         device = settings.resolve_device(device)
+        bf16 = settings.resolve_precision(precision, device) == "bf16"
+        prefetch = settings.prefetch if prefetch is None else prefetch
         network = self.network(device)
         tokenizer = self.tokenizer(n_genes, gene_selection)
         output = np.empty((n_cells, width), dtype=np.float32)
-        with torch.inference_mode(), tqdm(total=n_cells, unit="cells", disable=not progress, desc=desc) as bar:
-            for rows, block in blocks:
-                tokens = tokenizer(block, gene_ids, cell_keys[rows], seed=seed)
+        batches = Prefetcher(_token_batches(blocks, tokenizer, gene_ids, cell_keys, seed), prefetch)
+        with (
+            torch.inference_mode(),
+            tqdm(total=n_cells, unit="cells", disable=not progress, desc=desc) as bar,
+            batches,
+        ):
+            for rows, tokens in batches:
                 step = cells_per_forward(device, tokens.gene_ids[0].size if len(tokens) else 1, len(tokens))
-                embeddings = [
-                    network(*tokens_to_torch(part, device)).cell_embedding for part in _split(tokens, step)
-                ]  # one copy back per block: no host-device round trip per pass
-                output[rows] = transform(torch.cat(embeddings)).float().cpu().numpy()
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    embeddings = [
+                        network(*tokens_to_torch(part, device)).cell_embedding for part in _split(tokens, step)
+                    ]  # one copy back per block: no host-device round trip per pass
+                    result = transform(torch.cat(embeddings))
+                output[rows] = result.float().cpu().numpy()
                 bar.update(len(rows))
         return output

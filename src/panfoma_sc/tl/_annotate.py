@@ -178,7 +178,13 @@ def annotate(
         msg = f"max_epochs must be a positive integer, got {max_epochs}."
         raise ValueError(msg)
     pretrained = resolve_model(model)
-    options = {"gene_symbols": gene_symbols, "batch_size": batch_size, "n_genes": n_genes, "seed": seed}
+    options = {
+        "gene_symbols": gene_symbols,
+        "batch_size": batch_size,
+        "n_genes": n_genes,
+        "seed": seed,
+        "device": device,
+    }
     if reference is None:
         if method != "finetune" or pretrained.classes is None:
             msg = (

@@ -30,6 +30,7 @@ def embed(
     gene_symbols: str | None = None,
     batch_size: int | None = None,
     device: str | None = None,
+    precision: str | None = None,
     n_genes: int | None = None,
     gene_selection: str | None = None,
     key_added: str | None = None,
@@ -55,9 +56,16 @@ def embed(
     gene_symbols
         Column of ``adata.var`` with gene symbols, when ``var_names`` are something else.
     batch_size
-        Cells per forward pass (default ``pf.settings.batch_size``); memory is bounded by it.
+        Cells per forward pass (default ``pf.settings.batch_size``); memory is bounded by it. The next batch is
+        read and tokenized in a background thread while the model runs this one (``pf.settings.prefetch``
+        batches ahead; ``0`` turns the thread off; the result is the same).
     device
         ``"cpu"``, ``"cuda"``, ``"mps"``...; default ``pf.settings.device`` (auto: cuda > mps > cpu).
+    precision
+        Arithmetic of the model: ``"auto"`` (bf16 autocast on a CUDA GPU, float32 elsewhere), ``"fp32"``, or
+        ``"bf16"`` (CUDA only: any other device raises ``ValueError``); default ``pf.settings.precision``.
+        The embedding is float32 either way; bf16 is faster on GPUs and agrees with float32 to a cosine
+        similarity above 0.99 per cell. Recorded in ``uns[...]["params"]["precision"]``.
     n_genes
         Genes per cell given to the model (default: the model's); more genes cost more time.
     gene_selection
@@ -81,8 +89,8 @@ def embed(
     adata.obsm['X_panfoma' | key_added] : :class:`numpy.ndarray` (dtype ``float32``)
         The cell embedding, ``(n_obs, d_model)``.
     adata.uns['panfoma' | key_added] : :class:`dict`
-        ``params`` (model name, checkpoint sha256, versions, genes per cell, seed), ``genes`` (match report)
-        and ``input`` (what the values looked like).
+        ``params`` (model name, checkpoint sha256, versions, genes per cell, seed, precision), ``genes`` (match
+        report) and ``input`` (what the values looked like).
 
     For a MuData, the same two entries go to ``mdata.mod[modality]`` and to ``mdata.obsm`` / ``mdata.uns`` (rows
     aligned with ``mdata.obs``; NaN for cells without RNA data, with a warning: keep paired cells first with
@@ -114,6 +122,7 @@ def embed(
             n_genes=n_genes,
             gene_selection=gene_selection,
             seed=seed,
+            precision=precision,
         )
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
@@ -126,6 +135,8 @@ def embed(
         n_genes=n_genes,
         gene_selection=gene_selection,
         seed=seed,
+        precision=precision,
+        device=device,
     )
     embedding = job.run(device=device, progress=progress)
     adata.obsm[keys.obsm] = embedding

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ class EmbeddingJob:
     n_genes: int
     gene_selection: str
     seed: int
+    precision: str = "auto"  # as asked ("auto", "fp32", "bf16"); resolved for the device by run()
+    precision_used: str | None = field(default=None, init=False)  # what the last run() used, for provenance
 
     @classmethod
     def prepare(
@@ -45,8 +47,13 @@ class EmbeddingJob:
         n_genes: int | None = None,
         gene_selection: str | None = None,
         seed: int = 0,
+        precision: str | None = None,
+        device: str | None = None,
     ) -> EmbeddingJob:
-        """Run every check (genes, values, arguments); raises before any model work."""
+        """Run every check (genes, values, arguments); raises before any model work.
+
+        ``device`` is the one :meth:`run` will get: it is only used to refuse ``precision="bf16"`` off CUDA here.
+        """
         batch_size = settings.batch_size if batch_size is None else batch_size
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}."
@@ -57,6 +64,8 @@ class EmbeddingJob:
         if gene_selection not in (None, "random", "top"):
             msg = f"gene_selection must be 'random', 'top' or None, got {gene_selection!r}."
             raise ValueError(msg)
+        precision = settings.precision if precision is None else precision
+        settings.resolve_precision(precision, settings.resolve_device(device))  # unknown value, bf16 off CUDA
         expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
         report = check_expression(adata, layer=layer, columns=match.columns)
@@ -72,6 +81,7 @@ class EmbeddingJob:
             n_genes=tokenizer.n_genes,
             gene_selection=tokenizer.selection,
             seed=seed,
+            precision=precision,
         )
 
     def run(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
@@ -83,7 +93,12 @@ class EmbeddingJob:
         return self.model.predict_blocks(**self._stream(device, progress))
 
     def _stream(self, device: str | None, progress: bool) -> dict[str, Any]:
-        """Arguments of the model's block-wise inference: row blocks of the matched genes and the settings."""
+        """Arguments of the model's block-wise inference: row blocks of the matched genes and the settings.
+
+        Resolves the device and the precision first, so that bf16 on a CPU fails before any model work.
+        """
+        device = settings.resolve_device(device)
+        self.precision_used = settings.resolve_precision(self.precision, device)
         matrix = expression_matrix(self.adata, self.layer)
         return {
             "blocks": iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
@@ -95,6 +110,7 @@ class EmbeddingJob:
             "gene_selection": self.gene_selection,
             "seed": self.seed,
             "progress": progress,
+            "precision": self.precision_used,
         }
 
     def cell_rows(self):
@@ -120,6 +136,7 @@ class EmbeddingJob:
             "gene_selection": self.gene_selection,
             "value_encoding": self.model.config.value_encoding,
             "seed": self.seed,
+            "precision": self.precision_used,
             "layer": self.layer,
             "gene_symbols": self.gene_symbols,
             **extra,

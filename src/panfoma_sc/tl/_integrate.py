@@ -220,6 +220,7 @@ def integrate(
         batch_size=batch_size,
         n_genes=n_genes,
         seed=seed,
+        device=device,
     )
     from ..train import FineTuneConfig, finetune_integration
 

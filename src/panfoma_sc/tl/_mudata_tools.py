@@ -53,7 +53,7 @@ def embed_mudata(
     """Embed the RNA modality; write ``mod[modality].obsm``/``uns`` and ``mdata.obsm``/``uns``."""
     find_modality(mdata, modality, role="modality")
     shared, rows = modality_rows(mdata, [modality], require_all=False)
-    job = _prepare_rna(mdata, modality, None, model=model, **job_kwargs)
+    job = _prepare_rna(mdata, modality, None, model=model, device=device, **job_kwargs)
     embedding = job.run(device=device, progress=progress)
     if copy:
         mdata = mdata.copy()
@@ -131,7 +131,7 @@ def integrate_mudata(
         raise ValueError(msg)
     shared, rows = modality_rows(mdata, [modality, *others.values()], require_all=True)
     codes = _batch_codes(mdata, batch_key, modality, shared)
-    job = _prepare_rna(mdata, modality, rows[modality], model=model, **job_kwargs)
+    job = _prepare_rna(mdata, modality, rows[modality], model=model, device=device, **job_kwargs)
     batches = None if codes is None else np.asarray(codes.codes, dtype=np.int64)
     features: list[ModalityFeatures] = []
     if "protein" in others:
