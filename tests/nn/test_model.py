@@ -251,3 +251,18 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
     torch.testing.assert_close(out, x)
     out.sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, -2.5))
+
+
+def test_token_readout_reads_feature_tokens_of_other_modalities():
+    """With protein/ATAC tokens added (ids >= vocab_size), the token read-out averages their vectors too."""
+    from panfoma_sc.nn.multimodal import add_feature_tokens
+
+    torch.manual_seed(0)
+    net = add_feature_tokens(PanFoMa(VARIANTS["tokens+bilinear"]), torch.tensor([0, 0, 1])).eval()
+    ids, bins, padding = _cell(12, 4, 4, seed=17)
+    ids = ids.masked_fill(~padding & (torch.arange(16).reshape(1, 4, 4) % 5 == 0), TINY.vocab_size + 2)
+    with torch.no_grad():
+        out = net(ids, bins, padding).cell_embedding
+        expected = net.cell_norm(net.gene_mean_norm(net.embedding.token_vectors(ids[~padding]).mean(0)))
+    assert (ids >= TINY.vocab_size).any()
+    torch.testing.assert_close(out[0], expected, atol=ATOL, rtol=0)

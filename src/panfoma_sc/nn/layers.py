@@ -38,6 +38,10 @@ class TokenEmbedding(nn.Module):
         with torch.no_grad():
             self.gene.weight[padding_idx].zero_()
 
+    def token_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Identity part of each token (before the value and the norm): ``(...,)`` ids to ``(..., d_model)``."""
+        return self.gene(ids)
+
     def forward(self, gene_ids: torch.Tensor, value_bins: torch.Tensor) -> torch.Tensor:
         """Embed tokens: ``(...,)`` ids and bins to ``(..., d_model)``."""
         return self.norm(self.gene(gene_ids) + self.value(value_bins))

@@ -166,7 +166,7 @@ class PanFoMa(nn.Module):
         pooled = (ordered * valid.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(ordered.dtype)
         readout = [pooled, h_global]
         if self.config.cell_readout == "decoder+tokens":
-            gene_mean = _mean_over_valid(self.embedding.gene(gene_ids), padding_mask)
+            gene_mean = _mean_over_valid(self.embedding.token_vectors(gene_ids), padding_mask)  # features too
             readout.append(self.gene_mean_norm(gene_mean))
         cell = self.cell_norm(self.cell_projection(torch.cat(readout, dim=-1)))
 
