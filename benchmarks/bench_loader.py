@@ -92,6 +92,7 @@ def main() -> None:
                 if v is not None
             ),
             "n_genes": model.config.n_genes,
+            "model": {"name": model.name, "version": str(model.info.get("version", "")), "sha256": model.sha256},
             "machine": _perf.machine(args.device),
             "results": rows,
             "table": table,

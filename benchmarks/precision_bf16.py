@@ -70,6 +70,7 @@ def main() -> None:
             "command": "python benchmarks/precision_bf16.py "
             + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
             "machine": _perf.machine(args.device),
+            "model": {"name": model.name, "version": str(model.info.get("version", "")), "sha256": model.sha256},
             "results": summary,
             "table": table,
         },

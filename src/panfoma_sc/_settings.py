@@ -41,7 +41,8 @@ class Settings:
         ``"fp32"`` or ``"bf16"`` (CUDA only). Results are float32 either way.
     prefetch
         Batches read and tokenized ahead, in a background thread, while the model runs the current one;
-        ``0`` does it in the calling thread. Does not change results.
+        ``0`` does it in the calling thread; ``None`` (default): 1 on a GPU, 0 on CPU, where the thread
+        measured no gain (it competes with the model's own Python work for the GIL). Does not change results.
     cache_dir
         Where downloaded checkpoints and user registrations live (env ``PANFOMA_CACHE_DIR``).
     data_dir
@@ -51,7 +52,7 @@ class Settings:
     device: str = "auto"
     batch_size: int = 64
     precision: str = "auto"
-    prefetch: int = 1
+    prefetch: int | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
     data_dir: Path | None = field(
         default_factory=lambda: Path(os.environ["PANFOMA_DATA_DIR"]) if os.environ.get("PANFOMA_DATA_DIR") else None
@@ -69,6 +70,13 @@ class Settings:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+
+    def resolve_prefetch(self, prefetch: int | None, device: str) -> int:
+        """Batches to prepare ahead: ``prefetch`` if given, else :attr:`prefetch`, ``None`` resolved for ``device``."""
+        choice = self.prefetch if prefetch is None else prefetch
+        if choice is None:
+            return 0 if str(device).split(":")[0] == "cpu" else 1
+        return choice
 
     def resolve_precision(self, precision: str | None, device: str) -> str:
         """``"bf16"`` or ``"fp32"``: ``precision`` if given, else :attr:`precision`, ``"auto"`` resolved for ``device``.

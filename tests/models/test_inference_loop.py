@@ -93,3 +93,18 @@ def test_bf16_is_refused_on_cpu(model, stream):
     with pytest.raises(ValueError, match="runs on CUDA only"):
         model.embed_blocks(**stream(precision="bf16"))
     assert not _workers()
+
+
+@pytest.mark.parametrize(("prefetch", "reader"), [(None, "caller"), (0, "caller"), (1, THREAD_NAME)])
+def test_rows_are_read_by_the_worker_only_when_prefetching(model, stream, prefetch, reader):
+    readers = set()
+
+    def recording(blocks):
+        for block in blocks:
+            readers.add(threading.current_thread().name)
+            yield block
+
+    arguments = stream(prefetch=prefetch)  # None: pf.settings.prefetch, which is 0 on CPU
+    arguments["blocks"] = recording(arguments["blocks"])
+    model.embed_blocks(**arguments)
+    assert readers == {threading.current_thread().name if reader == "caller" else reader}

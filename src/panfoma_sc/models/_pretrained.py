@@ -246,7 +246,7 @@ class PretrainedModel:
             elsewhere); default :attr:`panfoma_sc.settings.precision`. The result is float32 either way.
         prefetch
             Row blocks read and tokenized ahead in a background thread while the network runs (``0``: none);
-            default :attr:`panfoma_sc.settings.prefetch`. Does not change the result.
+            default :attr:`panfoma_sc.settings.prefetch` (1 on a GPU, 0 on CPU). Does not change the result.
 
         Returns
         -------
@@ -335,15 +335,15 @@ class PretrainedModel:
     ) -> np.ndarray:
         """Run the network over row blocks and store ``transform(cell_embedding)`` per cell.
 
-        Block ``i + 1`` is read and tokenized in a background thread while the network runs block ``i`` (see
-        :class:`~panfoma_sc.data.Prefetcher`); on CUDA the network runs under bf16 autocast unless
-        ``precision`` says ``"fp32"``.
+        With ``prefetch`` > 0, block ``i + 1`` is read and tokenized in a background thread while the network runs
+        block ``i`` (see :class:`~panfoma_sc.data.Prefetcher`); on CUDA the network runs under bf16 autocast
+        unless ``precision`` says ``"fp32"``.
         """
         import torch
 
         device = settings.resolve_device(device)
         bf16 = settings.resolve_precision(precision, device) == "bf16"
-        prefetch = settings.prefetch if prefetch is None else prefetch
+        prefetch = settings.resolve_prefetch(prefetch, device)
         network = self.network(device)
         tokenizer = self.tokenizer(n_genes, gene_selection)
         output = np.empty((n_cells, width), dtype=np.float32)

@@ -56,9 +56,9 @@ def embed(
     gene_symbols
         Column of ``adata.var`` with gene symbols, when ``var_names`` are something else.
     batch_size
-        Cells per forward pass (default ``pf.settings.batch_size``); memory is bounded by it. The next batch is
-        read and tokenized in a background thread while the model runs this one (``pf.settings.prefetch``
-        batches ahead; ``0`` turns the thread off; the result is the same).
+        Cells per forward pass (default ``pf.settings.batch_size``); memory is bounded by it. On a GPU the next
+        batch is read and tokenized in a background thread while the model runs this one
+        (``pf.settings.prefetch`` batches ahead; 0 on CPU by default; the result is the same).
     device
         ``"cpu"``, ``"cuda"``, ``"mps"``...; default ``pf.settings.device`` (auto: cuda > mps > cpu).
     precision
