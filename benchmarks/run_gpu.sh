@@ -1,28 +1,55 @@
 #!/usr/bin/env bash
-# One call on a machine with a CUDA GPU: the GPU tests, then the GPU variants of the performance benchmarks.
-# Results go to benchmarks/results/*-cuda.{json,png}; about 6-9 minutes on one H100.
-#   bash benchmarks/run_gpu.sh
-set -euo pipefail
+# One call on a machine with a CUDA GPU: the GPU tests (the Mamba kernel equivalence test among them), then the
+# GPU variants of the performance benchmarks, most important first. Each step gets at most what is left of
+# GPU_DEADLINE_S (default 540 s) and a failed step does not stop the next, so a short lease still returns
+# everything that finished. Results go to benchmarks/results/*-cuda*.{json,png} and mamba-kernels-*.json;
+# the log to $GPU_LOG (default benchmarks/results/gpu-run.log).
+#   PANFOMA_DATA_DIR=../shared/data bash benchmarks/run_gpu.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export MPLBACKEND=Agg
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-python -c "import mamba_ssm; print('mamba_ssm', mamba_ssm.__version__)" || echo "mamba_ssm not importable: torch SSD path"
-
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+DEADLINE=$((SECONDS + ${GPU_DEADLINE_S:-540}))
+LOG="${GPU_LOG:-benchmarks/results/gpu-run.log}"
+mkdir -p "$(dirname "$LOG")"
 # real data for the tests (bf16 vs fp32 embedding) and the end-to-end scripts: the shared folder next to the repo
 export PANFOMA_DATA_DIR="${PANFOMA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 
-python -m pytest -m gpu -q -p no:cacheprovider tests/nn tests/models tests/tl
+step() {  # step MAX_SECONDS command...: run with what is left of the deadline, log its status and time
+    local max=$1
+    shift
+    local left=$((DEADLINE - SECONDS))
+    local limit=$((max < left ? max : left))
+    if ((limit < 5)); then
+        echo "### SKIPPED (deadline): $*" | tee -a "$LOG"
+        return
+    fi
+    echo "### [$SECONDS s] $* (at most ${limit} s)" | tee -a "$LOG"
+    local start=$SECONDS
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    echo "### rc=${PIPESTATUS[0]} after $((SECONDS - start)) s: $*" | tee -a "$LOG"
+}
 
-# pf.tl.embed: bf16 vs fp32 agreement per cell, and throughput with and without the background loader
-python benchmarks/precision_bf16.py --device cuda --cells 1024
-python benchmarks/bench_loader.py --device cuda --cells 2700 --prefetch 0 1 2
+step 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+step 60 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(), 'triton', triton.__version__)
+from panfoma_sc.nn.ssd import mamba_ssm_kernels
+print('mamba_ssm Triton scan:', mamba_ssm_kernels())"
 
+step 240 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tests/tl
+# the scan alone: mamba_ssm's Triton kernel against the torch SSD path, one panfoma-base Mamba2 layer
+step 90 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 8 \
+    --lengths 1024 4096 16384
 # inference: panfoma-base (paper scale, 3072 genes) in bf16 autocast, and tiny for comparison with the CPU numbers
-python benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 --cells 512
-python benchmarks/bench_inference.py --device cuda --architecture panfoma-tiny --dtype bf16 --batch-size 64 --cells 512
+step 60 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 \
+    --cells 512
+step 45 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-tiny --dtype bf16 --batch-size 64 \
+    --cells 512
+# pf.tl.embed: bf16 vs fp32 agreement per cell, and throughput with and without the background loader
+step 45 "$PY" benchmarks/precision_bf16.py --device cuda --cells 1024
+step 60 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
+step 75 "$PY" benchmarks/bench_loader.py --device cuda --cells 2700 --prefetch 0 1 2 --repeats 2
 # scaling: 1k..16k genes per cell (8 cells per forward), and 10k / 100k cells streamed from a backed h5ad
-python benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 --cells-per-batch 8 \
-  --budget-s 30 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
-python benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
-ls -la benchmarks/results/*-cuda.*
+step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
+    --cells-per-batch 8 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
+ls -la benchmarks/results/ | tee -a "$LOG"

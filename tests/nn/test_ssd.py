@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
-from panfoma_sc.nn.ssd import Mamba2, ssd_recurrence, ssd_scan
+from panfoma_sc.nn.ssd import Mamba2, mamba_ssm_kernels, ssd_recurrence, ssd_scan
 
 HEADS = 4
 HEAD_DIM = 3
@@ -97,3 +100,41 @@ def test_mamba2_float32_forward_shapes(length: int):
 def test_mamba2_rejects_headdim_not_dividing_inner_width():
     with pytest.raises(ValueError, match="headdim"):
         Mamba2(10, headdim=8, expand=2)
+
+
+@pytest.fixture
+def fake_mamba_ssm(tmp_path, monkeypatch):
+    """A stand-in ``mamba_ssm`` laid out like the real one: its ``__init__`` imports the compiled
+    ``selective_scan_cuda`` unconditionally, and the Triton scan lives in ``ops/triton/ssd_combined.py``."""
+    package = tmp_path / "mamba_ssm"
+    (package / "ops" / "triton").mkdir(parents=True)
+    (package / "__init__.py").write_text("import selective_scan_cuda\n")
+    (package / "ops" / "__init__.py").write_text("")
+    (package / "ops" / "triton" / "__init__.py").write_text("")
+    kernel_source = "def mamba_chunk_scan_combined(*args, **kwargs):\n    pass\n"
+    (package / "ops" / "triton" / "ssd_combined.py").write_text(kernel_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    mamba_ssm_kernels.cache_clear()
+    yield package
+    for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+        del sys.modules[name]
+    mamba_ssm_kernels.cache_clear()
+
+
+def test_kernels_import_without_the_compiled_extension(fake_mamba_ssm):
+    """A ``mamba_ssm`` built without its CUDA extension still provides the Triton scan; the stand-in module
+    used for the import does not outlive it."""
+    if importlib.util.find_spec("selective_scan_cuda") is not None:
+        pytest.skip("the compiled selective_scan_cuda extension is installed here")
+    kernel = mamba_ssm_kernels()
+    assert kernel is not None
+    assert kernel.__module__ == "mamba_ssm.ops.triton.ssd_combined"
+    assert "selective_scan_cuda" not in sys.modules
+
+
+def test_kernels_are_none_when_mamba_ssm_is_broken(fake_mamba_ssm):
+    (fake_mamba_ssm / "ops" / "triton" / "ssd_combined.py").write_text("import triton_that_does_not_exist\n")
+    assert mamba_ssm_kernels() is None
+    assert "selective_scan_cuda" not in sys.modules

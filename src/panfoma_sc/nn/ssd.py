@@ -9,8 +9,11 @@ everywhere else it runs in :func:`ssd_scan`, our chunked state-space-duality alg
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import math
+import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -162,14 +165,25 @@ class GatedRMSNorm(nn.Module):
 def mamba_ssm_kernels():
     """Return ``mamba_ssm``'s chunked-scan kernel, or ``None`` when it cannot be imported.
 
-    ``mamba_ssm`` releases import a compiled ``selective_scan_cuda`` extension unconditionally; on machines
-    where it is not built any import error means "no kernels", never a crash.
+    The kernel is Triton code; it needs ``mamba_ssm`` and ``triton``, not ``mamba_ssm``'s compiled CUDA
+    extension. ``mamba_ssm`` releases nevertheless import that extension (``selective_scan_cuda``, used only
+    by Mamba1's selective scan) unconditionally from the package ``__init__``, so a build without it
+    (``MAMBA_SKIP_CUDA_BUILD=TRUE``) fails to import. When the extension is absent, an empty stand-in module
+    takes its place while ``mamba_ssm`` is first imported and is removed afterwards. Any remaining import
+    error means "no kernels", never a crash.
     """
+    stand_in = None
+    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
+        stand_in = types.ModuleType("selective_scan_cuda")
+        sys.modules["selective_scan_cuda"] = stand_in
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except Exception as err:
         logger.debug("mamba_ssm kernels unavailable: %s", err)
         return None
+    finally:
+        if stand_in is not None and sys.modules.get("selective_scan_cuda") is stand_in:
+            del sys.modules["selective_scan_cuda"]
     return mamba_chunk_scan_combined
 
 
