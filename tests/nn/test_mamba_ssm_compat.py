@@ -69,7 +69,7 @@ def _perturb_(module: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in module.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype))
+            param.add_(0.1 * torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.device, param.dtype))
 
 
 def _assert_state_dicts_equal(ours: dict, theirs: dict) -> None:
