@@ -205,6 +205,14 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def pbmc3k_cells(n_cells: int | None = None):
+    """The first ``n_cells`` cells (all when None) of pbmc3k, in memory: the data of the end-to-end scripts."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(data_path(PBMC3K))
+    return adata if n_cells is None else adata[:n_cells].copy()
+
+
 def data_path(name: str) -> Path:
     """A file of the shared data folder (``PANFOMA_DATA_DIR``, else ``../shared/data`` next to the repo)."""
     folder = os.environ.get("PANFOMA_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")

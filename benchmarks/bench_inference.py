@@ -26,13 +26,11 @@ import torch
 
 def _matched_rows(n_cells: int):
     """The first ``n_cells`` pbmc3k cells, the shipped vocabulary's gene match and the cell keys."""
-    import anndata as ad
-
     import panfoma_sc as pf
     from panfoma_sc.data.tokenizer import cell_keys_from_names
 
     logging.disable(logging.WARNING)
-    adata = ad.read_h5ad(_perf.data_path(_perf.PBMC3K))[:n_cells].copy()
+    adata = _perf.pbmc3k_cells(n_cells)
     vocab = pf.models.load("panfoma-tiny").vocab
     match = pf.pp.match_genes(adata, vocab)
     return adata, vocab, match, cell_keys_from_names(adata.obs_names)

@@ -42,7 +42,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     _perf.set_threads(args.threads)
 
-    cells = ad.read_h5ad(_perf.data_path(_perf.PBMC3K))[: args.cells].copy()
+    cells = _perf.pbmc3k_cells(args.cells)
     model = pf.models.load("panfoma-tiny")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "cells.h5ad"

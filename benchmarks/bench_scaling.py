@@ -67,7 +67,7 @@ def write_tiled_h5ad(path: Path, n_cells: int) -> None:
     import anndata as ad
     from scipy import sparse
 
-    source = ad.read_h5ad(_perf.data_path(_perf.PBMC3K))
+    source = _perf.pbmc3k_cells()
     reps = -(-n_cells // source.n_obs)
     x = sparse.vstack([source.X] * reps, format="csr")[:n_cells]
     names = [f"c{i}" for i in range(n_cells)]

@@ -21,7 +21,6 @@ import contextlib
 import logging
 
 import _perf
-import anndata as ad
 import numpy as np
 import torch
 
@@ -38,7 +37,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     _perf.set_threads(args.threads)
 
-    cells = ad.read_h5ad(_perf.data_path(_perf.PBMC3K))[: args.cells].copy()
+    cells = _perf.pbmc3k_cells(args.cells)
     model = pf.models.load("panfoma-tiny")
     options = {"batch_size": args.batch_size, "device": args.device, "progress": False, "copy": True}
     fp32 = pf.tl.embed(cells, model, precision="fp32", **options).obsm["X_panfoma"]
