@@ -96,6 +96,20 @@ def test_bench_run_and_report(tiny_config, tmp_path, capsys):
     assert (out / "report.md").read_text().strip() == printed.strip()
 
 
+def test_a_run_whose_data_are_all_absent_still_reports_why(tmp_path, tiny_checkpoint):
+    config = {
+        "run": {"seed": 0, "model": str(tiny_checkpoint), "data_dir": str(tmp_path / "no-data")},
+        "tasks": {"annotation": {"methods": ["pca_knn"]}},
+        "datasets": [{"name": "absent", "files": ["missing.h5ad"], "tasks": ["annotation"], "label_key": "x"}],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert main(["bench", "run", str(path), "--out", str(out)]) == EXIT_OK
+    report = (out / "report.md").read_text()
+    assert "| absent | annotation | all | skipped | data absent: ['missing.h5ad'] |" in report
+
+
 def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "report", str(tmp_path)]) == 2
     assert "bench run" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from anndata import AnnData
 from ._baselines import MethodContext, MethodSkipped, _import_scvi, log_normalized, panfoma
 from ._embedding_eval import batch_correction, bio_conservation, graph_bio_conservation, neighbor_graph, pca_embedding
 from ._paired import PROTEIN, RNA, UNGATED
-from ._tasks import TaskResult, _run_method, register_task
+from ._tasks import TaskResult, _run_and_score, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -301,26 +301,17 @@ def multiomics(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> Tas
     labels = ctx.adata.obs[label_key].astype(str).to_numpy()
     batches = ctx.adata.obs[batch_key].astype(str).to_numpy()
     scored = labels != UNGATED
-    result = TaskResult()
-    for method in methods:
-        if method not in MULTIOMICS_METHODS:
-            msg = f"Unknown multiomics method {method!r}; available: {sorted(MULTIOMICS_METHODS)}."
-            raise ValueError(msg)
-        row: dict[str, object] = {"task": "multiomics", "method": method}
-        output, fields = _run_method(method, lambda m=method: MULTIOMICS_METHODS[m](ctx, batch_key), ctx)
-        row |= fields
-        if output is not None:
-            try:
-                row |= _score(output, labels, batches, scored, ctx)
-            except MethodSkipped as err:
-                row |= {"status": "skipped", "reason": str(err)}
-            except Exception as err:  # a scoring failure is recorded like a method failure
-                logger.warning("Scoring %s failed: %s: %s", method, type(err).__name__, err)
-                row |= {"status": "failed", "reason": f"scoring: {type(err).__name__}: {err}"}
-            row["n_cells"] = int(scored.sum())
-            row["n_cells_embedded"] = int(ctx.adata.n_obs)
-            row["n_batches"] = int(np.unique(batches).size)
-            if not sp.issparse(output) and row["status"] == "ok":
-                result.embeddings[method] = np.asarray(output, dtype=np.float32)
-        result.rows.append(row)
-    return result
+    counts = {
+        "n_cells": int(scored.sum()),
+        "n_cells_embedded": int(ctx.adata.n_obs),
+        "n_batches": int(np.unique(batches).size),
+    }
+    return _run_and_score(
+        "multiomics",
+        ctx,
+        methods,
+        MULTIOMICS_METHODS,
+        batch_key,
+        lambda output: _score(output, labels, batches, scored, ctx),
+        counts,
+    )

@@ -197,8 +197,9 @@ def render_report(folder: str | Path) -> str:
     not_run = results[results["status"] != "ok"]
     if not not_run.empty:
         reasons = not_run["reason"].astype(str).map(lambda r: r if len(r) <= 140 else r[:137] + "...")
-        not_run = not_run.assign(reason=reasons)
-        lines += ["## Methods not run", "", _markdown(not_run[["dataset", "task", "method", "status", "reason"]]), ""]
+        not_run = not_run.assign(reason=reasons).reindex(columns=["dataset", "task", "method", "status", "reason"])
+        # a dataset skipped as a whole (data absent) has one row and no method
+        lines += ["## Methods not run", "", _markdown(not_run.fillna({"method": "all"})), ""]
 
     if info.get("datasets"):
         lines += ["## Datasets", ""]

@@ -102,6 +102,44 @@ def _run_method(method: str, function: Callable[[], np.ndarray], ctx: MethodCont
     return result, {"status": "ok", "reason": "", "seconds": seconds, "peak_memory_mb": memory}
 
 
+def _run_and_score(
+    task: str,
+    ctx: MethodContext,
+    methods: Sequence[str],
+    registry: Mapping[str, Callable[[MethodContext, str], object]],
+    batch_key: str,
+    score: Callable[[object], dict[str, object]],
+    counts: Mapping[str, int],
+) -> TaskResult:
+    """Run every method of ``registry`` named in ``methods`` and score its output.
+
+    A method that fails or is skipped keeps its row with the reason; so does one whose scoring fails.
+    ``counts`` (cells, batches) are added to the row of every method that produced an output; a dense output
+    scored without error is kept for the figures.
+    """
+    result = TaskResult()
+    for method in methods:
+        if method not in registry:
+            msg = f"Unknown {task} method {method!r}; available: {sorted(registry)}."
+            raise ValueError(msg)
+        row: dict[str, object] = {"task": task, "method": method}
+        output, fields = _run_method(method, lambda m=method: registry[m](ctx, batch_key), ctx)
+        row |= fields
+        if output is not None:
+            try:
+                row |= score(output)
+            except MethodSkipped as err:
+                row |= {"status": "skipped", "reason": str(err)}
+            except Exception as err:  # a scoring failure is recorded like a method failure
+                logger.warning("Scoring %s failed: %s: %s", method, type(err).__name__, err)
+                row |= {"status": "failed", "reason": f"scoring: {type(err).__name__}: {err}"}
+            row |= counts
+            if row["status"] == "ok" and isinstance(output, np.ndarray):
+                result.embeddings[method] = np.asarray(output, dtype=np.float32)
+        result.rows.append(row)
+    return result
+
+
 #: Methods that use embeddings cached per dataset, and their keys.
 CACHE_KEYS: dict[str, tuple[str, ...]] = {
     "panfoma_knn": ("panfoma",),
@@ -232,21 +270,12 @@ def integration(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> Ta
     label_key, batch_key = spec["label_key"], spec["batch_key"]
     labels = ctx.adata.obs[label_key].astype(str).to_numpy()
     batches = ctx.adata.obs[batch_key].astype(str).to_numpy()
-    result = TaskResult()
-    for method in methods:
-        if method not in EMBEDDERS:
-            msg = f"Unknown integration method {method!r}; available: {sorted(EMBEDDERS)}."
-            raise ValueError(msg)
-        row: dict[str, object] = {"task": "integration", "method": method}
-        embedding, fields = _run_method(method, lambda m=method: EMBEDDERS[m](ctx, batch_key), ctx)
-        row |= fields
-        if embedding is not None:
-            bio = bio_conservation(embedding, labels)
-            batch = batch_correction(embedding, batches, labels)
-            row |= bio | batch
-            row["total"] = SCIB_BIO_WEIGHT * bio["avg_bio"] + (1 - SCIB_BIO_WEIGHT) * batch["avg_batch"]
-            row["n_cells"] = int(embedding.shape[0])
-            row["n_batches"] = int(np.unique(batches).size)
-            result.embeddings[method] = np.asarray(embedding, dtype=np.float32)
-        result.rows.append(row)
-    return result
+
+    def score(embedding) -> dict[str, object]:
+        bio = bio_conservation(embedding, labels)
+        batch = batch_correction(embedding, batches, labels)
+        total = SCIB_BIO_WEIGHT * bio["avg_bio"] + (1 - SCIB_BIO_WEIGHT) * batch["avg_batch"]
+        return bio | batch | {"total": total}
+
+    counts = {"n_cells": int(ctx.adata.n_obs), "n_batches": int(np.unique(batches).size)}
+    return _run_and_score("integration", ctx, methods, EMBEDDERS, batch_key, score, counts)

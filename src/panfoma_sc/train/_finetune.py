@@ -118,6 +118,28 @@ def _minibatches(indices: np.ndarray, batch_size: int, rng: np.random.Generator)
         yield shuffled[start : start + batch_size]
 
 
+def _scheduled_minibatches(
+    indices: np.ndarray, config: FineTuneConfig, rng: np.random.Generator
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(step, epoch, rows)`` of every optimizer step: reshuffled passes over ``indices`` until the step budget."""
+    steps_per_epoch, total_steps = _step_budget(indices.size, config)
+    step = 0
+    while step < total_steps:
+        for rows in _minibatches(indices, config.batch_size, rng):
+            yield step, step // steps_per_epoch, rows
+            step += 1
+            if step >= total_steps:
+                return
+
+
+def _apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters) -> None:
+    """One optimizer step on ``loss``, gradients clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+
+
 def _step_budget(n_cells: int, config: FineTuneConfig) -> tuple[int, int]:
     """``(steps_per_epoch, total_steps)``: ``max_epochs`` passes over ``n_cells``, capped at ``max_steps``."""
     steps_per_epoch = max(-(-n_cells // config.batch_size), 1)
@@ -253,10 +275,7 @@ def finetune_classifier(
             output = network(*_step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device))
             target = torch.from_numpy(labels[rows]).to(device)
             loss = F.cross_entropy(head(output.cell_embedding).float(), target, weight=class_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([*network.parameters(), *head.parameters()], 1.0)
-            optimizer.step()
+            _apply_gradients(optimizer, loss, [*network.parameters(), *head.parameters()])
             train_loss += float(loss.detach()) * rows.size
             seen += rows.size
             step += 1
@@ -429,13 +448,11 @@ def finetune_integration(
     )
     rng = np.random.default_rng(config.seed)
     every = np.arange(cells.n_cells)
-    steps_per_epoch, total_steps = _step_budget(every.size, config)
+    _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
-    history, step = [], 0
-    bar = tqdm(total=total_steps, disable=not progress, desc="integrate", unit="step")
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        for rows in _minibatches(every, config.batch_size, rng):
+    history = []
+    with tqdm(total=total_steps, disable=not progress, desc="integrate", unit="step") as bar:
+        for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)  # read once: tokens and MVC targets come from the same rows
             tokens = _step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device)
             masked, hidden, mvc_ids, mvc_bins = _masked_inputs_and_mvc_targets(
@@ -461,10 +478,7 @@ def finetune_integration(
                 strength,
             )
             loss = loss_value + loss_mvc + adversarial_weight * loss_batch + mmd_weight * loss_mmd
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
-            optimizer.step()
+            _apply_gradients(optimizer, loss, objective.parameters())
             record = {
                 "step": step,
                 "loss_value": float(loss_value.detach()),
@@ -475,17 +489,13 @@ def finetune_integration(
             history.append(record)
             bar.update(1)
             bar.set_postfix(mvc=f"{record['loss_mvc']:.3f}", batch=f"{record['loss_batch']:.3f}")
-            step += 1
-            if step >= total_steps:
-                break
-    bar.close()
     info = {
         "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
         "integration": {
             "n_batches": int(n_batches),
             "adversarial_weight": adversarial_weight,
             "mmd_weight": mmd_weight,
-            "steps": step,
+            "steps": len(history),
         },
         "fine_tuning": dataclass_dict(config),
     }

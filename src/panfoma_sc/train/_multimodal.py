@@ -20,8 +20,9 @@ from ..nn.multimodal import add_feature_tokens
 from ._finetune import (
     CellRows,
     FineTuneConfig,
+    _apply_gradients,
     _masked_inputs_and_mvc_targets,
-    _minibatches,
+    _scheduled_minibatches,
     _step_budget,
     batch_mmd,
     dataclass_dict,
@@ -227,13 +228,11 @@ def finetune_multimodal(
     feature_ids = torch.as_tensor(len(model.vocab) + np.arange(features.n_features), device=device)
     rng = np.random.default_rng(config.seed)
     every = np.arange(cells.n_cells)
-    steps_per_epoch, total_steps = _step_budget(every.size, config)
+    _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
-    history, step = [], 0
-    bar = tqdm(total=total_steps, disable=not progress, desc="joint fine-tune", unit="step")
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        for rows in _minibatches(every, config.batch_size, rng):
+    history = []
+    with tqdm(total=total_steps, disable=not progress, desc="joint fine-tune", unit="step") as bar:
+        for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)
             tokens = encoder.tokens(cells, features, rows, block, seed=config.seed + epoch, device=device)
             masked, hidden, mvc_ids, mvc_bins = _masked_inputs_and_mvc_targets(
@@ -261,18 +260,11 @@ def finetune_multimodal(
             loss = losses["loss_value"] + losses["loss_mvc"] + feature_weight * losses["loss_feature"]
             if "loss_batch" in losses:
                 loss = loss + adversarial_weight * losses["loss_batch"] + mmd_weight * losses["loss_mmd"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
-            optimizer.step()
+            _apply_gradients(optimizer, loss, objective.parameters())
             record = {"step": step} | {k: float(v.detach()) for k, v in losses.items()}
             history.append(record)
             bar.update(1)
             bar.set_postfix(feature=f"{record['loss_feature']:.3f}", mvc=f"{record['loss_mvc']:.3f}")
-            step += 1
-            if step >= total_steps:
-                break
-    bar.close()
     network.eval()
-    logger.info("Joint fine-tuning: %d steps (%s).", step, dataclass_dict(config))
+    logger.info("Joint fine-tuning: %d steps (%s).", len(history), dataclass_dict(config))
     return encoder, pd.DataFrame(history)
