@@ -290,4 +290,4 @@ def test_corpus_svd_gene_init_is_recorded_and_stays_frozen(corpus_files, vocab, 
         read_checkpoint(tmp_path / "svd6" / "model.safetensors").state_dict["cell_projection.weight"].float().numpy(),
     )
     with pytest.raises(ValueError, match="gene_init"):
-        pretrain(corpus_files, tmp_path / "bad", vocab=vocab, config=_config(gene_init="pca"), progress=False)
+        _config(gene_init="pca")

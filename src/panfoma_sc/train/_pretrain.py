@@ -79,6 +79,11 @@ class TrainingConfig:
     max_minutes: float | None = None  # stop (and checkpoint) after this wall time; resume continues
     stop_after: int | None = None  # stop after this many steps this session (interruptions, tests)
 
+    def __post_init__(self) -> None:
+        if self.gene_init not in ("random", "corpus-svd"):
+            msg = f"gene_init must be 'random' or 'corpus-svd', not {self.gene_init!r}."
+            raise ValueError(msg)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return dataclasses.asdict(self)
@@ -292,9 +297,6 @@ def pretrain(
     Summary: steps done, final losses, wall time, whether the run finished.
     """
     config = config or TrainingConfig()
-    if config.gene_init not in ("random", "corpus-svd"):
-        msg = f"gene_init must be 'random' or 'corpus-svd', not {config.gene_init!r}."
-        raise ValueError(msg)
     out_dir = Path(out_dir)
     rank, world = _distributed()
     device = settings.resolve_device(config.device)
