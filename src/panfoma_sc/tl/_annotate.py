@@ -233,8 +233,8 @@ def annotate(
             details |= {
                 "labels_key": labels_key,
                 "reference_n_cells": int(reference_job.adata.n_obs),
-                "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),
-                "epochs": len(history),
+                "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),  # -1: the linear probe
+                "epochs": int((history["epoch"] >= 0).sum()),
             }
             if "validation_accuracy" in history:
                 details["validation_accuracy"] = float(history["validation_accuracy"].max())

@@ -87,6 +87,11 @@ class FineTuneConfig:
         Share of labelled cells held out for early stopping (classifier only).
     patience
         Epochs without a better validation loss before stopping (classifier only).
+    probe_steps
+        Classifier only: full-batch steps that first fit the new head on the frozen network's embeddings of the
+        training cells (a linear probe, then fine-tuning: LP-FT). The probed model is also the first candidate
+        of early stopping, so fine-tuning is kept only where it beats the probe on the validation cells. 0 goes
+        straight to fine-tuning a randomly initialized head.
     seed
         Seed of splits, shuffling, gene draws and head initialization.
     """
@@ -100,6 +105,7 @@ class FineTuneConfig:
     weight_decay: float = 0.01
     validation_fraction: float = 0.15
     patience: int = 3
+    probe_steps: int = 300
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,6 +113,9 @@ class FineTuneConfig:
             if int(getattr(self, name)) < 1:
                 msg = f"{name} must be a positive integer, got {getattr(self, name)!r}."
                 raise ValueError(msg)
+        if int(self.probe_steps) < 0:
+            msg = f"probe_steps must be 0 or more, got {self.probe_steps!r}."
+            raise ValueError(msg)
         if not 0 <= self.validation_fraction < 1:
             msg = f"validation_fraction must lie in [0, 1), got {self.validation_fraction}."
             raise ValueError(msg)
@@ -266,6 +275,15 @@ def finetune_classifier(
     rng = np.random.default_rng(config.seed)
     _, total_steps = _step_budget(train.size, config)
     history, best, best_loss, stale, step = [], None, np.inf, 0, 0
+    if config.probe_steps:
+        record = {"epoch": -1, "step": 0} | _probe_head(
+            model, network, head, cells, train, labels, class_weight, config, device
+        )
+        if validation.size:
+            record |= _validate(model, network, head, cells, validation, labels, config, device)
+        history.append(record)
+        best_loss = record.get("validation_loss", record["train_loss"])
+        best = (copy.deepcopy(network.state_dict()), copy.deepcopy(head.state_dict()), -1)
     bar = tqdm(total=total_steps, disable=not progress, desc="fine-tune classifier", unit="step")
     for epoch in range(config.max_epochs):
         network.train(), head.train()
@@ -299,7 +317,7 @@ def finetune_classifier(
     network_state, head_state, best_epoch = best
     network.load_state_dict(network_state)
     head.load_state_dict(head_state)
-    logger.info("Fine-tuned classifier: best epoch %d of %d.", best_epoch, len(history))
+    logger.info("Fine-tuned classifier: best epoch %d (-1: the linear probe) of %d.", best_epoch, len(history))
     info = {
         "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
         "classifier": {"classes": list(classes), "best_epoch": best_epoch, "history": history},
@@ -309,6 +327,46 @@ def finetune_classifier(
         network.eval(), model.vocab, name=f"{model.name}-classifier", info=info, heads={CLASSIFIER_HEAD: head.eval()}
     )
     return tuned, pd.DataFrame(history)
+
+
+@torch.no_grad()
+def _frozen_embeddings(
+    model: PretrainedModel, network: PanFoMa, cells: CellRows, rows: np.ndarray, config: FineTuneConfig, device: str
+) -> torch.Tensor:
+    """Cell embeddings of ``rows`` by the network in eval mode with the inference tokenizer."""
+    network.eval()
+    tokenizer = model.tokenizer(config.n_genes)
+    parts = []
+    for start in range(0, rows.size, config.batch_size):
+        batch = rows[start : start + config.batch_size]
+        tokens = tokenizer(cells.block(batch), cells.gene_ids, cells.cell_keys[batch], seed=config.seed)
+        parts.append(network(*tokens_to_torch(tokens, device)).cell_embedding.float())
+    return torch.cat(parts)
+
+
+def _probe_head(
+    model: PretrainedModel,
+    network: PanFoMa,
+    head: CellClassifier,
+    cells: CellRows,
+    train: np.ndarray,
+    labels: np.ndarray,
+    class_weight: torch.Tensor,
+    config: FineTuneConfig,
+    device: str,
+) -> dict[str, float]:
+    """Fit ``head`` on the frozen embeddings of the training cells; returns its final training loss."""
+    embeddings = _frozen_embeddings(model, network, cells, train, config, device)
+    target = torch.from_numpy(labels[train]).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.head_learning_rate, weight_decay=config.weight_decay)
+    head.train()
+    for _ in range(config.probe_steps):
+        loss = F.cross_entropy(head(embeddings).float(), target, weight=class_weight)
+        _apply_gradients(optimizer, loss, head.parameters())
+    head.eval()
+    with torch.no_grad():
+        loss = F.cross_entropy(head(embeddings).float(), target, weight=class_weight)
+    return {"train_loss": float(loss)}
 
 
 @torch.no_grad()
