@@ -173,3 +173,19 @@ def test_paired_file_runs_only_the_paired_tasks(tmp_path):
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="h5mu"):
         pf.bench.load_config(path)
+
+
+def test_scvi_baselines_are_seeded_by_the_run(citeseq_file):
+    """scVI-family baselines draw from the run's seed: the same seed gives the same latent space."""
+    pytest.importorskip("scvi", reason="scvi-tools (the bench extra) is not installed")
+    from panfoma_sc.bench._multiomics import totalvi
+
+    paired = pf.bench.build_paired(citeseq_file, max_cells=60)
+
+    def latent(seed: int) -> np.ndarray:
+        ctx = MethodContext(paired, options={"seed": seed, "scvi_max_epochs": 2})
+        return totalvi(ctx, "batch")
+
+    first, again, other = latent(0), latent(0), latent(1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)

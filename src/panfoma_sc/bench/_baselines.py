@@ -209,7 +209,7 @@ def panfoma_finetune(ctx: MethodContext, train: np.ndarray, test: np.ndarray, y_
 
 def scanvi(ctx: MethodContext, train: np.ndarray, test: np.ndarray, y_train: np.ndarray) -> np.ndarray:
     """Baseline scANVI (scvi-tools, ``bench`` extra): semi-supervised VAE on raw counts, test cells unlabelled."""
-    scvi = _import_scvi()
+    scvi = _import_scvi(ctx)
     if (ctx.adata.obs["x_kind"] != "counts").any():
         msg = "scANVI models raw counts and X here is not counts"
         raise MethodSkipped(msg)
@@ -266,18 +266,20 @@ def harmony(ctx: MethodContext, batch_key: str) -> np.ndarray:
     return (corrected.T if corrected.shape[0] != embedding.shape[0] else corrected).astype(np.float32)
 
 
-def _import_scvi():
+def _import_scvi(ctx: MethodContext):
+    """``scvi`` seeded with the run's seed (torch, numpy and Python RNGs), or :class:`MethodSkipped`."""
     try:
         import scvi
     except ImportError as err:
         msg = "scvi-tools is not installed: pip install 'panfoma-sc[bench]'"
         raise MethodSkipped(msg) from err
+    scvi.settings.seed = int(ctx.option("seed", 0))
     return scvi
 
 
 def scvi_latent(ctx: MethodContext, batch_key: str) -> np.ndarray:
     """Baseline scVI latent space (scvi-tools, ``bench`` extra) with ``batch_key`` as batch covariate."""
-    scvi = _import_scvi()
+    scvi = _import_scvi(ctx)
     if (ctx.adata.obs["x_kind"] != "counts").any():
         msg = "scVI models raw counts and X here is not counts"
         raise MethodSkipped(msg)

@@ -171,7 +171,7 @@ def totalvi(ctx: MethodContext, batch_key: str) -> np.ndarray:
 
     Proteins absent from a batch's panel (0 in all its cells) are treated as missing there by totalVI.
     """
-    scvi = _import_scvi()
+    scvi = _import_scvi(ctx)
     if (ctx.adata.obs["x_kind"] != "counts").any():
         msg = "totalVI models raw counts and the RNA here is not counts"
         raise MethodSkipped(msg)
