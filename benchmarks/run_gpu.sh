@@ -2,7 +2,10 @@
 # One call on a machine with a CUDA GPU: the GPU tests (the Mamba kernel equivalence test among them), then the
 # GPU variants of the performance benchmarks, most important first. Each step gets at most what is left of
 # GPU_DEADLINE_S (default 540 s) and a failed step does not stop the next, so a short lease still returns
-# everything that finished. Results go to benchmarks/results/*-cuda*.{json,png} and mamba-kernels-*.json;
+# everything that finished. Triton compiles mamba_ssm's kernels on their first use for each layer shape: on an
+# H100 (2026-11-27) that took more than 170 s for the kernel test and more than 90 s for panfoma-base, so give
+# this script two 10-minute calls (GPU_DEADLINE_S=1100 in one call is over the per-call limit) or run its
+# first half alone. Results go to benchmarks/results/*-cuda*.{json,png} and mamba-kernels-*.json;
 # the log to $GPU_LOG (default benchmarks/results/gpu-run.log).
 #   PANFOMA_DATA_DIR=../shared/data bash benchmarks/run_gpu.sh
 set -uo pipefail
@@ -36,9 +39,9 @@ torch.cuda.get_device_name(), 'triton', triton.__version__)
 from panfoma_sc.nn.ssd import mamba_ssm_kernels
 print('mamba_ssm Triton scan:', mamba_ssm_kernels())"
 
-step 240 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tests/tl
+step 360 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tests/tl
 # the scan alone: mamba_ssm's Triton kernel against the torch SSD path, one panfoma-base Mamba2 layer
-step 90 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 8 \
+step 180 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 8 \
     --lengths 1024 4096 16384
 # inference: panfoma-base (paper scale, 3072 genes) in bf16 autocast, and tiny for comparison with the CPU numbers
 step 60 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 \
