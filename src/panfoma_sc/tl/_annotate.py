@@ -99,8 +99,10 @@ def annotate(
     distance-weighted majority label of its ``n_neighbors`` nearest reference cells (exact search, or
     pynndescent for references of 50,000 cells and more). The confidence is the winner's share of the vote.
 
-    ``method="finetune"``: the whole model is fine-tuned with a classification head on the reference
-    (class-balanced loss, early stopping on a stratified validation split), then predicts the query; the
+    ``method="finetune"``: a classification head is first fitted on the frozen model's embeddings of the
+    reference (a linear probe), then the whole model is fine-tuned with it (class-balanced loss, early stopping
+    on a stratified validation split, which keeps the probed model when fine-tuning does not lower the
+    validation loss), then predicts the query; the
     confidence is the predicted class probability. Pass ``save_model`` to keep the fine-tuned model (register
     it with :func:`panfoma_sc.models.register`), and later annotate with it directly:
     ``annotate(adata, None, model=path, method="finetune")``.
