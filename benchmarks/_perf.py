@@ -43,6 +43,16 @@ def model_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
     return parser
 
 
+def embed_parser(description: str, *, cells: int) -> argparse.ArgumentParser:
+    """The options of the ``pf.tl.embed`` scripts: pbmc3k cells, batch, device, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cells", type=int, default=cells)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    return parser
+
+
 def config_for(architecture: str) -> PanFoMaConfig:
     """A named architecture with the shipped vocabulary size."""
     return CONFIGS[architecture].replace(vocab_size=VOCAB_SIZE)

@@ -15,7 +15,6 @@ Prints a table and writes ``benchmarks/results/loader-<device>[-<threads>thread]
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import tempfile
@@ -30,14 +29,10 @@ import panfoma_sc as pf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=384)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = _perf.embed_parser(__doc__.splitlines()[0], cells=384)
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     _perf.set_threads(args.threads)

@@ -16,7 +16,6 @@ Prints the per-cell cosine similarity and relative error and writes
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 
@@ -28,11 +27,7 @@ import panfoma_sc as pf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser = _perf.embed_parser(__doc__.splitlines()[0], cells=256)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     _perf.set_threads(args.threads)
