@@ -21,13 +21,14 @@ METHODS = [
     "pca_concat",
     "wnn",
     "totalvi",
+    "multivi",
     "panfoma",
     "panfoma_integrated",
     "panfoma_joint",
     "panfoma_late_fusion",
 ]
 #: methods that may be skipped here, and the package whose absence is the only accepted reason
-OPTIONAL = {"totalvi": "scvi-tools"}
+OPTIONAL = {"totalvi": "scvi-tools", "multivi": "scvi-tools"}
 #: muon's WNN spends about a minute compiling numba code on its first call, whatever the data size: tested apart
 FAST_METHODS = [m for m in METHODS if m != "wnn"]
 EMBEDDING_METRICS = ["avg_bio", "nmi", "ari", "asw_label", "avg_batch", "avg_bio_graph"]
@@ -175,16 +176,17 @@ def test_paired_file_runs_only_the_paired_tasks(tmp_path):
         pf.bench.load_config(path)
 
 
-def test_scvi_baselines_are_seeded_by_the_run(citeseq_file):
+@pytest.mark.parametrize("method", ["totalvi", "multivi"])
+def test_scvi_baselines_are_seeded_by_the_run(citeseq_file, method):
     """scVI-family baselines draw from the run's seed: the same seed gives the same latent space."""
     pytest.importorskip("scvi", reason="scvi-tools (the bench extra) is not installed")
-    from panfoma_sc.bench._multiomics import totalvi
+    from panfoma_sc.bench._multiomics import MULTIOMICS_METHODS
 
     paired = pf.bench.build_paired(citeseq_file, max_cells=60)
 
     def latent(seed: int) -> np.ndarray:
         ctx = MethodContext(paired, options={"seed": seed, "scvi_max_epochs": 2})
-        return totalvi(ctx, "batch")
+        return MULTIOMICS_METHODS[method](ctx, "batch")
 
     first, again, other = latent(0), latent(0), latent(1)
     np.testing.assert_array_equal(first, again)

@@ -340,6 +340,7 @@ METHOD_LABELS: dict[str, str] = {
     "pca_concat": "PCA concat. (RNA + protein)",
     "wnn": "WNN (muon, graph)",
     "totalvi": "totalVI",
+    "multivi": "MultiVI (RNA + protein)",
     "panfoma_joint": "PanFoMa joint RNA+protein",
     "panfoma_late_fusion": "PanFoMa late fusion (+ protein PCA)",
 }

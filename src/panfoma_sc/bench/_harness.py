@@ -35,6 +35,7 @@ DEFAULT_METHODS: dict[str, list[str]] = {
         "pca_concat",
         "wnn",
         "totalvi",
+        "multivi",
         "panfoma",
         "panfoma_integrated",
         "panfoma_joint",

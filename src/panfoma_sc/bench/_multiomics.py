@@ -166,14 +166,11 @@ def wnn(ctx: MethodContext, batch_key: str) -> sp.csr_matrix:
     )
 
 
-def totalvi(ctx: MethodContext, batch_key: str) -> np.ndarray:
-    """Baseline totalVI (scvi-tools, ``bench`` extra): joint VAE of RNA counts (HVGs) and all ADT counts.
-
-    Proteins absent from a batch's panel (0 in all its cells) are treated as missing there by totalVI.
-    """
+def _scvi_paired_counts(ctx: MethodContext, batch_key: str, method: str):
+    """scvi-tools and a MuData (``rna``: HVG counts, ``prot``: all ADT counts, batch in ``rna.obs``) for ``method``."""
     scvi = _import_scvi(ctx)
     if (ctx.adata.obs["x_kind"] != "counts").any():
-        msg = "totalVI models raw counts and the RNA here is not counts"
+        msg = f"{method} models raw counts and the RNA here is not counts"
         raise MethodSkipped(msg)
     import mudata as md
 
@@ -188,11 +185,34 @@ def totalvi(ctx: MethodContext, batch_key: str) -> np.ndarray:
     values = protein.X.toarray() if sp.issparse(protein.X) else np.asarray(protein.X)
     adt = AnnData(values.astype(np.float32), obs=pd.DataFrame(index=rna.obs_names))
     adt.var_names = protein.var_names
-    work = md.MuData({"rna": counts, "prot": adt})
+    return scvi, md.MuData({"rna": counts, "prot": adt})
+
+
+def totalvi(ctx: MethodContext, batch_key: str) -> np.ndarray:
+    """Baseline totalVI (scvi-tools, ``bench`` extra): joint VAE of RNA counts (HVGs) and all ADT counts.
+
+    Proteins absent from a batch's panel (0 in all its cells) are treated as missing there by totalVI.
+    """
+    scvi, work = _scvi_paired_counts(ctx, batch_key, "totalVI")
     scvi.model.TOTALVI.setup_mudata(
         work, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot", "batch_key": "rna"}
     )
     model = scvi.model.TOTALVI(work)
+    model.train(max_epochs=int(ctx.option("scvi_max_epochs", 50)))
+    return np.asarray(model.get_latent_representation(), dtype=np.float32)
+
+
+def multivi(ctx: MethodContext, batch_key: str) -> np.ndarray:
+    """Baseline MultiVI (scvi-tools, ``bench`` extra) on RNA counts (HVGs) and ADT counts, no chromatin.
+
+    MultiVI models RNA, ATAC and protein; the paired data here are CITE-seq, so it runs with zero peak regions.
+    Latent size as totalVI's (20).
+    """
+    scvi, work = _scvi_paired_counts(ctx, batch_key, "MultiVI")
+    scvi.model.MULTIVI.setup_mudata(
+        work, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot", "batch_key": "rna"}
+    )
+    model = scvi.model.MULTIVI(work, n_genes=work.mod["rna"].n_vars, n_regions=0, n_latent=20)
     model.train(max_epochs=int(ctx.option("scvi_max_epochs", 50)))
     return np.asarray(model.get_latent_representation(), dtype=np.float32)
 
@@ -249,6 +269,7 @@ MULTIOMICS_METHODS: dict[str, Callable[..., np.ndarray | sp.spmatrix]] = {
     "pca_concat": pca_concat,
     "wnn": wnn,
     "totalvi": totalvi,
+    "multivi": multivi,
     "panfoma": panfoma,
     "panfoma_integrated": panfoma_integrated,
     "panfoma_joint": panfoma_joint,
