@@ -181,6 +181,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         gene_selection=args.gene_selection,
         init_from=init_from,
         gene_init=args.gene_init,
+        gene_init_steps=args.gene_init_steps,
         freeze_gene_embedding=args.freeze_gene_embedding,
         model_overrides={
             name: value
@@ -301,9 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument(
         "--gene-init",
-        choices=["random", "corpus-svd"],
+        choices=["random", "corpus-svd", "corpus-contrastive"],
         default="random",
-        help="gene-embedding start: random, or TF-IDF SVD loadings of the training cells' top-gene sets",
+        help="gene-embedding start: random, TF-IDF SVD loadings of the training cells' top-gene sets, or a "
+        "bag-of-genes encoder trained contrastively to tell those cells apart",
+    )
+    pre.add_argument(
+        "--gene-init-steps", type=int, default=8000, help="optimizer steps of the corpus-contrastive gene table"
     )
     pre.add_argument("--freeze-gene-embedding", action="store_true", help="keep the gene-embedding table fixed")
     pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")

@@ -291,3 +291,60 @@ def test_corpus_svd_gene_init_is_recorded_and_stays_frozen(corpus_files, vocab, 
     )
     with pytest.raises(ValueError, match="gene_init"):
         _config(gene_init="pca")
+
+
+def test_corpus_gene_contrastive_learns_to_tell_cells_apart(corpus_files, vocab):
+    from panfoma_sc.data import Tokenizer
+    from panfoma_sc.train import PretrainingCorpus, corpus_gene_contrastive
+    from panfoma_sc.train._gene_factors import _random_halves
+
+    corpus = PretrainingCorpus(corpus_files, vocab, batch_size=16)
+    tokenizer = Tokenizer(n_genes=32, n_chunks=4, n_bins=51, pad_id=vocab.pad_id, selection="top")
+    options = {"vocab_size": len(vocab), "n_components": 8, "batch_size": 32, "learning_rate": 0.05}
+    table, seen, losses = corpus_gene_contrastive(corpus, tokenizer, steps=60, **options)
+    again, _, _ = corpus_gene_contrastive(corpus, tokenizer, steps=60, **options)
+    corpus.close()
+    assert table.shape == (len(vocab), 8)
+    np.testing.assert_array_equal(table, again)  # seeded
+    assert 0 < seen.sum() < len(vocab)
+    assert not table[~seen].any()
+    assert not seen[vocab.pad_id]
+    # InfoNCE over 32 cells starts near chance (log 32 = 3.47) and falls as halves find each other
+    assert losses[0] > 3.0
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+    # the halves partition each cell's genes, in order of the rows asked for
+    import scipy.sparse as sp
+
+    bag = sp.csr_matrix(np.array([[1, 1, 1, 0, 1], [0, 1, 0, 1, 0], [1, 0, 1, 1, 1]], dtype=np.float32))
+    sizes = np.diff(bag.indptr)
+    (first, first_offsets), (second, second_offsets) = _random_halves(
+        bag, np.array([0, 2]), sizes, np.random.default_rng(0)
+    )
+    assert first_offsets.tolist() == [0, 2]
+    assert second_offsets.tolist() == [0, 2]
+    assert sorted(first[:2].tolist() + second[:2].tolist()) == [0, 1, 2, 4]
+    assert sorted(first[2:].tolist() + second[2:].tolist()) == [0, 2, 3, 4]
+
+
+def test_corpus_contrastive_gene_init_is_recorded(corpus_files, vocab, tmp_path):
+    from panfoma_sc.models import read_checkpoint
+
+    config = _config(
+        max_steps=2,
+        gene_init="corpus-contrastive",
+        gene_init_steps=5,
+        freeze_gene_embedding=True,
+        model_overrides=TINY | {"cell_readout": "decoder+tokens", "mvc_head": "bilinear"},
+    )
+    pretrain(corpus_files, tmp_path / "contrastive", vocab=vocab, config=config, progress=False)
+    checkpoint = read_checkpoint(tmp_path / "contrastive" / "model.safetensors")
+    record = checkpoint.info["gene_init"]
+    assert record["method"] == "corpus-contrastive"
+    assert record["steps"] == 5
+    assert record["loss_first"] > 0
+    assert record["loss_last"] > 0
+    table = checkpoint.state_dict["embedding.gene.weight"].float().numpy()
+    assert abs(table[table.any(1)].std() - 0.02) < 0.01
+    with pytest.raises(ValueError, match="gene_init must be one of"):
+        _config(gene_init="pca")

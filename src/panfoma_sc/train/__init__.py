@@ -3,7 +3,7 @@
 from ._corpus import EVALUATION_HOLDOUT, PretrainingCorpus, build_vocabulary, default_pretraining_files
 from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
-from ._gene_factors import corpus_gene_factors
+from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._multimodal import FeatureTokens, MultimodalEncoder, finetune_multimodal
 from ._pretrain import PretrainingObjective, TrainingConfig, pretrain
 
@@ -17,6 +17,7 @@ __all__ = [
     "PretrainingObjective",
     "TrainingConfig",
     "build_vocabulary",
+    "corpus_gene_contrastive",
     "corpus_gene_factors",
     "default_pretraining_files",
     "finetune_classifier",

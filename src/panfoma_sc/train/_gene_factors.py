@@ -1,4 +1,8 @@
-"""Gene-embedding start from corpus co-expression: TF-IDF-weighted truncated SVD of the cells' gene sets."""
+"""Gene-embedding tables learned from the corpus cells' gene sets, before the network is trained.
+
+Two ways: a TF-IDF-weighted truncated SVD of the gene sets (:func:`corpus_gene_factors`), and a contrastive
+bag-of-genes encoder (:func:`corpus_gene_contrastive`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from sklearn.decomposition import TruncatedSVD
 from ..data.tokenizer import Tokenizer
 from ._corpus import PretrainingCorpus
 
-__all__ = ["corpus_gene_factors"]
+__all__ = ["corpus_gene_contrastive", "corpus_gene_factors"]
 
 
 def corpus_gene_factors(
@@ -48,11 +52,7 @@ def corpus_gene_factors(
     ``(vocab_size, n_components)`` float32 loadings (rows of genes no sampled cell holds are 0) and the
     ``(vocab_size,)`` bool mask of the genes that some sampled cell holds.
     """
-    bags = [
-        _gene_sets(batch.matrix, batch.gene_ids, batch.cell_keys, tokenizer, vocab_size)
-        for batch in corpus.sample(max_cells_per_file, seed=seed)
-    ]
-    bag = sparse.vstack(bags).tocsr()
+    bag = _corpus_bag(corpus, tokenizer, vocab_size, max_cells_per_file, seed)
     held = np.asarray((bag > 0).sum(0)).ravel()
     idf = (np.log((1.0 + bag.shape[0]) / (1.0 + held)) + 1.0).astype(np.float32)
     svd = TruncatedSVD(n_components, random_state=seed).fit(bag.multiply(idf[None, :]).tocsr())
@@ -69,3 +69,124 @@ def _gene_sets(matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, tokenizer: T
     real = ~tokens.padding_mask.reshape(n_cells, -1)
     rows = np.nonzero(real)[0]
     return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids[real])), shape=(n_cells, vocab_size))
+
+
+def corpus_gene_contrastive(
+    corpus: PretrainingCorpus,
+    tokenizer: Tokenizer,
+    *,
+    vocab_size: int,
+    n_components: int,
+    max_cells_per_file: int = 3000,
+    steps: int = 8000,
+    batch_size: int = 512,
+    temperature: float = 0.1,
+    learning_rate: float = 1e-2,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Gene vectors whose mean over a cell's genes identifies the cell: a contrastive bag-of-genes encoder.
+
+    Each sampled cell's gene set (the genes ``tokenizer`` gives it) is split at random into two halves, each
+    half is encoded as the layer-normalized mean of its genes' vectors, and InfoNCE asks each half to find its
+    other half among the ``batch_size`` cells of the step. The table starts random, so genes that no corpus
+    program explains keep a direction of their own (as in a random projection, which separates cells of any
+    kind), while genes that co-occur in corpus cells are pulled together (which removes sampling noise, as a
+    PCA does). The SVD start (:func:`corpus_gene_factors`) keeps only the corpus's main programs and loses
+    cells that differ along other directions (the panfoma-tiny model card measures both).
+
+    Parameters
+    ----------
+    corpus
+        The pretraining corpus (only its training files are read).
+    tokenizer
+        Tokenizer that picks each cell's genes (use the inference one: top genes).
+    vocab_size
+        Rows of the result.
+    n_components
+        Columns of the result (the model width).
+    max_cells_per_file
+        Random cells sampled per file (seeded).
+    steps
+        Optimizer steps (Adam).
+    batch_size
+        Cells per step; each is contrasted against the others.
+    temperature
+        InfoNCE temperature on cosine similarities.
+    learning_rate
+        Adam learning rate (the table starts with unit-variance entries).
+    seed
+        Sampling, split and initialization seed.
+    progress
+        Show a progress bar with the loss.
+
+    Returns
+    -------
+    The ``(vocab_size, n_components)`` float32 table (rows of genes no sampled cell holds are 0), the
+    ``(vocab_size,)`` bool mask of the genes that some sampled cell holds, and the loss of every step.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from ._pretrain import info_nce  # imported here: _pretrain imports this module
+
+    bag = _corpus_bag(corpus, tokenizer, vocab_size, max_cells_per_file, seed)
+    sizes = np.diff(bag.indptr)
+    bag = bag[sizes >= 2]  # a cell needs a gene in each half
+    sizes = np.diff(bag.indptr)
+    n_cells = bag.shape[0]
+    batch_size = min(batch_size, n_cells)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(vocab_size, n_components, generator=generator).requires_grad_()
+    optimizer = torch.optim.Adam([table], lr=learning_rate)
+    losses = []
+    bar = tqdm(range(steps), desc="gene table (contrastive)", disable=not progress)
+    for _ in bar:
+        rows = np.sort(rng.choice(n_cells, batch_size, replace=False))
+        first, second = _random_halves(bag, rows, sizes, rng)
+        views = [
+            F.layer_norm(F.embedding_bag(ids, table, offsets, mode="mean"), (n_components,))
+            for ids, offsets in (first, second)
+        ]
+        loss = info_nce(views[0], views[1], temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    seen = np.asarray((bag > 0).sum(0)).ravel() > 0
+    result = table.detach().numpy().astype(np.float32)
+    result[~seen] = 0.0
+    return result, seen, losses
+
+
+def _random_halves(bag: sparse.csr_matrix, rows: np.ndarray, sizes: np.ndarray, rng: np.random.Generator):
+    """Split each row's genes at random into two halves: (gene ids, offsets) per half, for ``embedding_bag``."""
+    import torch
+
+    lengths = sizes[rows]
+    genes = np.concatenate([bag.indices[bag.indptr[r] : bag.indptr[r + 1]] for r in rows])
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    order = np.lexsort((rng.random(len(genes)), owner))  # shuffled within each row, rows kept in order
+    genes = genes[order]
+    position = np.arange(len(genes)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    in_first = position < np.repeat(lengths // 2, lengths)
+    halves = []
+    for mask in (in_first, ~in_first):
+        counts = np.bincount(owner[mask], minlength=len(rows))
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        halves.append((torch.from_numpy(genes[mask].astype(np.int64)), torch.from_numpy(offsets.astype(np.int64))))
+    return halves
+
+
+def _corpus_bag(
+    corpus: PretrainingCorpus, tokenizer: Tokenizer, vocab_size: int, max_cells_per_file: int, seed: int
+) -> sparse.csr_matrix:
+    """Sampled corpus cells x vocabulary, 1 where ``tokenizer`` gives the cell that gene."""
+    bags = [
+        _gene_sets(batch.matrix, batch.gene_ids, batch.cell_keys, tokenizer, vocab_size)
+        for batch in corpus.sample(max_cells_per_file, seed=seed)
+    ]
+    return sparse.vstack(bags).tocsr()

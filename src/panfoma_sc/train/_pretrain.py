@@ -28,13 +28,15 @@ from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus
-from ._gene_factors import corpus_gene_factors
+from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PretrainingObjective", "TrainingConfig", "pretrain"]
 
+#: values of ``TrainingConfig.gene_init``
+GENE_INITS = ("random", "corpus-svd", "corpus-contrastive")
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.csv"
@@ -64,9 +66,13 @@ class TrainingConfig:
     # two cell embeddings together against the other cells of the micro-batch; 0 = off (as panfoma-tiny v1)
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
-    # gene-embedding start: "random" (normal, std 0.02) or "corpus-svd" (TF-IDF SVD loadings of the training cells'
-    # top-gene sets, rescaled to std 0.02; see corpus_gene_factors); freeze_gene_embedding keeps the table fixed
+    # gene-embedding start: "random" (normal, std 0.02), "corpus-svd" (TF-IDF SVD loadings of the training cells'
+    # top-gene sets; see corpus_gene_factors) or "corpus-contrastive" (a bag-of-genes encoder trained to tell the
+    # training cells apart; see corpus_gene_contrastive), both rescaled to std 0.02; freeze_gene_embedding keeps
+    # the table fixed
     gene_init: str = "random"
+    # Adam steps of 512 cells for the "corpus-contrastive" table (8,000: about 8 minutes on one CPU core)
+    gene_init_steps: int = 8000
     freeze_gene_embedding: bool = False
     value_encoding: str = "rank"  # the tokenizer's value tokens while training ("rank" or "presence")
     gene_selection: str = "random"  # the tokenizer's gene selection while training ("random" or "top")
@@ -80,8 +86,8 @@ class TrainingConfig:
     stop_after: int | None = None  # stop after this many steps this session (interruptions, tests)
 
     def __post_init__(self) -> None:
-        if self.gene_init not in ("random", "corpus-svd"):
-            msg = f"gene_init must be 'random' or 'corpus-svd', not {self.gene_init!r}."
+        if self.gene_init not in GENE_INITS:
+            msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,7 +212,7 @@ def _load_matching_weights(network: PanFoMa, state: dict[str, torch.Tensor]) -> 
     return sorted(set(own) - set(matching))
 
 
-#: genes per cell and cells per file of the corpus factorization behind ``gene_init="corpus-svd"``
+#: genes per cell and cells per file of the corpus tables behind ``gene_init="corpus-svd"`` / ``"corpus-contrastive"``
 FACTOR_GENES = 256
 FACTOR_CELLS_PER_FILE = 3000
 
@@ -214,7 +220,7 @@ FACTOR_CELLS_PER_FILE = 3000
 def _init_gene_embedding(
     network: PanFoMa, corpus: PretrainingCorpus, config: TrainingConfig, pad_id: int
 ) -> dict[str, Any]:
-    """Overwrite the gene-embedding rows of corpus genes with their co-expression loadings (std 0.02)."""
+    """Overwrite the gene-embedding rows of corpus genes with a table learned from their gene sets (std 0.02)."""
     architecture = network.config
     tokenizer = Tokenizer(
         n_genes=FACTOR_GENES,
@@ -224,24 +230,34 @@ def _init_gene_embedding(
         selection="top",
         value_encoding="presence",
     )
-    loadings, seen = corpus_gene_factors(
-        corpus,
-        tokenizer,
-        vocab_size=architecture.vocab_size,
-        n_components=architecture.d_model,
-        max_cells_per_file=FACTOR_CELLS_PER_FILE,
-        seed=config.seed,
-    )
-    loadings *= 0.02 / loadings[seen].std()
+    shared = {
+        "vocab_size": architecture.vocab_size,
+        "n_components": architecture.d_model,
+        "max_cells_per_file": FACTOR_CELLS_PER_FILE,
+        "seed": config.seed,
+    }
+    record: dict[str, Any] = {}
+    if config.gene_init == "corpus-contrastive":
+        table, seen, losses = corpus_gene_contrastive(corpus, tokenizer, steps=config.gene_init_steps, **shared)
+        tail = max(1, len(losses) // 20)
+        record = {
+            "steps": len(losses),
+            "loss_first": float(np.mean(losses[:tail])),
+            "loss_last": float(np.mean(losses[-tail:])),
+        }
+    else:
+        table, seen = corpus_gene_factors(corpus, tokenizer, **shared)
+    table *= 0.02 / table[seen].std()
     weight = network.embedding.gene.weight
     with torch.no_grad():
-        weight[torch.from_numpy(seen).to(weight.device)] = torch.from_numpy(loadings[seen]).to(weight)
+        weight[torch.from_numpy(seen).to(weight.device)] = torch.from_numpy(table[seen]).to(weight)
     return {
-        "method": "corpus-svd",
+        "method": config.gene_init,
         "genes_per_cell": FACTOR_GENES,
         "cells_per_file": FACTOR_CELLS_PER_FILE,
         "genes_initialized": int(seen.sum()),
         "frozen": config.freeze_gene_embedding,
+        **record,
     }
 
 
@@ -322,7 +338,7 @@ def pretrain(
     corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
     state_path = out_dir / STATE_FILE
     resuming = resume and state_path.is_file()
-    if config.gene_init == "corpus-svd" and not resuming:
+    if config.gene_init != "random" and not resuming:
         info = {"gene_init": _init_gene_embedding(network, corpus, config, vocab.pad_id), **(info or {})}
     if config.freeze_gene_embedding:
         network.embedding.gene.weight.requires_grad_(False)
