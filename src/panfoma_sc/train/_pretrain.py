@@ -218,7 +218,7 @@ FACTOR_CELLS_PER_FILE = 3000
 
 
 def _init_gene_embedding(
-    network: PanFoMa, corpus: PretrainingCorpus, config: TrainingConfig, pad_id: int
+    network: PanFoMa, corpus: PretrainingCorpus, config: TrainingConfig, pad_id: int, *, progress: bool = False
 ) -> dict[str, Any]:
     """Overwrite the gene-embedding rows of corpus genes with a table learned from their gene sets (std 0.02)."""
     architecture = network.config
@@ -238,7 +238,9 @@ def _init_gene_embedding(
     }
     record: dict[str, Any] = {}
     if config.gene_init == "corpus-contrastive":
-        table, seen, losses = corpus_gene_contrastive(corpus, tokenizer, steps=config.gene_init_steps, **shared)
+        table, seen, losses = corpus_gene_contrastive(
+            corpus, tokenizer, steps=config.gene_init_steps, progress=progress, **shared
+        )
         tail = max(1, len(losses) // 20)
         record = {
             "steps": len(losses),
@@ -339,7 +341,10 @@ def pretrain(
     state_path = out_dir / STATE_FILE
     resuming = resume and state_path.is_file()
     if config.gene_init != "random" and not resuming:
-        info = {"gene_init": _init_gene_embedding(network, corpus, config, vocab.pad_id), **(info or {})}
+        info = {
+            "gene_init": _init_gene_embedding(network, corpus, config, vocab.pad_id, progress=progress and rank == 0),
+            **(info or {}),
+        }
     if config.freeze_gene_embedding:
         network.embedding.gene.weight.requires_grad_(False)
     objective: nn.Module = PretrainingObjective(network)
