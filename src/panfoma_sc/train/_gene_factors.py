@@ -132,9 +132,7 @@ def corpus_gene_contrastive(
     from ._pretrain import info_nce  # imported here: _pretrain imports this module
 
     bag = _corpus_bag(corpus, tokenizer, vocab_size, max_cells_per_file, seed)
-    sizes = np.diff(bag.indptr)
-    bag = bag[sizes >= 2]  # a cell needs a gene in each half
-    sizes = np.diff(bag.indptr)
+    bag = bag[np.diff(bag.indptr) >= 2]  # a cell needs a gene in each half
     n_cells = bag.shape[0]
     batch_size = min(batch_size, n_cells)
     rng = np.random.default_rng(seed)
@@ -145,7 +143,7 @@ def corpus_gene_contrastive(
     bar = tqdm(range(steps), desc="gene table (contrastive)", disable=not progress)
     for _ in bar:
         rows = np.sort(rng.choice(n_cells, batch_size, replace=False))
-        first, second = _random_halves(bag, rows, sizes, rng)
+        first, second = _random_halves(bag, rows, rng)
         views = [
             F.layer_norm(F.embedding_bag(ids, table, offsets, mode="mean"), (n_components,))
             for ids, offsets in (first, second)
@@ -162,11 +160,11 @@ def corpus_gene_contrastive(
     return result, seen, losses
 
 
-def _random_halves(bag: sparse.csr_matrix, rows: np.ndarray, sizes: np.ndarray, rng: np.random.Generator):
+def _random_halves(bag: sparse.csr_matrix, rows: np.ndarray, rng: np.random.Generator):
     """Split each row's genes at random into two halves: (gene ids, offsets) per half, for ``embedding_bag``."""
     import torch
 
-    lengths = sizes[rows]
+    lengths = np.diff(bag.indptr)[rows]
     genes = np.concatenate([bag.indices[bag.indptr[r] : bag.indptr[r + 1]] for r in rows])
     owner = np.repeat(np.arange(len(rows)), lengths)
     order = np.lexsort((rng.random(len(genes)), owner))  # shuffled within each row, rows kept in order
