@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from panfoma_sc.nn import CONFIGS, PanFoMa, PanFoMaConfig, masked_bin_loss
+from panfoma_sc.nn.layers import take_tokens
 
 TINY = PanFoMaConfig(
     vocab_size=50,
@@ -266,3 +267,18 @@ def test_token_readout_reads_feature_tokens_of_other_modalities():
         expected = net.cell_norm(net.gene_mean_norm(net.embedding.token_vectors(ids[~padding]).mean(0)))
     assert (ids >= TINY.vocab_size).any()
     torch.testing.assert_close(out[0], expected, atol=ATOL, rtol=0)
+
+
+def test_take_tokens_reorders_each_sequence_like_gather():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, generator=gen, requires_grad=True)
+    index = torch.stack([torch.randperm(7, generator=gen) for _ in range(3)])
+    got = take_tokens(x, index)
+    expected = x.gather(1, index.unsqueeze(-1).expand_as(x))
+    assert torch.equal(got, expected)
+    weights = torch.randn(3, 7, 5, generator=gen)
+    (got * weights).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(grad, x.grad)

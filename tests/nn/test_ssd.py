@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from panfoma_sc.nn.ssd import Mamba2, mamba_ssm_kernels, ssd_recurrence, ssd_scan
+from panfoma_sc.nn.ssd import Mamba2, causal_depthwise_conv, mamba_ssm_kernels, ssd_recurrence, ssd_scan
 
 HEADS = 4
 HEAD_DIM = 3
@@ -39,6 +39,47 @@ def test_ssd_scan_matches_recurrence(length: int, chunk_size: int, groups: int):
     error = (got - expected).abs().max().item()
     print(f"ssd_scan vs ssd_recurrence, L={length} chunk={chunk_size} groups={groups}: max abs error {error:.3e}")
     assert error < 1e-10
+
+
+@pytest.mark.parametrize("chunk_size", [32, 64])
+def test_float32_scan_keeps_its_digits_when_chunks_decay_strongly(chunk_size: int):
+    # Log decays of up to -32 per step sum to hundreds within a chunk. Differencing float32 running sums loses digits
+    # there: 2.8e-6 (chunk 32) and 4.2e-6 (chunk 64) relative error on these inputs; the scan stays at 1.2e-7.
+    gen = torch.Generator().manual_seed(5)
+    length, heads = 300, 8
+    x = torch.randn(1, length, heads, 16, generator=gen)
+    dt = 2.0 * torch.rand(1, length, heads, generator=gen)
+    A = -16.0 * torch.rand(heads, generator=gen)
+    B = torch.randn(1, length, 1, 16, generator=gen)
+    C = torch.randn(1, length, 1, 16, generator=gen)
+    expected = ssd_recurrence(x.double(), dt.double(), A.double(), B.double(), C.double())
+    got = ssd_scan(x, dt, A, B, C, chunk_size=chunk_size)
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() < 1e-6 * expected.abs().max()
+
+
+def test_ssd_scan_gradients_match_the_recurrence():
+    inputs = [t.requires_grad_() for t in _scan_inputs(45, 2, seed=7)]
+    weights = torch.randn(2, 45, HEADS, HEAD_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    (ssd_scan(*inputs, chunk_size=16) * weights).sum().backward()
+    got = [t.grad.clone() for t in inputs]
+    for t in inputs:
+        t.grad = None
+    (ssd_recurrence(*inputs) * weights).sum().backward()
+    for name, mine, reference in zip("x dt A B C".split(), got, [t.grad for t in inputs], strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 40])
+def test_causal_depthwise_conv_equals_conv1d(length: int):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(12, 12, 4, groups=12, padding=3, dtype=torch.float64)
+    x = torch.randn(3, length, 12, dtype=torch.float64)
+    expected = conv(x.transpose(1, 2))[..., :length].transpose(1, 2)
+    torch.testing.assert_close(causal_depthwise_conv(x, conv.weight, conv.bias), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        causal_depthwise_conv(x, conv.weight, None), expected - conv.bias, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_ssd_scan_groups_must_divide_heads():

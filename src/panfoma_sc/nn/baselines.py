@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import PanFoMaConfig
-from .layers import EncoderBlock, TokenEmbedding
+from .layers import EncoderBlock, TokenEmbedding, take_tokens
 from .model import PanFoMaOutput
 from .ssd import Mamba2
 
@@ -113,7 +113,7 @@ class UnidirectionalMamba(nn.Module):
         valid = (~padding.gather(1, order)).to(x.dtype).unsqueeze(-1)
         cell = (x * valid).sum(1) / valid.sum(1).clamp(min=1.0)
         inverse = torch.argsort(order, dim=1)
-        gene_states = x.gather(1, inverse.unsqueeze(-1).expand_as(x))
+        gene_states = take_tokens(x, inverse)
         return PanFoMaOutput(cell_embedding=cell, gene_states=gene_states, h_global=cell, order=order)
 
 

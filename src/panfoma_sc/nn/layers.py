@@ -16,6 +16,7 @@ __all__ = [
     "TokenEmbedding",
     "reverse_valid_prefix",
     "sort_by_global_score",
+    "take_tokens",
 ]
 
 
@@ -124,6 +125,18 @@ class LocalEncoder(nn.Module):
         return x[:, :, 0], x[:, :, 1:]
 
 
+def take_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reorder each sequence's tokens: ``out[b, i] = x[b, index[b, i]]``.
+
+    The same as ``x.gather(1, index.unsqueeze(-1).expand_as(x))`` for ``x`` of shape ``(B, N, D)`` and ``index`` of
+    shape ``(B, N)``, as one row lookup in the flattened tokens (several times faster than ``gather`` on CPU).
+    """
+    batch, steps = index.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(1) * x.shape[1]
+    rows = x.reshape(batch * x.shape[1], *x.shape[2:]).index_select(0, (index + offsets).reshape(-1))
+    return rows.view(batch, steps, *x.shape[2:])
+
+
 def sort_by_global_score(
     genes: torch.Tensor, h_global: torch.Tensor, padding_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,13 +158,13 @@ def sort_by_global_score(
     scores = torch.einsum("bnd,bd->bn", genes, h_global).float()
     scores = scores.masked_fill(padding_mask, -torch.inf)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    return genes.gather(1, order.unsqueeze(-1).expand_as(genes)), order
+    return take_tokens(genes, order), order
 
 
 def reverse_valid_prefix(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     """Index that reverses each sequence's first ``lengths[b]`` steps and leaves the padding after them in place.
 
-    Running a causal scan on ``x.gather(1, idx)`` is a backward scan over the valid tokens that padding never
+    Running a causal scan on ``take_tokens(x, idx)`` is a backward scan over the valid tokens that padding never
     reaches; the index is its own inverse.
     """
     positions = torch.arange(steps, device=lengths.device).expand(lengths.shape[0], steps)
@@ -183,8 +196,7 @@ class BidirectionalMambaLayer(nn.Module):
     def forward(self, x: torch.Tensor, reverse_index: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` ``(B, N, D)``; ``reverse_index`` from :func:`reverse_valid_prefix`."""
         h = self.norm(x)
-        idx = reverse_index.unsqueeze(-1).expand_as(h)
         fwd = self.forward_mamba(h)
-        bwd = self.backward_mamba(h.gather(1, idx)).gather(1, idx)
+        bwd = take_tokens(self.backward_mamba(take_tokens(h, reverse_index)), reverse_index)
         g = torch.sigmoid(self.gate(h))
         return x + g * fwd + (1.0 - g) * bwd

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PanFoMaConfig
-from .layers import BidirectionalMambaLayer, LocalEncoder, TokenEmbedding, reverse_valid_prefix, sort_by_global_score
+from .layers import (
+    BidirectionalMambaLayer,
+    LocalEncoder,
+    TokenEmbedding,
+    reverse_valid_prefix,
+    sort_by_global_score,
+    take_tokens,
+)
 
 __all__ = ["BilinearMVCHead", "MVCHead", "PanFoMa", "PanFoMaOutput", "ValueHead"]
 
@@ -171,7 +178,7 @@ class PanFoMa(nn.Module):
         cell = self.cell_norm(self.cell_projection(torch.cat(readout, dim=-1)))
 
         inverse = torch.argsort(order, dim=1)
-        gene_states = ordered.gather(1, inverse.unsqueeze(-1).expand_as(ordered))
+        gene_states = take_tokens(ordered, inverse)
         return PanFoMaOutput(cell_embedding=cell, gene_states=gene_states, h_global=h_global, order=order)
 
     def value_logits(self, output: PanFoMaOutput) -> torch.Tensor:

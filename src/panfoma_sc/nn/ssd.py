@@ -21,7 +21,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GatedRMSNorm", "Mamba2", "mamba_ssm_kernels", "ssd_recurrence", "ssd_scan"]
+__all__ = ["GatedRMSNorm", "Mamba2", "causal_depthwise_conv", "mamba_ssm_kernels", "ssd_recurrence", "ssd_scan"]
 
 
 def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
@@ -73,14 +73,14 @@ def ssd_scan(
         multiple of ``groups``.
     chunk_size
         Steps per chunk. Lengths that are not a multiple are padded at the end (padding cannot influence
-        earlier steps).
+        earlier steps). The result does not depend on it, up to rounding; the time does.
 
     Returns
     -------
     ``y`` with the shape of ``x``.
     """
     batch, length, heads, head_dim = x.shape
-    groups = B.shape[2]
+    groups, state = B.shape[2], B.shape[3]
     if heads % groups:
         msg = f"heads ({heads}) must be a multiple of groups ({groups})."
         raise ValueError(msg)
@@ -92,37 +92,51 @@ def ssd_scan(
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     n_chunks = (length + pad) // chunk_size
     per_group = heads // groups
+    # Two layouts, each a free view of the inputs where possible:
+    #   step-major  (b, c, q, g, r, ...) for the contractions over heads * channels (chunk states, carried state),
+    #   head-major  (b, g, r, c, q, ...) for the per-head (q x q) decay matrices.
+    # Every contraction is one batched matmul, and B and C are used per group, never repeated per head.
+    step_major = (batch, n_chunks, chunk_size, groups)
+    x_dt = (x * dt.unsqueeze(-1)).view(*step_major, per_group, head_dim)  # discretized input
+    B = B.reshape(*step_major, state)
+    C = C.reshape(*step_major, state)
 
-    # Work in (batch, group, head-in-group, chunk, step, channel) layout so that every contraction is one batched
-    # matmul, and B and C are used per group rather than repeated for every head that shares them.
-    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (b, L, h, ...) -> (b, g, h/g, c, q, ...)
-        t = t.reshape(batch, n_chunks, chunk_size, groups, per_group, *t.shape[3:])
-        return t.permute(0, 3, 4, 1, 2, *range(5, t.dim()))
-
-    x = heads_first(x * dt.unsqueeze(-1)).contiguous()  # discretized input, (b, g, r, c, q, p)
-    log_decay = heads_first(dt * A)  # (b, g, r, c, q), <= 0
-    B = B.reshape(batch, n_chunks, chunk_size, groups, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, g, 1, c, q, n)
-    C = C.reshape(batch, n_chunks, chunk_size, groups, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)
-    decay_cumsum = torch.cumsum(log_decay, dim=-1)  # (b, g, r, c, q)
+    # Log decays cumulated within each chunk: exp(cumsum_i - cumsum_j) is the decay from step j to step i. Summed in
+    # float64 and kept as a float32 pair (high part + residual), so that differences keep their digits even after a
+    # chunk has decayed a lot, without building the (q x q) differences in float64.
+    log_decay = (dt * A).view(*step_major, per_group).permute(0, 3, 4, 1, 2)  # (b, g, r, c, q)
+    cumsum = torch.cumsum(log_decay.to(torch.promote_types(x.dtype, torch.float64)), dim=-1).contiguous()
+    high = cumsum.to(x.dtype)
+    low = (cumsum - high).to(x.dtype)
 
     # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) decay(j->i) x_j
-    scores = C @ B.transpose(-1, -2)  # (b, g, 1, c, q, q)
-    y = (torch.exp(_segment_sum(log_decay)) * scores) @ x  # (b, g, r, c, q, p)
+    scores = C.permute(0, 3, 1, 2, 4) @ B.permute(0, 3, 1, 4, 2)  # (b, g, c, q, q)
+    above_diagonal = torch.full((chunk_size, chunk_size), -math.inf, dtype=x.dtype, device=x.device).triu_(1)
+    pairwise = high.unsqueeze(-1) - high.unsqueeze(-2)  # (b, g, r, c, q, q)
+    pairwise = pairwise.add_(low.unsqueeze(-1)).sub_(low.unsqueeze(-2)).add_(above_diagonal)
+    weights = torch.exp(pairwise) * scores.unsqueeze(2)  # decay(j->i) (C_i . B_j), 0 for j > i
+    y_within = weights @ x_dt.permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, q, p)
 
-    # 2. state at the end of each chunk, from that chunk's inputs only
-    decay_to_end = torch.exp(decay_cumsum[..., -1:] - decay_cumsum)  # (b, g, r, c, q)
-    chunk_states = (x * decay_to_end.unsqueeze(-1)).transpose(-1, -2) @ B  # (b, g, r, c, p, n)
+    # 2. state at the end of each chunk, from that chunk's inputs only: (b, c, g, r*p, n)
+    decay_to_end = torch.exp(cumsum[..., -1:] - cumsum).to(x.dtype).permute(0, 3, 4, 1, 2).contiguous()
+    x_to_end = x_dt * decay_to_end.unsqueeze(-1)  # (b, c, q, g, r, p)
+    chunk_states = x_to_end.flatten(-2).permute(0, 1, 3, 4, 2) @ B.transpose(2, 3)
 
-    # 3. carry states across chunks (a short recurrence, written as one masked matmul)
-    chunk_states = F.pad(chunk_states.flatten(-2), (0, 0, 1, 0))  # (b, g, r, c+1, p*n), zero state first
-    decay_across = torch.exp(_segment_sum(F.pad(decay_cumsum[..., -1], (1, 0))))  # (b, g, r, c+1, c+1)
-    carried = (decay_across @ chunk_states)[..., :-1, :].unflatten(-1, (head_dim, -1))  # state entering chunk
+    # 3. carry states across chunks (a short recurrence, written as one masked matmul over chunks): the state
+    # entering chunk i is sum_{j<i} decay(end of chunk j -> start of chunk i) * state_j
+    chunk_states = chunk_states.view(batch, n_chunks, groups, per_group, head_dim * state).permute(0, 2, 3, 1, 4)
+    decay_across = torch.exp(_segment_sum(F.pad(cumsum[..., -1], (1, 0)))).to(x.dtype)  # (b, g, r, c+1, c+1)
+    carried = decay_across[..., :-1, 1:] @ chunk_states  # (b, g, r, c, p*n)
 
-    # 4. contribution of the carried-in state to each step of the chunk
-    y = y + (C @ carried.transpose(-1, -2)) * torch.exp(decay_cumsum).unsqueeze(-1)  # (b, g, r, c, q, p)
+    # 4. contribution of the carried-in state to each step of the chunk: (b, c, g, q, n) @ (b, c, g, n, r*p)
+    carried = carried.view(batch, groups, per_group, n_chunks, head_dim, state).permute(0, 3, 1, 5, 2, 4)
+    y_carried = C.transpose(2, 3) @ carried.reshape(batch, n_chunks, groups, state, per_group * head_dim)
+    y_carried = y_carried.view(batch, n_chunks, groups, chunk_size, per_group, head_dim).transpose(2, 3)
+    decay_from_start = torch.exp(cumsum).to(x.dtype).permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
 
-    y = y.permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * chunk_size, heads, head_dim)
-    return y[:, :length]
+    # y_carried first: the sum takes its (step-major) layout, which is what the caller reads next
+    y = y_carried * decay_from_start.contiguous() + y_within.permute(0, 3, 4, 1, 2, 5)  # (b, c, q, g, r, p)
+    return y.reshape(batch, n_chunks * chunk_size, heads, head_dim)[:, :length]
 
 
 def ssd_recurrence(
@@ -264,11 +278,12 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``u`` of shape ``(batch, length, d_model)``; causal along ``length``."""
-        length = u.shape[1]
-        z, xBC, dt = torch.split(
-            self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads], dim=-1
-        )
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, L, conv_dim)
+        # in_proj as three products over row blocks of its weight, so z, xBC and dt come out contiguous (slices of
+        # one product are strided, and every elementwise operation on them several times slower on CPU)
+        conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        z_weight, xBC_weight, dt_weight = torch.split(self.in_proj.weight, [self.d_inner, conv_dim, self.nheads])
+        z, xBC, dt = F.linear(u, z_weight), F.linear(u, xBC_weight), F.linear(u, dt_weight)
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))  # (b, L, conv_dim)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.unflatten(-1, (self.nheads, self.headdim))  # (b, L, h, p)
         B = B.unflatten(-1, (self.ngroups, self.d_state))  # (b, L, g, n)
@@ -281,6 +296,23 @@ class Mamba2(nn.Module):
         else:
             dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, L, h); float32 like the kernel
             y = ssd_scan(x.float(), dt, A, B.float(), C.float(), chunk_size=self.chunk_size)
-            y = (y + x.float() * self.D.float()[:, None]).to(x.dtype)
+            y = y.addcmul_(x.float(), self.D.float()[:, None]).to(x.dtype)  # skip connection D * x
         y = self.norm(y.flatten(-2), z)
         return self.out_proj(y)
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise 1-D convolution along the steps of ``x`` ``(batch, length, channels)``.
+
+    Equals ``nn.Conv1d(channels, channels, k, groups=channels, padding=k - 1)`` applied to the channels-first
+    transpose and cut to ``length`` steps (``weight`` ``(channels, 1, k)``, ``bias`` ``(channels,)``), computed as
+    ``k`` shifted multiply-adds in the steps-first layout, so the input and output need no transposed copies.
+    """
+    width = weight.shape[-1]
+    taps = weight.reshape(weight.shape[0], width).t()  # (k, channels); tap k-1 multiplies the current step
+    out = x * taps[width - 1]
+    if bias is not None:
+        out = out + bias
+    for shift in range(1, min(width, x.shape[1] + 1)):
+        out[:, shift:] += x[:, :-shift] * taps[width - 1 - shift]
+    return out
