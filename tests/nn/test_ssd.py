@@ -66,7 +66,7 @@ def test_ssd_scan_gradients_match_the_recurrence():
     for t in inputs:
         t.grad = None
     (ssd_recurrence(*inputs) * weights).sum().backward()
-    for name, mine, reference in zip("x dt A B C".split(), got, [t.grad for t in inputs], strict=True):
+    for name, mine, reference in zip(["x", "dt", "A", "B", "C"], got, [t.grad for t in inputs], strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-9, msg=name)
 
 
