@@ -11,7 +11,8 @@ Usage::
     python benchmarks/bench_inference.py                       # CPU, panfoma-tiny, 1024 genes, batch 64
     python benchmarks/bench_inference.py --device cuda --architecture panfoma-base --n-genes 3072 --dtype bf16
 
-Prints tables and writes ``benchmarks/results/inference-<architecture>-<device>.json``.
+Prints tables and writes ``benchmarks/results/inference-<architecture>-<device>.json`` (``...-1thread.json`` with
+``--threads 1``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def main() -> None:
     print()
     embed_table = _perf.print_table([embed], ["model", "n_genes", "batch_size", "cells_per_s", "peak_increase_mib"])
     _perf.write_json(
-        f"inference-{args.architecture}-{args.device}",
+        f"inference-{args.architecture}-{args.device}" + ("-1thread" if args.threads == 1 else ""),
         {
             "command": "python benchmarks/bench_inference.py "
             + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),

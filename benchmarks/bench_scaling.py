@@ -195,7 +195,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             for n_cells in sorted(args.cells):
                 path = Path(tmp) / f"tiled-{n_cells}.h5ad"
-                write_tiled_h5ad(path, n_cells)
+                # in a process of its own: a child's peak RSS (ru_maxrss) starts from its parent's at fork, so a
+                # parent that had just built a large file would show up as the embedding's peak
+                _perf.run_isolated(write_tiled_h5ad, path, n_cells)
                 cells_rows.append(_perf.run_isolated(cells_point, str(path), opts))
                 path.unlink()
         print(f"\npf.tl.embed(backed h5ad), panfoma-tiny checkpoint, {args.cells_n_genes} genes/cell\n")

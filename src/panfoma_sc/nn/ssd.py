@@ -317,8 +317,9 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     ``k`` shifted multiply-adds in the steps-first layout, so the input and output need no transposed copies.
     """
     width = weight.shape[-1]
-    taps = weight.reshape(weight.shape[0], width).t().contiguous()  # (k, channels); tap k-1 is the current step
-    out = x * taps[width - 1] if bias is None else torch.addcmul(bias, x, taps[width - 1])
+    # (k, channels), tap k-1 on the current step; in x's dtype, as conv1d runs under autocast
+    taps = weight.reshape(weight.shape[0], width).t().to(x.dtype).contiguous()
+    out = x * taps[width - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, taps[width - 1])
     for shift in range(1, min(width, x.shape[1] + 1)):
         out[:, shift:].addcmul_(x[:, :-shift], taps[width - 1 - shift])
     return out
