@@ -119,10 +119,9 @@ def ssd_scan(
     causal = torch.ones(chunk_size, chunk_size, dtype=x.dtype, device=x.device).tril_()
     pairwise = high.unsqueeze(-1) - high.unsqueeze(-2)  # (b, g, r, c, q, q), <= 0 on and below the diagonal
     pairwise = pairwise.add_(low.unsqueeze(-1)).sub_(low.unsqueeze(-2)).clamp_(_LOG_DECAY_FLOOR, 0.0)
-    if torch.is_grad_enabled():
-        weights = torch.exp(pairwise) * (scores * causal).unsqueeze(2)  # decay(j->i) (C_i . B_j), 0 for j > i
-    else:  # no autograd: reuse the buffer (the largest intermediate of the scan)
-        weights = pairwise.exp_().mul_((scores * causal).unsqueeze(2))
+    causal_scores = (scores * causal).unsqueeze(2)  # (b, g, 1, c, q, q), 0 for j > i
+    # decay(j->i) (C_i . B_j); without autograd the buffer (the scan's largest intermediate) is reused
+    weights = torch.exp(pairwise) * causal_scores if torch.is_grad_enabled() else pairwise.exp_().mul_(causal_scores)
     y_within = weights @ x_dt.permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, q, p)
 
     # 2. state at the end of each chunk, from that chunk's inputs only: (b, c, g, r*p, n)
