@@ -139,10 +139,10 @@ def ssd_scan(
     carried = carried.view(batch, groups, per_group, n_chunks, head_dim, state).permute(0, 3, 1, 5, 2, 4)
     y_carried = C.transpose(2, 3) @ carried.reshape(batch, n_chunks, groups, state, per_group * head_dim)
     y_carried = y_carried.view(batch, n_chunks, groups, chunk_size, per_group, head_dim).transpose(2, 3)
-    decay_from_start = torch.exp(cumsum).to(x.dtype).permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (b, c, q, g, r, 1)
+    decay_from_start = torch.exp(cumsum).to(x.dtype).permute(0, 3, 4, 1, 2).contiguous()  # (b, c, q, g, r)
 
     # y_carried first: the sum takes its (step-major) layout, which is what the caller reads next
-    y = y_carried * decay_from_start.contiguous() + y_within.permute(0, 3, 4, 1, 2, 5)  # (b, c, q, g, r, p)
+    y = y_carried * decay_from_start.unsqueeze(-1) + y_within.permute(0, 3, 4, 1, 2, 5)  # (b, c, q, g, r, p)
     return y.reshape(batch, n_chunks * chunk_size, heads, head_dim)[:, :length]
 
 
@@ -319,6 +319,6 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     # (k, channels), tap k-1 on the current step; in x's dtype, as conv1d runs under autocast
     taps = weight.reshape(weight.shape[0], width).t().to(x.dtype).contiguous()
     out = x * taps[width - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, taps[width - 1])
-    for shift in range(1, min(width, x.shape[1] + 1)):
+    for shift in range(1, width):  # shifts past the sequence's end touch empty slices
         out[:, shift:].addcmul_(x[:, :-shift], taps[width - 1 - shift])
     return out

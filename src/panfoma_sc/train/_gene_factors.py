@@ -164,7 +164,7 @@ def _random_halves(bag: sparse.csr_matrix, rows: np.ndarray, rng: np.random.Gene
     """Split each row's genes at random into two halves: (gene ids, offsets) per half, for ``embedding_bag``."""
     import torch
 
-    lengths = np.diff(bag.indptr)[rows]
+    lengths = bag.indptr[rows + 1] - bag.indptr[rows]
     genes = np.concatenate([bag.indices[bag.indptr[r] : bag.indptr[r + 1]] for r in rows])
     owner = np.repeat(np.arange(len(rows)), lengths)
     order = np.lexsort((rng.random(len(genes)), owner))  # shuffled within each row, rows kept in order
