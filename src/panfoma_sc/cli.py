@@ -292,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--gene-selection", choices=["random", "top"], default="random", help="genes kept per cell")
     pre.add_argument(
         "--cell-readout",
-        choices=["decoder", "decoder+tokens"],
-        help="cell embedding from the decoder alone or also from the mean input token (default: the architecture's)",
+        choices=["decoder", "decoder+tokens", "decoder+expressed"],
+        help=(
+            "cell embedding from the decoder alone, or also from the mean of all or of the expressed input tokens "
+            "(default: the architecture's)"
+        ),
     )
     pre.add_argument(
         "--mvc-head",

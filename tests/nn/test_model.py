@@ -22,10 +22,12 @@ TINY = PanFoMaConfig(
 )
 PAD = 0
 ATOL = 1e-5
-#: the v1 read-out and MVC head, and the v2 ones (token-mean path into the cell embedding, bilinear MVC)
+#: the v1 read-out and MVC head, the v2 ones (token-mean path into the cell embedding, bilinear MVC), and v2.1's
+#: token mean over the expressed genes only
 VARIANTS = {
     "v1": TINY,
     "tokens+bilinear": TINY.replace(cell_readout="decoder+tokens", mvc_head="bilinear"),
+    "expressed+bilinear": TINY.replace(cell_readout="decoder+expressed", mvc_head="bilinear"),
 }
 
 
@@ -225,6 +227,31 @@ def test_token_readout_starts_as_the_mean_gene_embedding():
         assert (
             net(ids, (bins + 7) % TINY.n_bins, padding).cell_embedding - net(ids, bins, padding).cell_embedding
         ).abs().max() > 1e-4
+
+
+def test_expressed_readout_averages_the_expressed_genes_only():
+    """ "decoder+expressed" leaves unexpressed tokens (bin 0) out of the gene mean; masked values count as expressed."""
+    torch.manual_seed(0)
+    expressed_net = PanFoMa(VARIANTS["expressed+bilinear"]).eval()
+    all_net = PanFoMa(VARIANTS["tokens+bilinear"]).eval()
+    all_net.load_state_dict(expressed_net.state_dict())
+    ids, bins, padding = _cell(30, 4, 8, seed=17)
+    bins = bins.clamp(min=1)
+    bins[0, :, :3] = 0  # three unexpressed genes per chunk, as the tokenizer adds to a cell with few expressed genes
+    bins[0, 0, 3] = expressed_net.mask_bin
+    other_unexpressed = ids.clone()
+    other_unexpressed[bins == 0] = (other_unexpressed[bins == 0] + 5) % (TINY.vocab_size - 2) + 2
+    expressed = ~padding & (bins != 0)
+    with torch.no_grad():
+        out = expressed_net(ids, bins, padding).cell_embedding
+        swapped = expressed_net(other_unexpressed, bins, padding).cell_embedding
+        token_mean = expressed_net.embedding.gene(ids[expressed]).mean(0)
+        expected = expressed_net.cell_norm(expressed_net.gene_mean_norm(token_mean))
+        all_tokens = all_net(ids, bins, padding).cell_embedding
+        all_swapped = all_net(other_unexpressed, bins, padding).cell_embedding
+    torch.testing.assert_close(out[0], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(swapped, out, atol=ATOL, rtol=0)  # which genes fill the cell does not matter
+    assert (all_swapped - all_tokens).abs().max() > 1e-3  # it does for the all-token mean
 
 
 def test_bilinear_mvc_head_needs_the_cell_for_cell_specific_predictions():

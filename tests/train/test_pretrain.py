@@ -263,6 +263,47 @@ def test_corpus_gene_factors_capture_co_expression(corpus_files, vocab):
     assert np.linalg.matrix_rank(loadings[seen]) == 8
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_top_right_singular_vectors_match_a_dense_svd(grouped):
+    """The randomized factorization equals numpy's SVD, of the matrix with each group's mean row subtracted."""
+    from scipy import sparse
+
+    from panfoma_sc.train._gene_factors import top_right_singular_vectors
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 4, 300)
+    values = sparse.random(300, 80, density=0.1, random_state=1).toarray() * 3.0
+    values[groups == 2, 5] = 10.0  # a column that only says which group a row is in
+    matrix = sparse.csr_matrix(values)
+    dense = values.copy()
+    if grouped:
+        for group in range(4):
+            dense[groups == group] -= dense[groups == group].mean(0)
+    expected = np.linalg.svd(dense, full_matrices=False)[2][:6]
+    found = top_right_singular_vectors(matrix, 6, groups=groups if grouped else None, seed=3)
+    np.testing.assert_allclose(np.abs((found * expected).sum(1)), 1.0, atol=1e-6)  # same vectors up to sign
+    # the group-only column leads the uncentered factors and is gone once groups are centred
+    assert (np.abs(found[0, 5]) > 0.9) != grouped
+
+
+def test_corpus_gene_sets_hold_the_expressed_genes_only():
+    """A cell with fewer expressed genes than tokens is filled with unexpressed genes: they are not in its set."""
+    from scipy import sparse
+
+    from panfoma_sc.data import Tokenizer
+    from panfoma_sc.train._gene_factors import _gene_sets
+
+    counts = np.zeros((2, 12), dtype=np.float32)
+    counts[0, [1, 4, 7]] = [5, 1, 2]
+    counts[1, :10] = np.arange(1, 11)
+    gene_ids = np.arange(1, 13)
+    tokenizer = Tokenizer(n_genes=8, n_chunks=2, n_bins=51, pad_id=0, selection="top", value_encoding="presence")
+    bag = _gene_sets(sparse.csr_matrix(counts), gene_ids, np.array([3, 9], dtype=np.uint64), tokenizer, 13)
+    np.testing.assert_array_equal(bag[0].indices, [2, 5, 8])  # vocabulary ids of the three expressed genes
+    np.testing.assert_array_equal(bag[1].indices, np.arange(3, 11))  # the eight most expressed
+    assert (bag.data == 1).all()
+
+
 def test_corpus_svd_gene_init_is_recorded_and_stays_frozen(corpus_files, vocab, tmp_path):
     from panfoma_sc.models import read_checkpoint
 

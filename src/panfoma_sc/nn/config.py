@@ -10,6 +10,10 @@ from typing import Any
 __all__ = ["CONFIGS", "PanFoMaConfig"]
 
 
+#: values of ``PanFoMaConfig.cell_readout``
+CELL_READOUTS = ("decoder", "decoder+tokens", "decoder+expressed")
+
+
 @dataclass(frozen=True)
 class PanFoMaConfig:
     """Sizes of a PanFoMa network.
@@ -36,7 +40,9 @@ class PanFoMaConfig:
     dropout: float = 0.0  # dropout in the encoder block
     # cell read-out: "decoder" = [pooled decoder states, h_global] (v1); "decoder+tokens" also feeds the (normalized)
     # mean gene embedding of the cell's genes, so what the tokens carry reaches the cell embedding without the deep
-    # stack; the read-out then starts as that part alone
+    # stack; the read-out then starts as that part alone. "decoder+expressed" averages the expressed genes only (value
+    # bin > 0): a cell with fewer expressed genes than tokens is filled with unexpressed genes drawn at random, and
+    # their vectors say nothing about the cell
     cell_readout: str = "decoder"
     # MVC head: "concat" = MLP on [cell, gene] (v1); "bilinear" = gene-wise product of cell and gene projections, so a
     # prediction cannot ignore the cell (see panfoma_sc.nn.model.BilinearMVCHead)
@@ -49,8 +55,8 @@ class PanFoMaConfig:
         if self.n_genes % self.n_chunks:
             msg = f"n_genes ({self.n_genes}) must be divisible by n_chunks ({self.n_chunks})."
             raise ValueError(msg)
-        if self.cell_readout not in ("decoder", "decoder+tokens"):
-            msg = f"cell_readout must be 'decoder' or 'decoder+tokens', not {self.cell_readout!r}."
+        if self.cell_readout not in CELL_READOUTS:
+            msg = f"cell_readout must be one of {', '.join(map(repr, CELL_READOUTS))}, not {self.cell_readout!r}."
             raise ValueError(msg)
         if self.mvc_head not in ("concat", "bilinear"):
             msg = f"mvc_head must be 'concat' or 'bilinear', not {self.mvc_head!r}."

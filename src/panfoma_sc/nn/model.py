@@ -120,9 +120,9 @@ class PanFoMa(nn.Module):
             BidirectionalMambaLayer(config, **factory_kwargs) for _ in range(config.decoder_layers)
         )
         self.decoder_norm = nn.RMSNorm(config.d_model, eps=1e-5, **factory_kwargs)
-        readout_parts = 3 if config.cell_readout == "decoder+tokens" else 2
+        readout_parts = 2 if config.cell_readout == "decoder" else 3
         self.cell_projection = nn.Linear(readout_parts * config.d_model, config.d_model, **factory_kwargs)
-        if config.cell_readout == "decoder+tokens":
+        if config.cell_readout != "decoder":
             # the gene-embedding mean enters normalized, and the read-out starts as exactly that part: training
             # learns what the decoder adds to what the genes already say
             self.gene_mean_norm = nn.LayerNorm(config.d_model, **factory_kwargs)
@@ -172,8 +172,11 @@ class PanFoMa(nn.Module):
         valid = (torch.arange(ordered.shape[1], device=ordered.device) < lengths[:, None]).to(ordered.dtype)
         pooled = (ordered * valid.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(ordered.dtype)
         readout = [pooled, h_global]
-        if self.config.cell_readout == "decoder+tokens":
-            gene_mean = _mean_over_valid(self.embedding.token_vectors(gene_ids), padding_mask)  # features too
+        if self.config.cell_readout != "decoder":
+            left_out = padding_mask
+            if self.config.cell_readout == "decoder+expressed":
+                left_out = padding_mask | (value_bins == 0)  # a masked value (mask_bin) counts as expressed
+            gene_mean = _mean_over_valid(self.embedding.token_vectors(gene_ids), left_out)  # features too
             readout.append(self.gene_mean_norm(gene_mean))
         cell = self.cell_norm(self.cell_projection(torch.cat(readout, dim=-1)))
 
