@@ -7,6 +7,7 @@ where the data have one) on:
 - ``bag of top genes (SVD 50)``: each cell's selected genes as a 0/1 vector over the vocabulary, truncated SVD
   to 50 dimensions. No network: what the tokens themselves carry.
 - ``<weights> mean token embedding``: the mean of the cell's gene-embedding rows (the network's first step).
+  Both use the genes the model's read-out averages: every token, or the expressed ones (``decoder+expressed``).
 - ``<weights> h_global``: the encoder's chunk summaries (before the Mamba decoder).
 - ``<weights> cell embedding``: what ``pf.tl.embed`` returns.
 
@@ -49,11 +50,19 @@ def _load(name: str, label: str, max_cells: int):
     return sc.pp.sample(adata, n=min(max_cells, adata.n_obs), rng=0, copy=True)
 
 
+def _read_tokens(config, bins: torch.Tensor, padding: torch.Tensor) -> np.ndarray:
+    """``(cells, tokens)`` bool: the tokens the gene-mean read-out averages (the expressed ones for v2.1)."""
+    keep = ~padding
+    if config.cell_readout == "decoder+expressed":
+        keep &= bins != 0
+    return keep.reshape(keep.shape[0], -1).numpy()
+
+
 def _readouts(network: PanFoMa, gene_ids, bins, padding) -> dict[str, np.ndarray]:
     with torch.inference_mode():
         output = network(gene_ids, bins, padding)
         flat_ids = gene_ids.reshape(gene_ids.shape[0], -1)
-        present = (~padding.reshape(padding.shape[0], -1)).unsqueeze(-1).float()
+        present = torch.from_numpy(_read_tokens(network.config, bins, padding)).unsqueeze(-1).float()
         tokens = network.embedding.gene(flat_ids)
         return {
             "mean token embedding": ((tokens * present).sum(1) / present.sum(1)).numpy(),
@@ -79,7 +88,7 @@ def main() -> None:
         tokens = trained.tokenizer()(cells.block(every), cells.gene_ids, cells.cell_keys, seed=0)
         gene_ids, bins, padding = tokens_to_torch(tokens, "cpu")
         flat = gene_ids.reshape(gene_ids.shape[0], -1).numpy()
-        keep = ~padding.reshape(padding.shape[0], -1).numpy()
+        keep = _read_tokens(trained.config, bins, padding)
         bag = sp.csr_matrix(
             (np.ones(keep.sum()), (np.nonzero(keep)[0], flat[keep])), shape=(adata.n_obs, len(trained.vocab))
         )
