@@ -88,15 +88,12 @@ def top_right_singular_vectors(
     mixtures.
     """
     n_rows, n_columns = matrix.shape
-    if groups is None:
-        groups = np.zeros(n_rows, dtype=np.int64)
-        means = np.zeros((1, n_columns))
+    if groups is None:  # no groups: the correction terms below are empty products
+        member, means = sparse.csr_matrix((n_rows, 0)), np.zeros((0, n_columns))
     else:
         groups = np.asarray(groups, dtype=np.int64)
-        sizes = np.bincount(groups)
-        means = (_group_indicator(groups).T @ matrix).toarray()
-        means = means / np.maximum(sizes, 1)[:, None]
-    member = _group_indicator(groups)
+        member = _group_indicator(groups)
+        means = (member.T @ matrix).toarray() / np.maximum(np.bincount(groups), 1)[:, None]
 
     def times(block: np.ndarray) -> np.ndarray:  # (centered matrix) @ block
         return matrix @ block - member @ (means @ block)
