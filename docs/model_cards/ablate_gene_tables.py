@@ -1,0 +1,143 @@
+"""The gene-table ablation of the panfoma-tiny 2.1 model card: kNN accuracy of the gene-mean read-out alone.
+
+Each cell's 256 most expressed genes (the inference tokenization) are averaged over a 128-column gene table and
+layer-normalized; kNN label transfer (k=15; folds by protocol/patient where the data have them) scores the result
+on the held-out sets (``panfoma_sc.train.EVALUATION_HOLDOUT``) and on the labelled files of the training corpus.
+The tables are factored from up to 3,000 cells per training file, as in ``corpus_gene_factors``:
+
+- ``2.0``: all tokens (filler genes of shallow cells too), scikit-learn's randomized SVD, 5 power iterations;
+- ``converged``: the same with 20 power iterations;
+- ``+ expressed mean``: the read-out averages expressed genes only;
+- ``+ expressed table``: the table is factored from expressed genes only (this package's solver);
+- ``+ file centring (2.1)``: each training file's mean is removed before factoring;
+- ``random``: a Gaussian table (what random weights give).
+
+Usage (repository root; about 5 minutes on 2 CPU cores)::
+
+    PANFOMA_DATA_DIR=../shared/data python docs/model_cards/ablate_gene_tables.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy import sparse
+from sklearn.decomposition import TruncatedSVD
+
+import panfoma_sc as pf
+from panfoma_sc.data import Tokenizer
+from panfoma_sc.tl._embedding_job import EmbeddingJob
+from panfoma_sc.train import PretrainingCorpus, default_pretraining_files
+from panfoma_sc.train._gene_factors import top_right_singular_vectors
+
+#: dataset, label column, group column for folds (None = stratified folds)
+DATASETS = [
+    ("pbmc_sorted_9types_mudan_2115cells", "cell_type", None),
+    ("lung_celllines_3cl_celseq2_dropseq", "cell_line", "batch"),
+    ("pancreas_wang_xin_logexpr", "cell_type", None),
+    ("melanoma_icb_tcells_19patients", "celltype", "patient"),
+    ("pbmc3k_allgenes_celltypes", "cell_type", None),
+    ("tumour_pdac_moncada_card_1926cells", "cell_type", None),
+    ("tumour_colorectal_scmetalink_2850cells", "cell_type", None),
+]
+CELLS_PER_SET = 400
+CELLS_PER_FILE = 3000
+WIDTH = 128
+
+
+def gene_sets(tokens, vocab_size: int, *, expressed_only: bool) -> sparse.csr_matrix:
+    """Cells x vocabulary, 1 at a cell's tokens (its expressed ones only, if asked)."""
+    n_cells = tokens.gene_ids.shape[0]
+    keep = ~tokens.padding_mask.reshape(n_cells, -1)
+    if expressed_only:
+        keep &= tokens.value_bins.reshape(n_cells, -1) > 0
+    rows = np.nonzero(keep)[0]
+    ids = tokens.gene_ids.reshape(n_cells, -1)[keep]
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids)), shape=(n_cells, vocab_size))
+
+
+def corpus_sets(model, tokenizer: Tokenizer) -> tuple[dict[bool, sparse.csr_matrix], np.ndarray]:
+    corpus = PretrainingCorpus(default_pretraining_files(pf.datasets.data_dir()), model.vocab, batch_size=32)
+    bags = {False: [], True: []}
+    files = []
+    for batch in corpus.sample(CELLS_PER_FILE, seed=0):
+        tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=0)
+        for expressed_only in bags:
+            bags[expressed_only].append(gene_sets(tokens, len(model.vocab), expressed_only=expressed_only))
+        files.append(np.full(batch.matrix.shape[0], batch.file_index))
+    corpus.close()
+    return {k: sparse.vstack(v).tocsr() for k, v in bags.items()}, np.concatenate(files)
+
+
+def evaluation_sets(model, tokenizer: Tokenizer) -> list[dict]:
+    sets = []
+    for name, label, group in DATASETS:
+        adata = pf.datasets.load(name)
+        if name.startswith("lung"):
+            adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
+        keep = adata.obs[label].notna() & (adata.obs[label].astype(str) != "not_in_tutorial_QC")
+        adata = adata[keep].copy()
+        sc.pp.filter_cells(adata, min_genes=1)
+        adata = sc.pp.sample(adata, n=min(CELLS_PER_SET, adata.n_obs), rng=0, copy=True)
+        cells = EmbeddingJob.prepare(adata, model).cell_rows()
+        tokens = tokenizer(cells.block(np.arange(adata.n_obs)), cells.gene_ids, cells.cell_keys, seed=0)
+        sets.append(
+            {
+                "name": name,
+                "bags": {e: gene_sets(tokens, len(model.vocab), expressed_only=e) for e in (False, True)},
+                "labels": adata.obs[label].astype(str).to_numpy(),
+                "groups": None if group is None else adata.obs[group].astype(str).to_numpy(),
+            }
+        )
+    return sets
+
+
+def idf_weights(bag: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    held = np.asarray((bag > 0).sum(0)).ravel()
+    return (np.log((1.0 + bag.shape[0]) / (1.0 + held)) + 1.0).astype(np.float32), held > 0
+
+
+def table_from(components: np.ndarray, idf: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    table = components.T.astype(np.float32) * idf[:, None]
+    table[~seen] = 0.0
+    return table
+
+
+def score(table: np.ndarray, sets: list[dict], *, expressed_only: bool) -> dict[str, float]:
+    scores = {}
+    for data in sets:
+        bag = data["bags"][expressed_only]
+        mean = np.asarray(bag @ table) / np.asarray(bag.sum(1))
+        mean = (mean - mean.mean(1, keepdims=True)) / (mean.std(1, keepdims=True) + 1e-6)
+        result = pf.bench.knn_transfer(mean, data["labels"], groups=data["groups"])
+        scores[data["name"]] = round(result["accuracy"], 3)
+    return scores
+
+
+def main() -> None:
+    model = pf.models.load("panfoma-tiny")
+    tokenizer = Tokenizer(
+        n_genes=256, n_chunks=4, n_bins=51, pad_id=model.vocab.pad_id, selection="top", value_encoding="presence"
+    )
+    bags, files = corpus_sets(model, tokenizer)
+    sets = evaluation_sets(model, tokenizer)
+    rows = {}
+    idf, seen = idf_weights(bags[False])
+    weighted = bags[False].multiply(idf[None, :]).tocsr()
+    for tag, n_iter in [("2.0", 5), ("converged", 20)]:
+        svd = TruncatedSVD(WIDTH, n_iter=n_iter, random_state=0).fit(weighted)
+        rows[tag] = score(table_from(svd.components_, idf, seen), sets, expressed_only=False)
+    rows["+ expressed mean"] = score(table_from(svd.components_, idf, seen), sets, expressed_only=True)
+    idf, seen = idf_weights(bags[True])
+    weighted = bags[True].multiply(idf[None, :]).tocsr()
+    for tag, groups in [("+ expressed table", None), ("+ file centring (2.1)", files)]:
+        components = top_right_singular_vectors(weighted, WIDTH, groups=groups, seed=0)
+        rows[tag] = score(table_from(components, idf, seen), sets, expressed_only=True)
+    random_table = np.random.default_rng(0).standard_normal((len(model.vocab), WIDTH)).astype(np.float32)
+    rows["random"] = score(random_table, sets, expressed_only=True)
+    print(pd.DataFrame(rows).T.to_markdown())
+
+
+if __name__ == "__main__":
+    main()
