@@ -29,7 +29,7 @@ import panfoma_sc as pf
 from panfoma_sc.data import Tokenizer
 from panfoma_sc.tl._embedding_job import EmbeddingJob
 from panfoma_sc.train import PretrainingCorpus, default_pretraining_files
-from panfoma_sc.train._gene_factors import top_right_singular_vectors
+from panfoma_sc.train._gene_factors import idf_weights, loadings_from, token_gene_sets, top_right_singular_vectors
 
 #: dataset, label column, group column for folds (None = stratified folds)
 DATASETS = [
@@ -46,17 +46,6 @@ CELLS_PER_FILE = 3000
 WIDTH = 128
 
 
-def gene_sets(tokens, vocab_size: int, *, expressed_only: bool) -> sparse.csr_matrix:
-    """Cells x vocabulary, 1 at a cell's tokens (its expressed ones only, if asked)."""
-    n_cells = tokens.gene_ids.shape[0]
-    keep = ~tokens.padding_mask.reshape(n_cells, -1)
-    if expressed_only:
-        keep &= tokens.value_bins.reshape(n_cells, -1) > 0
-    rows = np.nonzero(keep)[0]
-    ids = tokens.gene_ids.reshape(n_cells, -1)[keep]
-    return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids)), shape=(n_cells, vocab_size))
-
-
 def corpus_sets(model, tokenizer: Tokenizer) -> tuple[dict[bool, sparse.csr_matrix], np.ndarray]:
     corpus = PretrainingCorpus(default_pretraining_files(pf.datasets.data_dir()), model.vocab, batch_size=32)
     bags = {False: [], True: []}
@@ -64,7 +53,7 @@ def corpus_sets(model, tokenizer: Tokenizer) -> tuple[dict[bool, sparse.csr_matr
     for batch in corpus.sample(CELLS_PER_FILE, seed=0):
         tokens = tokenizer(batch.matrix, batch.gene_ids, batch.cell_keys, seed=0)
         for expressed_only in bags:
-            bags[expressed_only].append(gene_sets(tokens, len(model.vocab), expressed_only=expressed_only))
+            bags[expressed_only].append(token_gene_sets(tokens, len(model.vocab), expressed_only=expressed_only))
         files.append(np.full(batch.matrix.shape[0], batch.file_index))
     corpus.close()
     return {k: sparse.vstack(v).tocsr() for k, v in bags.items()}, np.concatenate(files)
@@ -85,23 +74,12 @@ def evaluation_sets(model, tokenizer: Tokenizer) -> list[dict]:
         sets.append(
             {
                 "name": name,
-                "bags": {e: gene_sets(tokens, len(model.vocab), expressed_only=e) for e in (False, True)},
+                "bags": {e: token_gene_sets(tokens, len(model.vocab), expressed_only=e) for e in (False, True)},
                 "labels": adata.obs[label].astype(str).to_numpy(),
                 "groups": None if group is None else adata.obs[group].astype(str).to_numpy(),
             }
         )
     return sets
-
-
-def idf_weights(bag: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    held = np.asarray((bag > 0).sum(0)).ravel()
-    return (np.log((1.0 + bag.shape[0]) / (1.0 + held)) + 1.0).astype(np.float32), held > 0
-
-
-def table_from(components: np.ndarray, idf: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    table = components.T.astype(np.float32) * idf[:, None]
-    table[~seen] = 0.0
-    return table
 
 
 def score(table: np.ndarray, sets: list[dict], *, expressed_only: bool) -> dict[str, float]:
@@ -127,13 +105,13 @@ def main() -> None:
     weighted = bags[False].multiply(idf[None, :]).tocsr()
     for tag, n_iter in [("2.0", 5), ("converged", 20)]:
         svd = TruncatedSVD(WIDTH, n_iter=n_iter, random_state=0).fit(weighted)
-        rows[tag] = score(table_from(svd.components_, idf, seen), sets, expressed_only=False)
-    rows["+ expressed mean"] = score(table_from(svd.components_, idf, seen), sets, expressed_only=True)
+        rows[tag] = score(loadings_from(svd.components_, idf, seen), sets, expressed_only=False)
+    rows["+ expressed mean"] = score(loadings_from(svd.components_, idf, seen), sets, expressed_only=True)
     idf, seen = idf_weights(bags[True])
     weighted = bags[True].multiply(idf[None, :]).tocsr()
     for tag, groups in [("+ expressed table", None), ("+ file centring (2.1)", files)]:
         components = top_right_singular_vectors(weighted, WIDTH, groups=groups, seed=0)
-        rows[tag] = score(table_from(components, idf, seen), sets, expressed_only=True)
+        rows[tag] = score(loadings_from(components, idf, seen), sets, expressed_only=True)
     random_table = np.random.default_rng(0).standard_normal((len(model.vocab), WIDTH)).astype(np.float32)
     rows["random"] = score(random_table, sets, expressed_only=True)
     print(pd.DataFrame(rows).T.to_markdown())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from ..data.tokenizer import Tokenizer
+from ..data.tokenizer import TokenBatch, Tokenizer
 from ._corpus import PretrainingCorpus
 
 __all__ = ["corpus_gene_contrastive", "corpus_gene_factors"]
@@ -61,14 +61,23 @@ def corpus_gene_factors(
     ``(vocab_size,)`` bool mask of the genes that some sampled cell holds.
     """
     bag, files = _corpus_bag(corpus, tokenizer, vocab_size, max_cells_per_file, seed)
-    held = np.asarray((bag > 0).sum(0)).ravel()
-    idf = (np.log((1.0 + bag.shape[0]) / (1.0 + held)) + 1.0).astype(np.float32)
+    idf, seen = idf_weights(bag)
     groups = files if center_files else None
     components = top_right_singular_vectors(bag.multiply(idf[None, :]).tocsr(), n_components, groups=groups, seed=seed)
+    return loadings_from(components, idf, seen), seen
+
+
+def idf_weights(bag: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed inverse document frequency of each column of a cells x genes 0/1 matrix, and which columns occur."""
+    held = np.asarray((bag > 0).sum(0)).ravel()
+    return (np.log((1.0 + bag.shape[0]) / (1.0 + held)) + 1.0).astype(np.float32), held > 0
+
+
+def loadings_from(components: np.ndarray, idf: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """``(genes, k)`` gene loadings from ``(k, genes)`` factors of the IDF-weighted matrix (0 for unseen genes)."""
     loadings = components.T.astype(np.float32) * idf[:, None]
-    seen = held > 0
     loadings[~seen] = 0.0
-    return loadings, seen
+    return loadings
 
 
 def top_right_singular_vectors(
@@ -117,14 +126,21 @@ def _group_indicator(groups: np.ndarray) -> sparse.csr_matrix:
 
 
 def _gene_sets(matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, tokenizer: Tokenizer, vocab_size: int):
-    """Cells x vocabulary, 1 at the expressed genes among a cell's tokens.
+    """Cells x vocabulary, 1 at the expressed genes among the tokens ``tokenizer`` gives each cell."""
+    return token_gene_sets(tokenizer(matrix, gene_ids, cell_keys, seed=0), vocab_size)
 
-    Not at the unexpressed genes that fill the tokens of a cell with fewer expressed genes: they are drawn at random.
+
+def token_gene_sets(tokens: TokenBatch, vocab_size: int, *, expressed_only: bool = True) -> sparse.csr_matrix:
+    """Cells x vocabulary, 1 at each cell's tokens.
+
+    With ``expressed_only``, not at the unexpressed genes that fill the tokens of a cell with fewer expressed genes:
+    they are drawn at random.
     """
-    tokens = tokenizer(matrix, gene_ids, cell_keys, seed=0)
     n_cells = tokens.gene_ids.shape[0]
     ids = tokens.gene_ids.reshape(n_cells, -1)
-    real = ~tokens.padding_mask.reshape(n_cells, -1) & (tokens.value_bins.reshape(n_cells, -1) > 0)
+    real = ~tokens.padding_mask.reshape(n_cells, -1)
+    if expressed_only:
+        real &= tokens.value_bins.reshape(n_cells, -1) > 0
     rows = np.nonzero(real)[0]
     return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids[real])), shape=(n_cells, vocab_size))
 
