@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,13 +118,9 @@ def match_genes(
         unmatched=unmatched,
     )
     if match.n_matched == 0:
-        hint = ""
-        if len(names) and np.mean([is_ensembl_id(n) for n in names[:200]]) > 0.5:
-            hint = " They look like Ensembl IDs the vocabulary does not know (a non-human species?);"
         msg = (
             f"None of the {len(names)} genes in {source} is in the model's vocabulary "
-            f"(e.g. {names[:3].tolist()}).{hint} Pass gene_symbols='<var column with gene symbols>' "
-            "if the symbols are in a var column."
+            f"(e.g. {names[:3].tolist()}). {_no_match_hint(names)}"
         )
         raise ValueError(msg)
     if match.fraction < min_fraction:
@@ -144,3 +141,22 @@ def match_genes(
         "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction
     )
     return match
+
+
+_ENSEMBL_SPECIES = re.compile(r"ENS([A-Z]*)G\d")
+
+
+def _no_match_hint(names: np.ndarray) -> str:
+    """What to do when no gene matched, guessed from what the names look like."""
+    symbols_hint = "Pass gene_symbols='<var column with gene symbols>' if the symbols are in a var column."
+    sample = [str(n) for n in names[:200]]
+    if not sample or np.mean([is_ensembl_id(n) for n in sample]) <= 0.5:
+        return symbols_hint
+    prefixes = [m.group(1) for m in map(_ENSEMBL_SPECIES.match, (n.upper() for n in sample)) if m]
+    prefix = max(set(prefixes), key=prefixes.count) if prefixes else ""
+    if not prefix:
+        return f"They are human Ensembl IDs of genes the vocabulary does not hold. {symbols_hint}"
+    return (
+        f"They are Ensembl IDs of a non-human species (ENS{prefix}G...), and the model's vocabulary is human: "
+        f"map the genes to their human orthologs first (e.g. with pybiomart), then embed. {symbols_hint}"
+    )
