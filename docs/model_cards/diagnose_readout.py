@@ -23,7 +23,6 @@ import argparse
 import numpy as np
 import pandas as pd
 import scanpy as sc
-import scipy.sparse as sp
 import torch
 from sklearn.decomposition import TruncatedSVD
 
@@ -31,6 +30,7 @@ import panfoma_sc as pf
 from panfoma_sc.models._pretrained import tokens_to_torch
 from panfoma_sc.nn import PanFoMa
 from panfoma_sc.tl._embedding_job import EmbeddingJob
+from panfoma_sc.train._gene_factors import token_gene_sets
 
 #: dataset, label column, group column for folds (None = stratified folds)
 DATASETS = [
@@ -87,11 +87,8 @@ def main() -> None:
         every = np.arange(adata.n_obs)
         tokens = trained.tokenizer()(cells.block(every), cells.gene_ids, cells.cell_keys, seed=0)
         gene_ids, bins, padding = tokens_to_torch(tokens, "cpu")
-        flat = gene_ids.reshape(gene_ids.shape[0], -1).numpy()
-        keep = _read_tokens(trained.config, bins, padding)
-        bag = sp.csr_matrix(
-            (np.ones(keep.sum()), (np.nonzero(keep)[0], flat[keep])), shape=(adata.n_obs, len(trained.vocab))
-        )
+        expressed_only = trained.config.cell_readout == "decoder+expressed"
+        bag = token_gene_sets(tokens, len(trained.vocab), expressed_only=expressed_only)
         readouts = {"bag of top genes (SVD 50)": TruncatedSVD(50, random_state=0).fit_transform(bag)}
         for weights, network in networks.items():
             readouts |= {f"{weights} {k}": v for k, v in _readouts(network, gene_ids, bins, padding).items()}
