@@ -4,7 +4,10 @@ Compares, on labelled datasets that pretraining never saw (``panfoma_sc.train.EV
 the trained checkpoint, the same network with random weights (scores averaged over several initialisations,
 with their standard deviation), and PCA(50) on log-normalized HVGs.
 Metrics: kNN (k=15) label transfer (folds by batch/donor where the data have one) and scib-metrics
-bio conservation (NMI, ARI, ASW_label, AvgBIO).
+bio conservation (NMI, ARI, ASW_label, AvgBIO). With several ``--subsample-seeds``, every method is scored on
+each random subsample of ``--max-cells`` cells (datasets no larger than that are used whole, once), the table
+gives the mean and standard deviation over all runs, and a second table gives the trained-minus-random
+difference per subsample (paired: same cells), its mean and standard deviation.
 
 Usage (from the repository root)::
 
@@ -57,6 +60,37 @@ def _scores(embedding, labels, groups) -> dict[str, float]:
     return scores | pf.bench.bio_conservation(embedding, labels)
 
 
+def _embeddings(adata, counts: bool, trained, random_models, args) -> dict[str, tuple[list, float]]:
+    """Each method's embeddings of ``adata`` (one per random initialisation) and seconds per embedding."""
+    methods = {}
+    start = time.perf_counter()
+    methods["PCA(50) on HVGs"] = ([pf.bench.pca_embedding(adata, counts=counts)], time.perf_counter() - start)
+    candidates = [(f"PanFoMa trained ({n} genes)", [trained], n) for n in args.n_genes]
+    random_tag = f"PanFoMa random weights ({args.n_genes[0]} genes, mean of {len(random_models)} seeds)"
+    candidates.append((random_tag, random_models, args.n_genes[0]))
+    for method, models, n_genes in candidates:
+        start = time.perf_counter()
+        embeddings = [
+            pf.tl.embed(adata, model, n_genes=n_genes, copy=True, progress=False).obsm["X_panfoma"] for model in models
+        ]
+        methods[method] = (embeddings, (time.perf_counter() - start) / len(models))
+    return methods
+
+
+def _paired_difference(name: str, runs: dict[str, list[pd.DataFrame]]) -> dict[str, float]:
+    """Trained minus random weights (mean over initialisations) on the same cells: mean and sd over subsamples."""
+    trained = next(m for m in runs if m.startswith("PanFoMa trained"))
+    random = next(m for m in runs if m.startswith("PanFoMa random"))
+    per_subsample = (
+        pd.concat(runs[trained]).groupby("subsample").mean() - pd.concat(runs[random]).groupby("subsample").mean()
+    )
+    row = {"dataset": name, "subsamples": len(per_subsample)}
+    for metric in ("knn_accuracy", "avg_bio"):
+        row[f"{metric}_difference"] = per_subsample[metric].mean()
+        row[f"{metric}_difference_sd"] = per_subsample[metric].std()
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="panfoma-tiny")
@@ -68,45 +102,48 @@ def main() -> None:
     parser.add_argument(
         "--random-seeds", type=int, nargs="+", default=[0, 1, 2], help="random-weights networks, scores averaged"
     )
+    parser.add_argument(
+        "--subsample-seeds", type=int, nargs="+", default=[0], help="cell subsamples per dataset, scores averaged"
+    )
     args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     trained = pf.models.load(args.model)
-    rows = []
+    rows, differences = [], []
     with tempfile.TemporaryDirectory() as tmp:
         random_models = [_random_weights_model(trained, Path(tmp), seed) for seed in args.random_seeds]
         for name, label, group, counts in DATASETS:
             if args.datasets and name not in args.datasets:
                 continue
-            adata = _load(name, label)
-            if adata.n_obs > args.max_cells:
-                adata = sc.pp.sample(adata, n=args.max_cells, rng=0, copy=True)
-            labels = adata.obs[label].to_numpy()
-            groups = None if group is None else adata.obs[group].to_numpy()
-            methods = {}
-            start = time.perf_counter()
-            pca = pf.bench.pca_embedding(adata, counts=counts)
-            methods["PCA(50) on HVGs"] = ([pca], time.perf_counter() - start)
-            candidates = [(f"PanFoMa trained ({n} genes)", [trained], n) for n in args.n_genes]
-            n_random = len(random_models)
-            random_tag = f"PanFoMa random weights ({args.n_genes[0]} genes, mean of {n_random} seeds)"
-            candidates.append((random_tag, random_models, args.n_genes[0]))
-            for method, models, n_genes in candidates:
-                start = time.perf_counter()
-                embeddings = [
-                    pf.tl.embed(adata, model, n_genes=n_genes, copy=True, progress=False).obsm["X_panfoma"]
-                    for model in models
-                ]
-                methods[method] = (embeddings, (time.perf_counter() - start) / len(models))
-            for method, (embeddings, seconds) in methods.items():
-                runs = pd.DataFrame([_scores(emb, labels, groups) for emb in embeddings])
-                row = {"dataset": name, "n_cells": adata.n_obs, "method": method, "seconds": round(seconds, 1)}
-                row |= runs.mean().to_dict()
-                if len(runs) > 1:  # the spread between random initialisations
-                    row |= {f"{k}_sd": v for k, v in runs[["knn_accuracy", "avg_bio"]].std().items()}
+            full = _load(name, label)
+            seeds = args.subsample_seeds if full.n_obs > args.max_cells else args.subsample_seeds[:1]
+            runs: dict[str, list[pd.DataFrame]] = {}
+            seconds: dict[str, float] = {}
+            for subsample in seeds:
+                adata = full
+                if full.n_obs > args.max_cells:
+                    adata = sc.pp.sample(full, n=args.max_cells, rng=subsample, copy=True)
+                for method, (embeddings, took) in _embeddings(adata, counts, trained, random_models, args).items():
+                    labels = adata.obs[label].to_numpy()
+                    groups = None if group is None else adata.obs[group].to_numpy()
+                    scores = pd.DataFrame([_scores(emb, labels, groups) for emb in embeddings])
+                    runs.setdefault(method, []).append(scores.assign(subsample=subsample))
+                    seconds[method] = took
+            for method, frames in runs.items():
+                scores = pd.concat(frames)
+                row = {"dataset": name, "n_cells": min(full.n_obs, args.max_cells), "method": method}
+                row |= {"runs": len(scores), "seconds": round(seconds[method], 1)}
+                row |= scores.drop(columns="subsample").mean().to_dict()
+                if len(scores) > 1:
+                    row |= {f"{k}_sd": v for k, v in scores[["knn_accuracy", "avg_bio"]].std().items()}
                 rows.append(row)
                 print(row, flush=True)
+            differences.append(_paired_difference(name, runs))
+    if len(args.subsample_seeds) > 1:
+        paired = pd.DataFrame(differences).round(3).fillna("")
+        (out / f"panfoma-tiny-{args.tag}-paired.md").write_text(paired.to_markdown(index=False) + "\n")
+        print(paired.to_markdown(index=False))
     table = pd.DataFrame(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"panfoma-tiny-{args.tag}.csv", index=False)
     shown = table.drop(columns=["seconds"]).round(3).fillna("")
     (out / f"panfoma-tiny-{args.tag}.md").write_text(shown.to_markdown(index=False) + "\n")
