@@ -123,9 +123,9 @@ def main() -> None:
                 adata = full
                 if full.n_obs > args.max_cells:
                     adata = sc.pp.sample(full, n=args.max_cells, rng=subsample, copy=True)
+                labels = adata.obs[label].to_numpy()
+                groups = None if group is None else adata.obs[group].to_numpy()
                 for method, (embeddings, took) in _embeddings(adata, counts, trained, random_models, args).items():
-                    labels = adata.obs[label].to_numpy()
-                    groups = None if group is None else adata.obs[group].to_numpy()
                     scores = pd.DataFrame([_scores(emb, labels, groups) for emb in embeddings])
                     runs.setdefault(method, []).append(scores.assign(subsample=subsample))
                     seconds[method] = took

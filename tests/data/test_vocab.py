@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from panfoma_sc.data.vocab import SPECIAL_TOKENS, GeneVocabulary, normalize_gene_name
+from panfoma_sc.data.vocab import SPECIAL_TOKENS, GeneVocabulary, ensembl_species_prefix, normalize_gene_name
 
 SYMBOLS = ["TP53", "CD3E", "RP11-34P13.7", "MALAT1"]
 ENSEMBL = ["ENSG00000141510", "ENSG00000198851", "", "ENSG00000251562"]
@@ -75,3 +75,18 @@ def test_json_round_trip(ensembl: list[str] | None):
     assert again.ensembl_ids == ensembl
     queries = ["tp53", "ENSG00000141510.16", "RP11-34P13.7", "unknown"]
     np.testing.assert_array_equal(again.lookup(queries), vocab.lookup(queries))
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        ("ENSG00000141510", ""),
+        ("ensg00000141510.17", ""),
+        ("ENSMUSG00000059552", "MUS"),
+        ("ENSDARG00000035559", "DAR"),
+        ("TP53", None),
+        ("ENSG123", None),
+    ],
+)
+def test_ensembl_species_prefix(name: str, prefix: str | None):
+    assert ensembl_species_prefix(name) == prefix

@@ -16,7 +16,7 @@ CLS_TOKEN = "<cls>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN)
 
 _ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})\.\d+$", re.IGNORECASE)
-_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}$", re.IGNORECASE)
+_ENSEMBL = re.compile(r"^ENS([A-Z]*)G\d{6,}$", re.IGNORECASE)
 
 
 def normalize_gene_name(name: str) -> str:
@@ -34,6 +34,12 @@ def normalize_gene_name(name: str) -> str:
 def is_ensembl_id(name: str) -> bool:
     """Whether ``name`` looks like an Ensembl gene ID (with or without version suffix)."""
     return bool(_ENSEMBL.match(normalize_gene_name(name)))
+
+
+def ensembl_species_prefix(name: str) -> str | None:
+    """The species part of an Ensembl gene ID (``""`` for human ``ENSG``, ``"MUS"`` for ``ENSMUSG``), else None."""
+    match = _ENSEMBL.match(normalize_gene_name(name))
+    return match.group(1) if match else None
 
 
 @dataclass

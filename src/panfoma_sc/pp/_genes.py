@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..data.vocab import GeneVocabulary, is_ensembl_id
+from ..data.vocab import GeneVocabulary, ensembl_species_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -143,17 +142,14 @@ def match_genes(
     return match
 
 
-_ENSEMBL_SPECIES = re.compile(r"ENS([A-Z]*)G\d")
-
-
 def _no_match_hint(names: np.ndarray) -> str:
     """What to do when no gene matched, guessed from what the names look like."""
     symbols_hint = "Pass gene_symbols='<var column with gene symbols>' if the symbols are in a var column."
-    sample = [str(n) for n in names[:200]]
-    if not sample or np.mean([is_ensembl_id(n) for n in sample]) <= 0.5:
+    prefixes = [ensembl_species_prefix(n) for n in names[:200]]
+    ensembl = [p for p in prefixes if p is not None]
+    if len(ensembl) <= len(prefixes) / 2:
         return symbols_hint
-    prefixes = [m.group(1) for m in map(_ENSEMBL_SPECIES.match, (n.upper() for n in sample)) if m]
-    prefix = max(set(prefixes), key=prefixes.count) if prefixes else ""
+    prefix = max(set(ensembl), key=ensembl.count)
     if not prefix:
         return f"They are human Ensembl IDs of genes the vocabulary does not hold. {symbols_hint}"
     return (
