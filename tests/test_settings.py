@@ -27,3 +27,20 @@ def test_precision_resolves_to_fp32_off_cuda_and_refuses_bf16_there():
         settings.resolve_precision("bf16", "mps")
     with pytest.raises(ValueError, match="precision must be one of"):
         Settings(precision="half").resolve_precision(None, "cuda")
+
+
+def test_explicit_device_this_machine_lacks_is_a_clear_error(monkeypatch):
+    import torch
+
+    settings = Settings()
+    assert settings.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"is not a torch device.*'cpu', 'cuda'"):
+        settings.resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda' was requested, but .*Use device='cpu'"):
+        settings.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
+        settings.resolve_device("cuda:1")
+    assert settings.resolve_device("cuda:0") == "cuda:0"

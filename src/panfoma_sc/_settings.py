@@ -25,6 +25,31 @@ def _cuda_has_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def _check_device(name: str) -> None:
+    """Raise a ``ValueError`` naming the problem and the fix when torch cannot run on device ``name`` here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        msg = f"device={name!r} is not a torch device ({error}). Use 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto'."
+        raise ValueError(msg) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            msg = f"device={name!r} was requested, but {why}. Use device='cpu', or 'auto' to pick what is available."
+            raise ValueError(msg)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            msg = (
+                f"device={name!r} was requested, but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
+            raise ValueError(msg)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        msg = f"device={name!r} was requested, but Apple MPS is not available here. Use device='cpu' or 'auto'."
+        raise ValueError(msg)
+
+
 @dataclass
 class Settings:
     """Defaults used when a function's argument is left at ``None``.
@@ -59,9 +84,14 @@ class Settings:
     )
 
     def resolve_device(self, device: str | None = None) -> str:
-        """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved."""
+        """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved.
+
+        An explicit device that this machine does not have (a typo, ``"cuda"`` without a GPU or with a CPU-only
+        torch, ``"cuda:3"`` on a one-GPU machine) is a ``ValueError`` that says what is available.
+        """
         choice = device or self.device
         if choice != "auto":
+            _check_device(str(choice))
             return choice
         import torch
 

@@ -196,3 +196,14 @@ def test_bf16_autocast_agrees_with_fp32_on_cuda(pbmc_sorted):
     relative = np.linalg.norm(b - a, axis=1) / np.linalg.norm(a, axis=1)
     assert cosine.min() > 0.99, f"lowest per-cell cosine {cosine.min():.4f}"
     assert relative.max() < 0.05, f"largest per-cell relative error {relative.max():.4f}"
+
+
+def test_unavailable_device_is_refused_before_any_work(pbmc_sorted, tiny_checkpoint, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    small = pbmc_sorted[:5].copy()
+    before = small.copy()
+    with pytest.raises(ValueError, match=r"device='cuda' was requested"):
+        pf.tl.embed(small, tiny_checkpoint, device="cuda", progress=False)
+    assert_equal(small, before)
