@@ -116,3 +116,28 @@ def test_input_left_untouched(vocab: GeneVocabulary):
         match_genes(adata, vocab, gene_symbols="missing")
     pd.testing.assert_frame_equal(adata.var, before)
     assert adata.var_names.tolist() == ["gene3", "foo"]
+
+
+def test_gene_subset_is_warned_about_and_names_raw(vocab: GeneVocabulary, caplog: pytest.LogCaptureFixture):
+    full = _adata(SYMBOLS)
+    subset = full[:, :10].copy()
+    subset.var["highly_variable"] = True
+    subset.raw = full
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match_genes(subset, vocab)
+    assert "only 10 genes (all marked highly_variable)" in caplog.text
+    assert "adata.raw holds 20 genes: embed adata.raw.to_adata()" in caplog.text
+
+
+def test_whole_transcriptome_is_not_warned_about(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    import panfoma_sc.pp._genes as genes
+
+    monkeypatch.setattr(genes, "FEW_GENES", 20)  # the 20-gene vocabulary stands for a whole transcriptome
+    vocab = GeneVocabulary.from_genes(SYMBOLS, ENSEMBL)
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match_genes(_adata(SYMBOLS), vocab)
+    assert "genes" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match_genes(_adata(SYMBOLS[:19]), vocab)
+    assert "only 19 genes" in caplog.text
+    assert "embed the object before gene filtering" in caplog.text

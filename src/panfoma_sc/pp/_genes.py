@@ -13,6 +13,9 @@ from ..data.vocab import GeneVocabulary, ensembl_species_prefix
 
 logger = logging.getLogger(__name__)
 
+#: Fewer genes than this in the input is warned about: a whole transcriptome has many more, an HVG subset fewer.
+FEW_GENES = 5000
+
 __all__ = ["GeneMatch", "match_genes"]
 
 
@@ -139,7 +142,30 @@ def match_genes(
     logger.info(
         "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction
     )
+    _warn_if_gene_subset(adata)
     return match
+
+
+def _warn_if_gene_subset(adata: AnnData) -> None:
+    """Log a warning when ``adata`` holds too few genes to be a whole transcriptome (often an HVG subset)."""
+    if adata.n_vars >= FEW_GENES:
+        return
+    marked = "highly_variable" in adata.var.columns and bool(adata.var["highly_variable"].all())
+    raw = getattr(adata, "raw", None)
+    fix = (
+        f"adata.raw holds {raw.n_vars} genes: embed adata.raw.to_adata() (or the object before gene filtering)"
+        if raw is not None and raw.n_vars > adata.n_vars
+        else "embed the object before gene filtering"
+    )
+    logger.warning(
+        "adata holds only %d genes%s. PanFoMa reads each cell's most expressed genes and was trained on whole "
+        "transcriptomes: a highly-variable-gene subset gives poorer embeddings (pbmc3k: kNN label accuracy 0.80 "
+        "with its 2,000 HVGs, 0.87 with all genes). If this is a gene subset, %s. If the assay measures only "
+        "these genes (a targeted panel), ignore this warning.",
+        adata.n_vars,
+        " (all marked highly_variable)" if marked else "",
+        fix,
+    )
 
 
 def _no_match_hint(names: np.ndarray) -> str:
