@@ -33,7 +33,7 @@ def normalize_gene_name(name: str) -> str:
 
 def is_ensembl_id(name: str) -> bool:
     """Whether ``name`` looks like an Ensembl gene ID (with or without version suffix)."""
-    return bool(_ENSEMBL.match(normalize_gene_name(name)))
+    return ensembl_species_prefix(name) is not None
 
 
 def ensembl_species_prefix(name: str) -> str | None:
