@@ -41,6 +41,7 @@ exclude_patterns = [
     "Thumbs.db",
     ".DS_Store",
     "model_cards/*-eval.md",
+    "model_cards/*-eval-paired.md",
 ]
 nitpicky = False
 
