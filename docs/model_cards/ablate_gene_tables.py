@@ -82,12 +82,16 @@ def evaluation_sets(model, tokenizer: Tokenizer) -> list[dict]:
     return sets
 
 
+def gene_mean(table: np.ndarray, bag: sparse.csr_matrix) -> np.ndarray:
+    """Each cell's mean table row over its genes (the rows of ``bag``), layer-normalized."""
+    mean = np.asarray(bag @ table) / np.maximum(np.asarray(bag.sum(1)), 1)
+    return (mean - mean.mean(1, keepdims=True)) / (mean.std(1, keepdims=True) + 1e-6)
+
+
 def score(table: np.ndarray, sets: list[dict], *, expressed_only: bool) -> dict[str, float]:
     scores = {}
     for data in sets:
-        bag = data["bags"][expressed_only]
-        mean = np.asarray(bag @ table) / np.asarray(bag.sum(1))
-        mean = (mean - mean.mean(1, keepdims=True)) / (mean.std(1, keepdims=True) + 1e-6)
+        mean = gene_mean(table, data["bags"][expressed_only])
         result = pf.bench.knn_transfer(mean, data["labels"], groups=data["groups"])
         scores[data["name"]] = round(result["accuracy"], 3)
     return scores
