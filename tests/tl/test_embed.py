@@ -72,7 +72,7 @@ def test_counts_and_lognormalized_give_the_same_embedding(pbmc_sorted, tiny_chec
     np.testing.assert_allclose(a.obsm["X_panfoma"], b.obsm["X_panfoma"], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["dense_int", "dense_float32", "csc", "csr_int64"])
+@pytest.mark.parametrize("kind", ["dense_int", "dense_float32", "dense_float16", "csc", "csr_int64"])
 def test_matrix_formats_and_dtypes_agree(pbmc_sorted, tiny_checkpoint, kind):
     adata = pbmc_sorted[:30].copy()
     reference = _embed(adata, tiny_checkpoint).obsm["X_panfoma"]
@@ -80,6 +80,7 @@ def test_matrix_formats_and_dtypes_agree(pbmc_sorted, tiny_checkpoint, kind):
     adata.X = {
         "dense_int": x.astype(np.int32),
         "dense_float32": x.astype(np.float32),
+        "dense_float16": x.astype(np.float16),  # scipy.sparse has no float16: read as float32
         "csc": sparse.csc_matrix(x),
         "csr_int64": sparse.csr_matrix(x.astype(np.int64)),
     }[kind]

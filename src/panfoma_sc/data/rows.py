@@ -53,6 +53,8 @@ def iter_row_blocks(
             block = matrix[int(selected[0]) : int(selected[-1]) + 1]
         else:
             block = matrix[selected]
+        if getattr(block, "dtype", None) == np.float16:
+            block = block.astype(np.float32)  # scipy.sparse has no float16
         block = sparse.csr_matrix(block)
         if columns is not None:
             block = block[:, columns]
