@@ -27,6 +27,27 @@ def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, ca
     assert "Layer 'nope' not found" in capsys.readouterr().err
     assert not (tmp_path / "out.h5ad").exists()
     assert main(["embed", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == EXIT_BAD_INPUT
+    assert "missing.h5ad' does not exist" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    source = tmp_path / "in.h5ad"
+    pbmc68k[:10].copy().write_h5ad(source)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the tool ran although the output cannot be written")
+
+    monkeypatch.setattr("panfoma_sc.tl.embed", no_work)
+    monkeypatch.setattr("panfoma_sc.tl.annotate", no_work)
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    missing_folder = str(tmp_path / "no" / "such" / "out.h5ad")
+    assert main(["embed", str(source), missing_folder, *model]) == EXIT_BAD_INPUT
+    assert "does not exist. Create it first" in capsys.readouterr().err
+    assert main(["embed", str(source), str(tmp_path), *model]) == EXIT_BAD_INPUT
+    assert "is a folder" in capsys.readouterr().err
+    args = ["annotate", str(source), str(source), str(tmp_path / "o.h5ad"), "--labels-key", "louvain"]
+    assert main([*args, "--save-model", missing_folder, *model]) == EXIT_BAD_INPUT
+    assert "does not exist. Create it first" in capsys.readouterr().err
 
 
 def test_models_describe_prints_parameter_counts(tiny_checkpoint, capsys):

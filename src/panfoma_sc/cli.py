@@ -17,11 +17,22 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str | None]) -> None:
+    """Refuse missing input files and output paths that cannot be written, before any work."""
+    from ._paths import check_input_file, check_writable
+
+    for path in filter(None, inputs):
+        check_input_file(path)
+    for path in filter(None, outputs):
+        check_writable(path)
+
+
 def _embed(args: argparse.Namespace) -> int:
     import anndata as ad
 
     from . import tl
 
+    _check_paths([args.input], [args.output])
     adata = ad.read_h5ad(args.input)
     tl.embed(
         adata,
@@ -47,6 +58,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from . import tl
 
+    _check_paths([args.query, args.reference], [args.output, args.save_model])
     query = ad.read_h5ad(args.query)
     reference = ad.read_h5ad(args.reference) if args.reference else None
     tl.annotate(
@@ -80,6 +92,7 @@ def _integrate(args: argparse.Namespace) -> int:
 
     from . import tl
 
+    _check_paths([args.input], [args.output, args.save_model])
     adata = ad.read_h5ad(args.input)
     tl.integrate(
         adata,

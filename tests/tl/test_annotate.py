@@ -79,3 +79,18 @@ def test_csc_int_query_and_float_reference_give_the_same_labels(split, tiny_chec
     reference.X = reference.X.astype(np.float32)
     as_csc = pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False, copy=True)
     np.testing.assert_array_equal(as_csc.obs["panfoma_label"], as_csr.obs["panfoma_label"])
+
+
+@pytest.mark.parametrize("case", ["knn", "missing folder"])
+def test_bad_save_model_is_refused_before_any_work(split, tiny_checkpoint, tmp_path, case):
+    reference, query = split
+    method, path = "knn", tmp_path / "tuned.safetensors"
+    message, error = "pass method='finetune'", ValueError
+    if case == "missing folder":
+        method, path = "finetune", tmp_path / "no" / "tuned.safetensors"
+        message, error = "does not exist. Create it first", FileNotFoundError
+    before = query.copy()
+    with pytest.raises(error, match=message):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, method=method, save_model=path)
+    assert_equal(query, before)
+    assert not path.exists()

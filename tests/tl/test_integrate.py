@@ -51,3 +51,11 @@ def test_integrate_accepts_csc_int_and_layers(two_batches, tiny_checkpoint):
     )
     assert result.obsm["X_panfoma_integrated"].shape[0] == adata.n_obs
     assert_equal(adata, before)
+
+
+def test_save_model_in_a_missing_folder_is_refused_before_any_work(two_batches, tiny_checkpoint, tmp_path):
+    before = two_batches.copy()
+    path = tmp_path / "no" / "integrated.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"save_model .* does not exist\. Create it first"):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, save_model=path, progress=False)
+    assert_equal(two_batches, before)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._model_arg import resolve_model
@@ -179,6 +180,11 @@ def annotate(
     if max_epochs < 1:
         msg = f"max_epochs must be a positive integer, got {max_epochs}."
         raise ValueError(msg)
+    if save_model is not None:
+        if method != "finetune":
+            msg = "save_model keeps a fine-tuned model: pass method='finetune', or drop save_model for 'knn'."
+            raise ValueError(msg)
+        check_writable(save_model, "save_model")
     pretrained = resolve_model(model)
     options = {
         "gene_symbols": gene_symbols,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anndata import AnnData
 
+from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._keys import embedding_keys
@@ -176,6 +177,8 @@ def integrate(
             f"{adversarial_weight}, {mmd_weight} and {feature_weight}."
         )
         raise ValueError(msg)
+    if save_model is not None and not is_mudata(adata):
+        check_writable(save_model, "save_model")
     if is_mudata(adata):
         from ._mudata_tools import integrate_mudata
 
