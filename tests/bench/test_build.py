@@ -81,3 +81,37 @@ def test_build_harmonizes_several_studies_onto_common_genes():
         "tumour_thyroid_atc2_numbat_173cells:ATC2",
     ]
     assert np.isin(bench.obs["split"], ["train", "test"]).all()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"label_key": "celltype"}, "label_key='celltype' is not a column of"),
+        ({"donor_key": "Donor"}, "donor_key names 'Donor', which is not an obs column of any input file"),
+        ({"batch_key": "btch"}, "batch_key names 'btch'"),
+        ({"keep": {"demuxlet": ["SNG"]}}, "keep names 'demuxlet'"),
+    ],
+)
+def test_misspelt_columns_are_refused_before_any_file_is_processed(tmp_path, monkeypatch, option, message):
+    files = [_data_file("pbmc_sorted_9types_mudan_2115cells.h5ad"), _data_file("pbmc3k_allgenes_celltypes.h5ad")]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the columns were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    options = {"label_key": "cell_type", **option}
+    with pytest.raises(KeyError, match=message):
+        pf.bench.build(files, out=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_column_present_in_some_files_only_is_used_where_present(tmp_path):
+    sorted_pbmc = ad.read_h5ad(_data_file("pbmc_sorted_9types_mudan_2115cells.h5ad"))[:120].copy()
+    sorted_pbmc.obs["donor"] = np.where(np.arange(sorted_pbmc.n_obs) % 3 == 0, "d1", "d2")
+    with_donor = tmp_path / "with_donor.h5ad"
+    sorted_pbmc.write_h5ad(with_donor)
+    files = [with_donor, _data_file("pbmc3k_allgenes_celltypes.h5ad")]
+    bench = pf.bench.build(files, label_key="cell_type", donor_key="donor", max_cells=100)
+    units = {entry["name"]: entry["split_unit"] for entry in pf.bench.read_manifest(bench)["inputs"]}
+    assert units["with_donor"] == "donor column 'donor'"
+    assert units["pbmc3k_allgenes_celltypes"].startswith("file")

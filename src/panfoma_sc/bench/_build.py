@@ -46,6 +46,40 @@ def _keep_cells(adata: AnnData, keep: Mapping[str, Sequence[str]] | None) -> tup
     return adata, removed
 
 
+def _check_inputs(
+    files: Sequence[Path],
+    label_key: str | None,
+    donor_key: str | None,
+    batch_key: str | None,
+    keep: Mapping[str, Sequence[str]] | None,
+) -> None:
+    """Refuse missing files and obs columns before any file is processed (reads only each file's obs).
+
+    ``label_key`` must be a column of every file; ``donor_key``, ``batch_key`` and the ``keep`` columns of at
+    least one (files without them fall back to other columns), so that a misspelt name is an error, not a
+    silent fallback.
+    """
+    columns: dict[str, list[str]] = {}
+    for file in files:
+        if not file.is_file():
+            msg = f"Benchmark input {str(file)!r} does not exist."
+            raise FileNotFoundError(msg)
+        backed = ad.read_h5ad(file, backed="r")
+        columns[file.name] = list(backed.obs.columns)
+        backed.file.close()
+    if label_key is not None:
+        for name, present in columns.items():
+            if label_key not in present:
+                msg = f"label_key={label_key!r} is not a column of {name}'s obs: {present}."
+                raise KeyError(msg)
+    optional = [("donor_key", donor_key), ("batch_key", batch_key), *(("keep", column) for column in keep or {})]
+    for what, column in optional:
+        if column is not None and not any(column in present for present in columns.values()):
+            seen = sorted({c for present in columns.values() for c in present})
+            msg = f"{what} names {column!r}, which is not an obs column of any input file (columns: {seen})."
+            raise KeyError(msg)
+
+
 def _file_groups(obs: pd.DataFrame, name: str, donor_key: str | None, batch_key: str | None) -> tuple[pd.Series, str]:
     """Split group of each cell of one file: its donor, else its batch/sample, else the file itself."""
     for min_groups in (2, 1):
@@ -122,6 +156,14 @@ def build(
     (``train``/``val``/``test``); ``uns["bench_manifest"]`` holds the manifest as JSON (inputs with sha256,
     parameters, seed, harmonization and QC reports, split unit per file, counts, flags).
 
+    Raises
+    ------
+    FileNotFoundError
+        An input file does not exist.
+    KeyError
+        ``label_key`` is missing from a file's obs, or ``donor_key``, ``batch_key`` or a ``keep`` column from
+        every file's obs. Checked before any file is processed.
+
     Examples
     --------
     >>> bench = pf.bench.build(["study1.h5ad", "study2.h5ad"], label_key="cell_type")  # doctest: +SKIP
@@ -152,12 +194,10 @@ def build(
         "test_groups": None if test_groups is None else list(test_groups),
         "max_cells": max_cells,
     }
+    _check_inputs([Path(f) for f in files], label_key, donor_key, batch_key, keep)
     rng = np.random.default_rng(seed)
     parts, inputs, flags = {}, [], []
     for file in map(Path, files):
-        if not file.is_file():
-            msg = f"Benchmark input {str(file)!r} does not exist."
-            raise FileNotFoundError(msg)
         name = file.stem
         adata = ad.read_h5ad(file)
         entry: dict[str, object] = {
@@ -175,9 +215,6 @@ def build(
             flags.append(f"{name}: X holds {kind} values, not raw counts; count-based QC skipped")
         adata, entry["qc"] = quality_control(adata, qc, counts=kind == "counts")
         if label_key is not None:
-            if label_key not in adata.obs.columns:
-                msg = f"label_key={label_key!r} is not a column of {file.name}'s obs: {list(adata.obs.columns)}."
-                raise KeyError(msg)
             labels = adata.obs[label_key].astype(str).str.strip()
             labelled = (adata.obs[label_key].notna() & ~labels.str.lower().isin(MISSING_VALUES)).to_numpy()
             entry["cells_without_label"] = int((~labelled).sum())
