@@ -128,6 +128,14 @@ def test_url_registration_needs_a_checksum():
         pf.models.register("remote", "http://127.0.0.1:1/model.safetensors")
 
 
+@pytest.mark.parametrize("checksum", ["abc", "g" * 64, "0" * 63])
+def test_a_malformed_checksum_is_refused_at_registration(tiny_checkpoint, checksum):
+    for source in ("http://127.0.0.1:1/model.safetensors", str(tiny_checkpoint)):
+        with pytest.raises(ValueError, match="is not a SHA-256 checksum"):
+            pf.models.register("remote", source, sha256=checksum)
+    assert "remote" not in pf.models.available()["name"].tolist()
+
+
 def test_download_is_verified_cached_and_works_offline(tiny_checkpoint, http_server):
     root, base_url, server = http_server
     shutil.copy(tiny_checkpoint, root / "remote.safetensors")

@@ -208,3 +208,14 @@ def test_unavailable_device_is_refused_before_any_work(pbmc_sorted, tiny_checkpo
     with pytest.raises(ValueError, match=r"device='cuda' was requested"):
         pf.tl.embed(small, tiny_checkpoint, device="cuda", progress=False)
     assert_equal(small, before)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("batch_size", 0), ("batch_size", "64"), ("n_genes", -1), ("n_genes", 256.0)]
+)
+def test_non_integer_or_non_positive_sizes_are_refused(pbmc_sorted, tiny_checkpoint, option, value):
+    adata = pbmc_sorted[:20].copy()
+    before = adata.copy()
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
+        pf.tl.embed(adata, tiny_checkpoint, progress=False, **{option: value})
+    assert_equal(adata, before)

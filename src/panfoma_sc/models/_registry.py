@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -187,6 +188,13 @@ def register(
     if name in user and not overwrite:
         msg = f"A model named {name!r} is already registered; pass overwrite=True to replace it."
         raise ValueError(msg)
+    if sha256 is not None and re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()) is None:
+        msg = (
+            f"sha256={sha256!r} is not a SHA-256 checksum (64 hexadecimal characters). Compute it with "
+            "`sha256sum FILE` or hashlib.sha256(open(FILE, 'rb').read()).hexdigest()."
+        )
+        raise ValueError(msg)
+    sha256 = None if sha256 is None else sha256.strip()
     text = str(path_or_url)
     if text.startswith(("http://", "https://")):
         if not sha256:

@@ -58,7 +58,7 @@ class EmbeddingJob:
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}."
             raise ValueError(msg)
-        if n_genes is not None and n_genes < 1:
+        if n_genes is not None and (not isinstance(n_genes, int | np.integer) or n_genes < 1):
             msg = f"n_genes must be a positive integer, got {n_genes!r}."
             raise ValueError(msg)
         if gene_selection not in (None, "random", "top"):
