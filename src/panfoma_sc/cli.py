@@ -153,12 +153,15 @@ def _pretrain(args: argparse.Namespace) -> int:
         pretrain,
     )
 
-    rank, _ = init_distributed()
     files = [Path(f) for f in args.files]
+    _check_paths(args.files, [])
     if args.data_dir:
+        if not Path(args.data_dir).is_dir():
+            msg = f"--data-dir {args.data_dir!r} is not a folder."
+            raise FileNotFoundError(msg)
         files += default_pretraining_files(args.data_dir)
     if not files:
-        msg = "No training files: pass .h5ad files and/or --data-dir."
+        msg = "No training files: pass .h5ad files and/or a --data-dir that holds some."
         raise ValueError(msg)
     out = Path(args.out)
     vocab_file = out / "vocab.json"
@@ -167,15 +170,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         from .models import load
 
         start = load(args.init_from)
-        init_from, vocab = str(start.path), start.vocab
-    elif vocab_file.is_file():
-        vocab = GeneVocabulary.from_json(vocab_file.read_text())
-    else:
-        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            vocab_file.write_text(vocab.to_json())
-    config = TrainingConfig(
+        init_from = str(start.path)
+    config = TrainingConfig(  # validates the settings before anything is written
         architecture=args.architecture,
         n_genes=args.n_genes,
         batch_size=args.batch_size,
@@ -202,6 +198,16 @@ def _pretrain(args: argparse.Namespace) -> int:
             if value is not None
         },
     )
+    rank, _ = init_distributed()
+    if args.init_from:
+        vocab = start.vocab
+    elif vocab_file.is_file():
+        vocab = GeneVocabulary.from_json(vocab_file.read_text())
+    else:
+        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            vocab_file.write_text(vocab.to_json())
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
     if rank == 0:

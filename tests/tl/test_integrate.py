@@ -59,3 +59,17 @@ def test_save_model_in_a_missing_folder_is_refused_before_any_work(two_batches, 
     with pytest.raises(FileNotFoundError, match=r"save_model .* does not exist\. Create it first"):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, save_model=path, progress=False)
     assert_equal(two_batches, before)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"max_steps": 0}, "max_steps must be None or a positive integer"),
+        ({"learning_rate": -1e-3}, "learning_rate must be > 0"),
+    ],
+)
+def test_settings_that_cannot_fine_tune_are_refused_before_any_work(two_batches, tiny_checkpoint, option, message):
+    before = two_batches.copy()
+    with pytest.raises(ValueError, match=message):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, progress=False, **option)
+    assert_equal(two_batches, before)

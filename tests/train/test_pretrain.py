@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,6 +62,38 @@ def _config(**changes) -> TrainingConfig:
     }
     values.update(changes)
     return TrainingConfig(**values)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("max_steps", 0, "an integer >= 1"),
+        ("batch_size", 0, "an integer >= 1"),
+        ("n_genes", 32.0, "an integer >= 1"),
+        ("warmup_steps", -1, "an integer >= 0"),
+        ("learning_rate", -1e-3, ">= 0"),
+        ("mask_ratio", (0.5, 0.2), "(low, high) with 0 < low <= high < 1"),
+        ("mvc_genes", 0, "None or >= 1"),
+        ("value_encoding", "ranks", "'rank' or 'presence'"),
+        ("max_minutes", 0, "None or > 0"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused(setting, value, expected):
+    with pytest.raises(ValueError, match=f"TrainingConfig.{setting} must be {re.escape(expected)}"):
+        _config(**{setting: value})
+
+
+def test_cli_refuses_bad_settings_and_missing_files_before_writing_anything(corpus_files, tmp_path, capsys):
+    from panfoma_sc.cli import EXIT_BAD_INPUT, main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--batch-size", "0"]) == EXIT_BAD_INPUT
+    assert "batch_size must be an integer >= 1" in capsys.readouterr().err
+    assert main(["pretrain", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "missing.h5ad' does not exist" in capsys.readouterr().err
+    assert main(["pretrain", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "is not a folder" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_build_vocabulary_keeps_expressed_symbols(corpus_files, vocab):

@@ -113,6 +113,13 @@ class FineTuneConfig:
             if int(getattr(self, name)) < 1:
                 msg = f"{name} must be a positive integer, got {getattr(self, name)!r}."
                 raise ValueError(msg)
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            msg = f"max_steps must be None or a positive integer, got {self.max_steps!r}."
+            raise ValueError(msg)
+        for name in ("learning_rate", "head_learning_rate"):
+            if not getattr(self, name) > 0:
+                msg = f"{name} must be > 0, got {getattr(self, name)!r}."
+                raise ValueError(msg)
         if int(self.probe_steps) < 0:
             msg = f"probe_steps must be 0 or more, got {self.probe_steps!r}."
             raise ValueError(msg)

@@ -86,13 +86,56 @@ class TrainingConfig:
     stop_after: int | None = None  # stop after this many steps this session (interruptions, tests)
 
     def __post_init__(self) -> None:
+        """Refuse settings that cannot train, before any file is read or written."""
         if self.gene_init not in GENE_INITS:
             msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
+        for name in ("n_genes", "batch_size", "grad_accumulation", "max_steps", "log_every", "checkpoint_every"):
+            _require(
+                name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an integer >= 1"
+            )
+        _require(
+            "gene_init_steps",
+            self.gene_init_steps,
+            _is_int(self.gene_init_steps) and self.gene_init_steps >= 1,
+            "an integer >= 1",
+        )
+        _require(
+            "warmup_steps", self.warmup_steps, _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0"
+        )
+        _require("learning_rate", self.learning_rate, self.learning_rate >= 0, ">= 0")
+        _require("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        _require("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]")
+        _require("grad_clip", self.grad_clip, self.grad_clip > 0, "> 0")
+        low, high = self.mask_ratio
+        _require("mask_ratio", self.mask_ratio, 0 < low <= high < 1, "(low, high) with 0 < low <= high < 1")
+        if self.mvc_genes is not None:
+            _require("mvc_genes", self.mvc_genes, _is_int(self.mvc_genes) and self.mvc_genes >= 1, "None or >= 1")
+        _require("mvc_nonzero_share", self.mvc_nonzero_share, 0 <= self.mvc_nonzero_share <= 1, "in [0, 1]")
+        _require("contrastive_weight", self.contrastive_weight, self.contrastive_weight >= 0, ">= 0")
+        _require("contrastive_temperature", self.contrastive_temperature, self.contrastive_temperature > 0, "> 0")
+        _require(
+            "value_encoding", self.value_encoding, self.value_encoding in ("rank", "presence"), "'rank' or 'presence'"
+        )
+        _require("gene_selection", self.gene_selection, self.gene_selection in ("random", "top"), "'random' or 'top'")
+        if self.max_minutes is not None:
+            _require("max_minutes", self.max_minutes, self.max_minutes > 0, "None or > 0")
+        if self.stop_after is not None:
+            _require("stop_after", self.stop_after, _is_int(self.stop_after) and self.stop_after >= 1, "None or >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _require(name: str, value: Any, valid: bool, expected: str) -> None:
+    if not valid:
+        msg = f"TrainingConfig.{name} must be {expected}, got {value!r}."
+        raise ValueError(msg)
 
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
