@@ -73,3 +73,14 @@ def test_settings_that_cannot_fine_tune_are_refused_before_any_work(two_batches,
     with pytest.raises(ValueError, match=message):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, progress=False, **option)
     assert_equal(two_batches, before)
+
+
+def test_a_per_cell_batch_column_is_warned_about(two_batches, tiny_checkpoint, caplog):
+    two_batches.obs["barcode"] = two_batches.obs_names.astype(str)
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.integrate(two_batches, "barcode", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)
+    assert "is it a per-cell column" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)
+    assert "per-cell column" not in caplog.text

@@ -45,7 +45,24 @@ def _batch_codes(adata: AnnData, batch_key: str) -> pd.Categorical:
             "integrate. Use pf.tl.embed for one batch."
         )
         raise ValueError(msg)
+    warn_if_per_cell_batches(codes, f"adata.obs[{batch_key!r}]")
     return codes
+
+
+def warn_if_per_cell_batches(codes: pd.Categorical, where: str) -> None:
+    """Log a warning when most batches hold a single cell: the column is likely a cell ID, not a batch."""
+    sizes = pd.Series(codes).value_counts()
+    singles = int((sizes == 1).sum())
+    if singles > len(sizes) / 2:
+        logger.warning(
+            "%s has %d batches for %d cells, %d of them a single cell: is it a per-cell column (barcode, cell ID)? "
+            "Integration removes differences between batches of several cells each; pass the sample, donor or "
+            "protocol column.",
+            where,
+            len(sizes),
+            len(codes),
+            singles,
+        )
 
 
 def integrate(

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..models import PretrainedModel
 from ._embedding_job import EmbeddingJob
+from ._integrate import warn_if_per_cell_batches
 from ._keys import EmbeddingKeys
 from ._mudata import ATAC_NAMES, PROTEIN_NAMES, find_modality, modality_rows, obs_column
 from ._multiomics import ModalityFeatures, atac_features, late_fusion, protein_features
@@ -89,6 +90,7 @@ def _batch_codes(mdata: MuData, batch_key: str | None, modality: str, shared: np
     if len(codes.categories) < 2:
         msg = f"{where} holds a single batch ({codes.categories[0]!r}): pass batch_key=None for one batch."
         raise ValueError(msg)
+    warn_if_per_cell_batches(codes, where)
     return codes
 
 
