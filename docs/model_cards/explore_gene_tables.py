@@ -9,6 +9,8 @@ gene sets with each file's mean removed (as ``corpus_gene_factors``):
 - ``factors 128 (2.1)``: the top 128 right singular vectors times IDF, as shipped;
 - ``factors 128 / s^a``: each factor divided by its singular value to the power ``a`` (partly or fully
   whitened, so the weaker programs count as much as the strong ones);
+- ``factors 128, rows / length^a``: each gene's row divided by its length to the power ``a`` (``a = 1``: unit
+  rows), so genes that the top factors explain little weigh as much as program genes in the mean;
 - ``factors 256`` / ``factors 384``: more factors (a wider model would hold them);
 - ``factors k + random residual``: ``k`` factors plus ``128 - k`` random directions orthogonal to them, scaled
   so they carry 25% of the corpus variance (what the factors leave out, as random weights keep it);
@@ -60,6 +62,11 @@ def fitted_tables(bag, files: np.ndarray) -> dict[str, np.ndarray]:
     tables = {"factors 128 (2.1)": loadings_from(components[:128], idf, seen)}
     for power in (0.5, 1.0):
         tables[f"factors 128 / s^{power}"] = tables["factors 128 (2.1)"] / singular[:128] ** power
+    lengths = np.linalg.norm(tables["factors 128 (2.1)"], axis=1, keepdims=True)
+    for power in (0.5, 1.0):
+        tables[f"factors 128, rows / length^{power}"] = (
+            tables["factors 128 (2.1)"] / np.maximum(lengths, 1e-12) ** power
+        )
     for k in (256, 384):
         tables[f"factors {k}"] = loadings_from(components[:k], idf, seen)
     rng = np.random.default_rng(1)
