@@ -52,6 +52,15 @@ def test_training_curve_draws_every_loss_column():
         pf.pl.training_curve(history, columns=("loss_mvc",), show=False)
 
 
+def test_training_curve_reads_a_run_folder_or_its_csv_and_names_a_missing_one(tmp_path):
+    pd.DataFrame({"step": [1, 2], "loss_value": [2.0, 1.0]}).to_csv(tmp_path / "history.csv", index=False)
+    for source in (tmp_path, tmp_path / "history.csv", str(tmp_path)):
+        ax = pf.pl.training_curve(source, smooth=1, show=False)
+        assert [line.get_label() for line in ax.get_lines()] == ["loss_value"]
+    with pytest.raises(FileNotFoundError, match=r"No training history at .*pass a pretraining output folder"):
+        pf.pl.training_curve(tmp_path / "elsewhere", show=False)
+
+
 def test_scanpy_can_plot_after_embed(pbmc68k, tiny_checkpoint):
     adata = pbmc68k[:40].copy()
     pf.tl.embed(adata, tiny_checkpoint, progress=False)

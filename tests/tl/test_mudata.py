@@ -138,7 +138,7 @@ def _bad_citeseq(citeseq, case):
     if case == "missing modality":
         return citeseq, {"modality": "gex"}, KeyError, "no modality 'gex'"
     if case == "missing protein modality":
-        return citeseq, {"protein": "adt"}, KeyError, "no modality 'adt'"
+        return citeseq, {"protein": "adt"}, KeyError, "no modality 'adt' .* e.g. protein='prot'"
     if case == "no shared cells":
         bad = _renamed(citeseq, "prot", [f"other{i}" for i in range(citeseq.n_obs)])
         return bad, {}, ValueError, "share no cells"

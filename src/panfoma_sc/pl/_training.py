@@ -28,7 +28,7 @@ def training_curve(
     Parameters
     ----------
     history
-        The run's ``history.csv`` (path or DataFrame) with a ``step`` column.
+        The run's ``history.csv`` (its path, the run's output folder, or a DataFrame) with a ``step`` column.
     columns
         Loss columns to draw (default: every ``loss_*`` column, e.g. value, MVC, contrastive, batch).
     smooth
@@ -46,7 +46,15 @@ def training_curve(
     """
     import matplotlib.pyplot as plt
 
-    frame = pd.read_csv(history) if isinstance(history, str | Path) else history
+    if isinstance(history, str | Path):
+        path = Path(history)
+        path = path / "history.csv" if path.is_dir() else path
+        if not path.is_file():
+            msg = f"No training history at {str(path)!r}: pass a pretraining output folder or its history.csv."
+            raise FileNotFoundError(msg)
+        frame = pd.read_csv(path)
+    else:
+        frame = history
     if columns is None:
         columns = tuple(c for c in frame.columns if c.startswith("loss_"))
     missing = [c for c in ("step", *columns) if c not in frame.columns]

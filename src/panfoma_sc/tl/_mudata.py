@@ -38,22 +38,25 @@ def require_muon():
 def find_modality(mdata: MuData, name: str | None, *, role: str, candidates: tuple[str, ...] = ()) -> str | None:
     """The modality called ``name``, or (``name=None``) the first of ``candidates`` present, or ``None``.
 
+    The error for an unknown ``name`` suggests the first of ``candidates`` present.
+
     Raises
     ------
     KeyError
         ``name`` is given and is not a modality of ``mdata``.
     """
     available = list(mdata.mod)
+    lowered = {m.lower(): m for m in available}
+    usual = next((lowered[c] for c in candidates if c in lowered), None)
     if name is not None:
         if name not in mdata.mod:
             msg = (
                 f"mdata has no modality {name!r} for the {role} (modalities: {available}). "
-                f"Pass one of them, e.g. {role}={available[0]!r}."
+                f"Pass one of them, e.g. {role}={usual or available[0]!r}."
             )
             raise KeyError(msg)
         return name
-    lowered = {m.lower(): m for m in available}
-    return next((lowered[c] for c in candidates if c in lowered), None)
+    return usual
 
 
 def modality_rows(mdata: MuData, names: list[str], *, require_all: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:

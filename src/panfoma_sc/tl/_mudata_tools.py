@@ -120,8 +120,8 @@ def integrate_mudata(
         raise ValueError(msg)
     find_modality(mdata, modality, role="modality")
     others = {
-        "protein": find_modality(mdata, protein, role="protein", candidates=() if protein else PROTEIN_NAMES),
-        "atac": find_modality(mdata, atac, role="atac", candidates=() if atac else ATAC_NAMES),
+        "protein": find_modality(mdata, protein, role="protein", candidates=PROTEIN_NAMES),
+        "atac": find_modality(mdata, atac, role="atac", candidates=ATAC_NAMES),
     }
     others = {kind: name for kind, name in others.items() if name is not None and name != modality}
     if not others:
