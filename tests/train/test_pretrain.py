@@ -73,7 +73,7 @@ def _config(**changes) -> TrainingConfig:
         ("warmup_steps", -1, "an integer >= 0"),
         ("learning_rate", -1e-3, ">= 0"),
         ("mask_ratio", (0.5, 0.2), "(low, high) with 0 < low <= high < 1"),
-        ("mvc_genes", 0, "None or >= 1"),
+        ("mvc_genes", 0, "None or an integer >= 1"),
         ("value_encoding", "ranks", "'rank' or 'presence'"),
         ("max_minutes", 0, "None or > 0"),
     ],

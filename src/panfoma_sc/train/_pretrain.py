@@ -90,38 +90,30 @@ class TrainingConfig:
         if self.gene_init not in GENE_INITS:
             msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
-        for name in ("n_genes", "batch_size", "grad_accumulation", "max_steps", "log_every", "checkpoint_every"):
-            _require(
-                name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an integer >= 1"
-            )
-        _require(
-            "gene_init_steps",
-            self.gene_init_steps,
-            _is_int(self.gene_init_steps) and self.gene_init_steps >= 1,
-            "an integer >= 1",
-        )
-        _require(
-            "warmup_steps", self.warmup_steps, _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0"
-        )
-        _require("learning_rate", self.learning_rate, self.learning_rate >= 0, ">= 0")
-        _require("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
-        _require("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]")
-        _require("grad_clip", self.grad_clip, self.grad_clip > 0, "> 0")
+        least = {"n_genes": 1, "batch_size": 1, "grad_accumulation": 1, "max_steps": 1, "log_every": 1}
+        least |= {"checkpoint_every": 1, "gene_init_steps": 1, "warmup_steps": 0}
+        for name, minimum in least.items():
+            value = getattr(self, name)
+            _require(name, value, _is_int(value) and value >= minimum, f"an integer >= {minimum}")
+        for name in ("mvc_genes", "stop_after"):
+            value = getattr(self, name)
+            _require(name, value, value is None or (_is_int(value) and value >= 1), "None or an integer >= 1")
         low, high = self.mask_ratio
-        _require("mask_ratio", self.mask_ratio, 0 < low <= high < 1, "(low, high) with 0 < low <= high < 1")
-        if self.mvc_genes is not None:
-            _require("mvc_genes", self.mvc_genes, _is_int(self.mvc_genes) and self.mvc_genes >= 1, "None or >= 1")
-        _require("mvc_nonzero_share", self.mvc_nonzero_share, 0 <= self.mvc_nonzero_share <= 1, "in [0, 1]")
-        _require("contrastive_weight", self.contrastive_weight, self.contrastive_weight >= 0, ">= 0")
-        _require("contrastive_temperature", self.contrastive_temperature, self.contrastive_temperature > 0, "> 0")
-        _require(
-            "value_encoding", self.value_encoding, self.value_encoding in ("rank", "presence"), "'rank' or 'presence'"
-        )
-        _require("gene_selection", self.gene_selection, self.gene_selection in ("random", "top"), "'random' or 'top'")
-        if self.max_minutes is not None:
-            _require("max_minutes", self.max_minutes, self.max_minutes > 0, "None or > 0")
-        if self.stop_after is not None:
-            _require("stop_after", self.stop_after, _is_int(self.stop_after) and self.stop_after >= 1, "None or >= 1")
+        checks = [
+            ("learning_rate", self.learning_rate >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("grad_clip", self.grad_clip > 0, "> 0"),
+            ("mask_ratio", 0 < low <= high < 1, "(low, high) with 0 < low <= high < 1"),
+            ("mvc_nonzero_share", 0 <= self.mvc_nonzero_share <= 1, "in [0, 1]"),
+            ("contrastive_weight", self.contrastive_weight >= 0, ">= 0"),
+            ("contrastive_temperature", self.contrastive_temperature > 0, "> 0"),
+            ("value_encoding", self.value_encoding in ("rank", "presence"), "'rank' or 'presence'"),
+            ("gene_selection", self.gene_selection in ("random", "top"), "'random' or 'top'"),
+            ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "None or > 0"),
+        ]
+        for name, valid, expected in checks:
+            _require(name, getattr(self, name), valid, expected)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
