@@ -92,6 +92,15 @@ def test_no_overlap_with_foreign_ensembl_ids_hints_species(vocab: GeneVocabulary
     assert "orthologs" in str(info.value)  # and the fix
 
 
+def test_no_overlap_with_genome_prefixed_names_says_to_strip_the_prefix(vocab: GeneVocabulary):
+    adata = _adata(["mm10___Actb", "hg19_CD3E", "hg19_MS4A1", "mm10___Cd19"])
+    with pytest.raises(ValueError, match="genome prefix") as info:
+        match_genes(adata, vocab)
+    assert "removeprefix('hg19_')" in str(info.value)  # the human prefix, not the mouse one
+    with pytest.raises(ValueError, match=r"mouse genome prefix .* human orthologs"):
+        match_genes(_adata(["mm10___Actb", "mm10___Cd19", "mm10___Cd3e"]), vocab)
+
+
 def test_no_overlap_with_unknown_human_ensembl_ids_says_so(vocab: GeneVocabulary):
     adata = _adata(["ENSG99999999991", "ENSG99999999992", "ENSG99999999993"])
     with pytest.raises(ValueError, match="human Ensembl IDs") as info:

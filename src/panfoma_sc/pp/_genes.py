@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,9 +169,27 @@ def _warn_if_gene_subset(adata: AnnData) -> None:
     )
 
 
+#: genome prefix of multi-genome references (10x "barnyard": ``hg19_CD3E``, ``GRCh38-CD3E``, ``mm10___Actb``)
+_GENOME_PREFIX = re.compile(r"^((?:hg|mm)\d\d|GRC[hm]\d\d)[_-]+", re.IGNORECASE)
+
+
 def _no_match_hint(names: np.ndarray) -> str:
     """What to do when no gene matched, guessed from what the names look like."""
     symbols_hint = "Pass gene_symbols='<var column with gene symbols>' if the symbols are in a var column."
+    genomes = [m.group(0) for m in map(_GENOME_PREFIX.match, map(str, names)) if m is not None]
+    if len(genomes) > len(names) / 4:
+        human = [g for g in genomes if g.lower().startswith(("hg", "grch"))]
+        if not human:
+            return (
+                f"The names carry a mouse genome prefix ({genomes[0]!r}) and the model's vocabulary is human: "
+                "map the genes to their human orthologs first, then embed."
+            )
+        prefix = max(set(human), key=human.count)
+        return (
+            f"The names carry a genome prefix ({prefix!r}, a multi-genome reference). Keep the human genes and "
+            f"strip it first, e.g. adata = adata[:, adata.var_names.str.startswith({prefix!r})].copy(); "
+            f"adata.var_names = adata.var_names.str.removeprefix({prefix!r})."
+        )
     prefixes = [ensembl_species_prefix(n) for n in names[:200]]
     ensembl = [p for p in prefixes if p is not None]
     if len(ensembl) <= len(prefixes) / 2:
