@@ -59,16 +59,21 @@ def corpus_sets(model, tokenizer: Tokenizer) -> tuple[dict[bool, sparse.csr_matr
     return {k: sparse.vstack(v).tocsr() for k, v in bags.items()}, np.concatenate(files)
 
 
+def evaluation_cells(name: str, label: str):
+    """The labelled cells of one evaluation set (lung: singlets), ``CELLS_PER_SET`` of them drawn with seed 0."""
+    adata = pf.datasets.load(name)
+    if name.startswith("lung"):
+        adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
+    keep = adata.obs[label].notna() & (adata.obs[label].astype(str) != "not_in_tutorial_QC")
+    adata = adata[keep].copy()
+    sc.pp.filter_cells(adata, min_genes=1)
+    return sc.pp.sample(adata, n=min(CELLS_PER_SET, adata.n_obs), rng=0, copy=True)
+
+
 def evaluation_sets(model, tokenizer: Tokenizer) -> list[dict]:
     sets = []
     for name, label, group in DATASETS:
-        adata = pf.datasets.load(name)
-        if name.startswith("lung"):
-            adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
-        keep = adata.obs[label].notna() & (adata.obs[label].astype(str) != "not_in_tutorial_QC")
-        adata = adata[keep].copy()
-        sc.pp.filter_cells(adata, min_genes=1)
-        adata = sc.pp.sample(adata, n=min(CELLS_PER_SET, adata.n_obs), rng=0, copy=True)
+        adata = evaluation_cells(name, label)
         cells = EmbeddingJob.prepare(adata, model).cell_rows()
         tokens = tokenizer(cells.block(np.arange(adata.n_obs)), cells.gene_ids, cells.cell_keys, seed=0)
         sets.append(

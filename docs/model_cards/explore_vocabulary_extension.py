@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
-from ablate_gene_tables import CELLS_PER_SET, DATASETS, gene_mean
+from ablate_gene_tables import DATASETS, evaluation_cells, gene_mean
 from explore_gene_tables import scores
 
 import panfoma_sc as pf
@@ -55,13 +54,7 @@ def main() -> None:
     )
     rows = []
     for name, label, group in DATASETS:
-        adata = pf.datasets.load(name)
-        if name.startswith("lung"):
-            adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
-        keep = adata.obs[label].notna() & (adata.obs[label].astype(str) != "not_in_tutorial_QC")
-        adata = adata[keep].copy()
-        sc.pp.filter_cells(adata, min_genes=1)
-        adata = sc.pp.sample(adata, n=min(CELLS_PER_SET, adata.n_obs), rng=0, copy=True)
+        adata = evaluation_cells(name, label)
         data = {
             "labels": adata.obs[label].astype(str).to_numpy(),
             "groups": None if group is None else adata.obs[group].astype(str).to_numpy(),
