@@ -219,3 +219,15 @@ def test_non_integer_or_non_positive_sizes_are_refused(pbmc_sorted, tiny_checkpo
     with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
         pf.tl.embed(adata, tiny_checkpoint, progress=False, **{option: value})
     assert_equal(adata, before)
+
+
+def test_n_genes_far_above_every_cells_expressed_genes_is_warned_about(pbmc_sorted, tiny_checkpoint, caplog):
+    most_expressed = np.argsort(-np.asarray((pbmc_sorted.X > 0).sum(0)).ravel())[:40]
+    adata = pbmc_sorted[:10, np.sort(most_expressed)].copy()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        _embed(adata, tiny_checkpoint, n_genes=256)
+    assert "most tokens will be unexpressed filler" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        _embed(adata, tiny_checkpoint, n_genes=32)
+    assert "filler" not in caplog.text

@@ -26,6 +26,7 @@ class ExpressionReport:
     n_cells: int
     n_genes: int
     max_value: float
+    max_expressed: int = 0  # most expressed genes (among the checked columns) in any one cell
 
     def summary(self) -> dict[str, object]:
         """JSON-able report."""
@@ -76,6 +77,7 @@ def check_expression(
     all_integer = True
     max_value = 0.0
     empty_cells: list[int] = []
+    max_expressed = 0
     for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
         values = block.data
         if values.size and not np.all(np.isfinite(values)):
@@ -93,6 +95,7 @@ def check_expression(
         row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
         empty_cells.extend(rows[nonzero == 0].tolist())
+        max_expressed = max(max_expressed, int(nonzero.max(initial=0)))
     if empty_cells:
         names = adata.obs_names[empty_cells[:5]].tolist()
         scope = "among the genes known to the model " if columns is not None else ""
@@ -108,4 +111,6 @@ def check_expression(
     else:
         kind = "nonnegative"
     logger.info("%s holds %s (max %.3g).", where, kind, max_value)
-    return ExpressionReport(kind=kind, n_cells=adata.n_obs, n_genes=adata.n_vars, max_value=max_value)
+    return ExpressionReport(
+        kind=kind, n_cells=adata.n_obs, n_genes=adata.n_vars, max_value=max_value, max_expressed=max_expressed
+    )

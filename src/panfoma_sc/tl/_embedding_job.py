@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..models import PretrainedModel
 from ..pp import ExpressionReport, GeneMatch, check_expression, match_genes
 
 __all__ = ["EmbeddingJob"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +73,14 @@ class EmbeddingJob:
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
         report = check_expression(adata, layer=layer, columns=match.columns)
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
+        if tokenizer.n_genes > 2 * report.max_expressed:
+            logger.warning(
+                "n_genes=%d, but no cell expresses more than %d of the matched genes: most tokens will be "
+                "unexpressed filler, which costs time and memory (attention grows with the square of the chunk "
+                "length). A smaller n_genes is faster.",
+                tokenizer.n_genes,
+                report.max_expressed,
+            )
         return cls(
             adata=adata,
             model=model,
