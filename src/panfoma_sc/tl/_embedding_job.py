@@ -73,7 +73,7 @@ class EmbeddingJob:
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
         report = check_expression(adata, layer=layer, columns=match.columns)
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
-        if tokenizer.n_genes > 2 * report.max_expressed:
+        if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
             logger.warning(
                 "n_genes=%d, but no cell expresses more than %d of the matched genes: most tokens will be "
                 "unexpressed filler, which costs time and memory (attention grows with the square of the chunk "
