@@ -11,6 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .train import TrainingConfig
 
 __all__ = ["main"]
 
@@ -145,7 +149,7 @@ def _models(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from .data.vocab import GeneVocabulary
     from .train import (
-        TrainingConfig,
+        InvalidSettingError,
         build_vocabulary,
         default_pretraining_files,
         finish_distributed,
@@ -171,7 +175,42 @@ def _pretrain(args: argparse.Namespace) -> int:
 
         start = load(args.init_from)
         init_from = str(start.path)
-    config = TrainingConfig(  # validates the settings before anything is written
+    try:
+        config = _training_config(args, init_from)  # validates the settings before anything is written
+    except InvalidSettingError as err:
+        flag = _PRETRAIN_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
+        msg = f"{flag} must be {err.expected}, got {err.value!r}."
+        raise ValueError(msg) from err
+    rank, _ = init_distributed()
+    if args.init_from:
+        vocab = start.vocab
+    elif vocab_file.is_file():
+        vocab = GeneVocabulary.from_json(vocab_file.read_text())
+    else:
+        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            vocab_file.write_text(vocab.to_json())
+    summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
+    finish_distributed()
+    if rank == 0:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+#: ``TrainingConfig`` fields whose ``panfoma pretrain`` flag is not the field name with dashes
+_PRETRAIN_FLAGS = {
+    "max_steps": "--steps",
+    "learning_rate": "--lr",
+    "warmup_steps": "--warmup",
+    "contrastive_weight": "--contrastive",
+}
+
+
+def _training_config(args: argparse.Namespace, init_from: str | None) -> TrainingConfig:
+    from .train import TrainingConfig
+
+    return TrainingConfig(
         architecture=args.architecture,
         n_genes=args.n_genes,
         batch_size=args.batch_size,
@@ -198,21 +237,6 @@ def _pretrain(args: argparse.Namespace) -> int:
             if value is not None
         },
     )
-    rank, _ = init_distributed()
-    if args.init_from:
-        vocab = start.vocab
-    elif vocab_file.is_file():
-        vocab = GeneVocabulary.from_json(vocab_file.read_text())
-    else:
-        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            vocab_file.write_text(vocab.to_json())
-    summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
-    finish_distributed()
-    if rank == 0:
-        print(json.dumps(summary, indent=2))
-    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,7 +88,11 @@ def test_cli_refuses_bad_settings_and_missing_files_before_writing_anything(corp
 
     out = tmp_path / "run"
     assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--batch-size", "0"]) == EXIT_BAD_INPUT
-    assert "batch_size must be an integer >= 1" in capsys.readouterr().err
+    assert "--batch-size must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--steps", "0"]) == EXIT_BAD_INPUT
+    assert "--steps must be an integer >= 1, got 0" in capsys.readouterr().err  # the flag, not the field
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--lr", "-1"]) == EXIT_BAD_INPUT
+    assert "--lr must be >= 0, got -1.0" in capsys.readouterr().err
     assert main(["pretrain", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == EXIT_BAD_INPUT
     assert "missing.h5ad' does not exist" in capsys.readouterr().err
     assert main(["pretrain", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == EXIT_BAD_INPUT

@@ -5,13 +5,14 @@ from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._multimodal import FeatureTokens, MultimodalEncoder, finetune_multimodal
-from ._pretrain import PretrainingObjective, TrainingConfig, pretrain
+from ._pretrain import InvalidSettingError, PretrainingObjective, TrainingConfig, pretrain
 
 __all__ = [
     "EVALUATION_HOLDOUT",
     "CellRows",
     "FeatureTokens",
     "FineTuneConfig",
+    "InvalidSettingError",
     "MultimodalEncoder",
     "PretrainingCorpus",
     "PretrainingObjective",

@@ -33,7 +33,7 @@ from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainingObjective", "TrainingConfig", "pretrain"]
+__all__ = ["InvalidSettingError", "PretrainingObjective", "TrainingConfig", "pretrain"]
 
 #: values of ``TrainingConfig.gene_init``
 GENE_INITS = ("random", "corpus-svd", "corpus-contrastive")
@@ -124,10 +124,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+class InvalidSettingError(ValueError):
+    """A :class:`TrainingConfig` setting that cannot train; ``setting`` names the field, ``expected`` the rule."""
+
+    def __init__(self, setting: str, value: Any, expected: str) -> None:
+        super().__init__(f"TrainingConfig.{setting} must be {expected}, got {value!r}.")
+        self.setting = setting
+        self.value = value
+        self.expected = expected
+
+
 def _require(name: str, value: Any, valid: bool, expected: str) -> None:
     if not valid:
-        msg = f"TrainingConfig.{name} must be {expected}, got {value!r}."
-        raise ValueError(msg)
+        raise InvalidSettingError(name, value, expected)
 
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
