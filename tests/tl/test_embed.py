@@ -72,7 +72,26 @@ def test_counts_and_lognormalized_give_the_same_embedding(pbmc_sorted, tiny_chec
     np.testing.assert_allclose(a.obsm["X_panfoma"], b.obsm["X_panfoma"], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["dense_int", "dense_float32", "dense_float16", "csc", "csr_int64"])
+def _non_canonical_csr(x: np.ndarray) -> sparse.csr_matrix:
+    """``x`` with every stored count split over two entries of the same gene, in reversed order per row."""
+    canonical = sparse.csr_matrix(x)
+    indptr = canonical.indptr * 2
+    indices = np.empty(2 * canonical.nnz, dtype=canonical.indices.dtype)
+    data = np.empty(2 * canonical.nnz, dtype=np.float32)
+    for row in range(canonical.shape[0]):
+        start, stop = canonical.indptr[row], canonical.indptr[row + 1]
+        genes, values = canonical.indices[start:stop][::-1], canonical.data[start:stop][::-1]
+        indices[2 * start : 2 * stop] = np.repeat(genes, 2)
+        data[2 * start : 2 * stop : 2] = np.floor(values / 2)
+        data[2 * start + 1 : 2 * stop : 2] = values - np.floor(values / 2)
+    matrix = sparse.csr_matrix((data, indices, indptr), shape=x.shape)
+    assert not matrix.has_canonical_format
+    return matrix
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense_int", "dense_float32", "dense_float16", "csc", "csr_int64", "csr_duplicates_unsorted"]
+)
 def test_matrix_formats_and_dtypes_agree(pbmc_sorted, tiny_checkpoint, kind):
     adata = pbmc_sorted[:30].copy()
     reference = _embed(adata, tiny_checkpoint).obsm["X_panfoma"]
@@ -83,6 +102,8 @@ def test_matrix_formats_and_dtypes_agree(pbmc_sorted, tiny_checkpoint, kind):
         "dense_float16": x.astype(np.float16),  # scipy.sparse has no float16: read as float32
         "csc": sparse.csc_matrix(x),
         "csr_int64": sparse.csr_matrix(x.astype(np.int64)),
+        # as scipy reads it: duplicate entries of a gene add up (some h5ad writers store them)
+        "csr_duplicates_unsorted": _non_canonical_csr(x),
     }[kind]
     np.testing.assert_allclose(_embed(adata, tiny_checkpoint).obsm["X_panfoma"], reference, atol=1e-5)
 

@@ -56,6 +56,9 @@ def iter_row_blocks(
         if getattr(block, "dtype", None) == np.float16:
             block = block.astype(np.float32)  # scipy.sparse has no float16
         block = sparse.csr_matrix(block)
+        if not block.has_canonical_format:  # a gene stored twice in a row counts once, summed, as in scipy
+            block = block.copy()
+            block.sum_duplicates()
         if columns is not None:
             block = block[:, columns]
         yield selected, block
