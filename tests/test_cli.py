@@ -46,8 +46,35 @@ def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, 
     assert main(["embed", str(source), str(tmp_path), *model]) == EXIT_BAD_INPUT
     assert "is a folder" in capsys.readouterr().err
     args = ["annotate", str(source), str(source), str(tmp_path / "o.h5ad"), "--labels-key", "louvain"]
-    assert main([*args, "--save-model", missing_folder, *model]) == EXIT_BAD_INPUT
-    assert "does not exist. Create it first" in capsys.readouterr().err
+    saved = str(tmp_path / "no" / "tuned.safetensors")
+    assert main([*args, "--method", "finetune", "--save-model", saved, *model]) == EXIT_BAD_INPUT
+    assert "cannot write --save-model" in capsys.readouterr().err  # named as the option, not as "output"
+    assert main(["embed", str(source), str(tmp_path / "out.csv"), *model]) == EXIT_BAD_INPUT
+    assert "must be a .h5ad file: name it e.g." in capsys.readouterr().err
+    assert main([*args, "--method", "finetune", "--save-model", str(tmp_path / "tuned.pt"), *model]) == EXIT_BAD_INPUT
+    assert "must be a .safetensors file" in capsys.readouterr().err
+    assert not list(tmp_path.glob("o.*"))
+    assert not list(tmp_path.glob("tuned*"))
+
+
+def test_unreadable_inputs_exit_2_with_what_to_do(tmp_path, capsys):
+    import h5py
+
+    text, empty, tenx = tmp_path / "cells.csv", tmp_path / "empty.h5ad", tmp_path / "filtered.h5"
+    text.write_text("gene,cell1\nCD3E,4\n")
+    empty.write_bytes(b"")
+    with h5py.File(tenx, "w") as file:
+        file.create_group("matrix")
+    out = str(tmp_path / "out.h5ad")
+    for path in (text, empty):
+        assert main(["embed", str(path), out]) == EXIT_BAD_INPUT
+        assert "is not an .h5ad (HDF5) file" in capsys.readouterr().err
+    assert main(["embed", str(tenx), out]) == EXIT_BAD_INPUT
+    assert "read it with sc.read_10x_h5" in capsys.readouterr().err
+    assert main(["pretrain", str(text), "--out", str(tmp_path / "run")]) == EXIT_BAD_INPUT
+    assert "is not an .h5ad (HDF5) file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "out.h5ad").exists()
 
 
 def test_models_describe_prints_parameter_counts(tiny_checkpoint, capsys):
@@ -75,8 +102,16 @@ def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path,
     model = ["--model", str(tiny_checkpoint), "--quiet"]
     args = ["annotate", str(paths["query"]), str(paths["reference"]), str(paths["labelled"]), "--labels-key"]
     assert main([*args, "cell_type", *model]) == EXIT_OK
-    assert "panfoma_label" in ad.read_h5ad(paths["labelled"]).obs
-    assert "labels" in capsys.readouterr().out
+    confidence = ad.read_h5ad(paths["labelled"]).obs["panfoma_label_confidence"]
+    capsys.readouterr()
+    # a threshold half the cells miss: the summary counts the labels cells got, not the reference's categories
+    threshold = str(float(np.median(confidence)))
+    assert main([*args, "cell_type", "--unknown-threshold", threshold, *model]) == EXIT_OK
+    labels = ad.read_h5ad(paths["labelled"]).obs["panfoma_label"].astype(str)
+    unknown, given = int((labels == "Unknown").sum()), labels[labels != "Unknown"]
+    assert 0 < unknown < query.n_obs
+    expected = f"{given.size} cells labelled with {given.nunique()} labels, {unknown} Unknown."
+    assert expected in capsys.readouterr().out
     args = ["integrate", str(paths["query"]), str(paths["integrated"]), "--batch-key", "batch", "--max-steps", "1"]
     assert main([*args, *model]) == EXIT_OK
     assert ad.read_h5ad(paths["integrated"]).obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)
@@ -92,3 +127,22 @@ def test_annotate_and_integrate_refuse_bad_keys_with_exit_2(pbmc_sorted, tiny_ch
     assert main(["integrate", str(source), str(out), "--batch-key", "nope", *model]) == EXIT_BAD_INPUT
     assert "batch_key='nope'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_version_verbose_after_the_subcommand_and_register_overwrite(tiny_checkpoint, capsys):
+    import pytest
+
+    import panfoma_sc as pf
+    from panfoma_sc.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"panfoma {pf.__version__}"
+    parser = build_parser()
+    assert parser.parse_args(["embed", "a.h5ad", "b.h5ad", "-v"]).verbose
+    assert parser.parse_args(["models", "list", "--verbose"]).verbose
+    assert not parser.parse_args(["embed", "a.h5ad", "b.h5ad"]).verbose
+    assert main(["models", "register", "twice", str(tiny_checkpoint)]) == EXIT_OK
+    assert main(["models", "register", "twice", str(tiny_checkpoint)]) == EXIT_BAD_INPUT
+    assert main(["models", "register", "twice", str(tiny_checkpoint), "--overwrite"]) == EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["check_input_file", "check_writable"]
+__all__ = ["check_h5ad_input", "check_input_file", "check_writable"]
 
 
 def check_input_file(path: str | Path) -> None:
@@ -15,7 +15,41 @@ def check_input_file(path: str | Path) -> None:
         raise FileNotFoundError(msg)
 
 
-def check_writable(path: str | Path, what: str = "output") -> None:
+def check_h5ad_input(path: str | Path) -> None:
+    """Refuse, before any work, an input that is missing or that ``anndata.read_h5ad`` cannot read.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not an existing file.
+    ValueError
+        ``path`` is not an HDF5 file (a text file, an empty or truncated download), or it is an HDF5 file
+        without AnnData's layout (a 10x Genomics ``.h5``, for example).
+    """
+    import h5py
+
+    check_input_file(path)
+    name = str(path)
+    if not h5py.is_hdf5(path):
+        msg = (
+            f"input file {name!r} is not an .h5ad (HDF5) file: it is empty, truncated or in another format. "
+            "Read it with scanpy (e.g. sc.read_csv, sc.read_mtx, sc.read_10x_mtx) and save it with "
+            "adata.write_h5ad(...), or download it again."
+        )
+        raise ValueError(msg)
+    with h5py.File(path, "r") as file:
+        groups = set(file)
+    if "obs" not in groups or "var" not in groups:
+        hint = (
+            " It looks like a 10x Genomics .h5: read it with sc.read_10x_h5 and save it with adata.write_h5ad(...)."
+            if "matrix" in groups
+            else " Convert it with scanpy/anndata and save it with adata.write_h5ad(...)."
+        )
+        msg = f"input file {name!r} is an HDF5 file but not an AnnData .h5ad (no obs/var groups).{hint}"
+        raise ValueError(msg)
+
+
+def check_writable(path: str | Path, what: str = "output", suffix: str | None = None) -> None:
     """Refuse a path that a file cannot be written to: a folder, a missing folder, a read-only folder.
 
     Parameters
@@ -24,18 +58,24 @@ def check_writable(path: str | Path, what: str = "output") -> None:
         The file to be written.
     what
         What the file is, for the message (``"output"``, ``"save_model"``).
+    suffix
+        The file name must end with this (``".h5ad"``), when given.
 
     Raises
     ------
     FileNotFoundError
         The file's folder does not exist.
     ValueError
-        ``path`` is a folder, or its folder is not writable.
+        ``path`` is a folder, its folder is not writable, or its name does not end with ``suffix``.
     """
     target = Path(path)
     folder = target.resolve().parent
     if target.is_dir():
-        msg = f"{what} {str(path)!r} is a folder: give a file name inside it, e.g. {str(target / 'out.h5ad')!r}."
+        example = target / f"out{suffix or '.h5ad'}"
+        msg = f"{what} {str(path)!r} is a folder: give a file name inside it, e.g. {str(example)!r}."
+        raise ValueError(msg)
+    if suffix is not None and target.suffix.lower() != suffix:
+        msg = f"{what} {str(path)!r} must be a {suffix} file: name it e.g. {str(target.with_suffix(suffix))!r}."
         raise ValueError(msg)
     if not folder.is_dir():
         msg = f"cannot write {what} {str(path)!r}: its folder {str(folder)!r} does not exist. Create it first."

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._version import __version__
+
 if TYPE_CHECKING:
     from .train import TrainingConfig
 
@@ -21,14 +23,16 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str | None]) -> None:
-    """Refuse missing input files and output paths that cannot be written, before any work."""
-    from ._paths import check_input_file, check_writable
+def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str], save_model: str | None = None) -> None:
+    """Refuse unreadable input files and output paths that cannot be written, before any work."""
+    from ._paths import check_h5ad_input, check_writable
 
     for path in filter(None, inputs):
-        check_input_file(path)
-    for path in filter(None, outputs):
-        check_writable(path)
+        check_h5ad_input(path)
+    for path in outputs:
+        check_writable(path, "output", suffix=".h5ad")
+    if save_model is not None:
+        check_writable(save_model, "--save-model", suffix=".safetensors")
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -62,7 +66,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from . import tl
 
-    _check_paths([args.query, args.reference], [args.output, args.save_model])
+    _check_paths([args.query, args.reference], [args.output], args.save_model)
     query = ad.read_h5ad(args.query)
     reference = ad.read_h5ad(args.reference) if args.reference else None
     tl.annotate(
@@ -87,7 +91,12 @@ def _annotate(args: argparse.Namespace) -> int:
     )
     query.write_h5ad(args.output)
     counts = query.obs[args.key_added].value_counts()
-    print(f"Wrote {args.output}: obs[{args.key_added!r}] ({len(counts)} labels; {counts.get('Unknown', 0)} Unknown).")
+    unknown = int(counts.get("Unknown", 0))
+    used = int((counts.drop("Unknown", errors="ignore") > 0).sum())  # categories no cell got are not counted
+    print(
+        f"Wrote {args.output}: obs[{args.key_added!r}]: {query.n_obs - unknown} cells labelled with {used} "
+        f"labels, {unknown} Unknown."
+    )
     return EXIT_OK
 
 
@@ -96,7 +105,7 @@ def _integrate(args: argparse.Namespace) -> int:
 
     from . import tl
 
-    _check_paths([args.input], [args.output, args.save_model])
+    _check_paths([args.input], [args.output], args.save_model)
     adata = ad.read_h5ad(args.input)
     tl.integrate(
         adata,
@@ -141,12 +150,15 @@ def _models(args: argparse.Namespace) -> int:
     elif args.models_command == "describe":
         print(json.dumps(models.describe(args.name), indent=2, default=str))
     elif args.models_command == "register":
-        entry = models.register(args.name, args.path_or_url, sha256=args.sha256, description=args.description)
+        entry = models.register(
+            args.name, args.path_or_url, sha256=args.sha256, description=args.description, overwrite=args.overwrite
+        )
         print(f"Registered {entry.name!r} (sha256 {entry.sha256}).")
     return EXIT_OK
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from ._settings import settings
     from .data.vocab import GeneVocabulary
     from .train import (
         InvalidSettingError,
@@ -168,6 +180,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         msg = "No training files: pass .h5ad files and/or a --data-dir that holds some."
         raise ValueError(msg)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        msg = f"--out {args.out!r} is a file: give a folder for the run (it is created when missing)."
+        raise ValueError(msg)
     vocab_file = out / "vocab.json"
     init_from = None
     if args.init_from:  # continue training a checkpoint: its vocabulary and architecture
@@ -181,6 +196,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         flag = _PRETRAIN_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
         msg = f"{flag} must be {err.expected}, got {err.value!r}."
         raise ValueError(msg) from err
+    settings.resolve_device(args.device)  # a device this machine lacks is refused before the vocabulary is written
     rank, _ = init_distributed()
     if args.init_from:
         vocab = start.vocab
@@ -243,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``panfoma``."""
     parser = argparse.ArgumentParser(prog="panfoma", description="PanFoMa single-cell foundation model.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed the cells of an .h5ad file into obsm")
@@ -303,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("path_or_url")
     register.add_argument("--sha256")
     register.add_argument("--description", default="")
+    register.add_argument("--overwrite", action="store_true", help="replace a checkpoint registered under this name")
     models.set_defaults(func=_models)
 
     pre = commands.add_parser("pretrain", help="pretrain a model on .h5ad files (torchrun for several processes)")
@@ -368,7 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench._cli import add_bench_parser
 
     add_bench_parser(commands)
+    _accept_verbose_after_subcommands(parser)
     return parser
+
+
+def _accept_verbose_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Let ``-v`` follow any (sub)command too: ``panfoma embed in.h5ad out.h5ad -v``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                subparser.add_argument(
+                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details"
+                )
+                _accept_verbose_after_subcommands(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,7 +81,7 @@ def test_csc_int_query_and_float_reference_give_the_same_labels(split, tiny_chec
     np.testing.assert_array_equal(as_csc.obs["panfoma_label"], as_csr.obs["panfoma_label"])
 
 
-@pytest.mark.parametrize("case", ["knn", "missing folder"])
+@pytest.mark.parametrize("case", ["knn", "missing folder", "not .safetensors"])
 def test_bad_save_model_is_refused_before_any_work(split, tiny_checkpoint, tmp_path, case):
     reference, query = split
     method, path = "knn", tmp_path / "tuned.safetensors"
@@ -89,6 +89,9 @@ def test_bad_save_model_is_refused_before_any_work(split, tiny_checkpoint, tmp_p
     if case == "missing folder":
         method, path = "finetune", tmp_path / "no" / "tuned.safetensors"
         message, error = "does not exist. Create it first", FileNotFoundError
+    if case == "not .safetensors":
+        method, path = "finetune", tmp_path / "tuned.pt"
+        message, error = r"must be a \.safetensors file", ValueError
     before = query.copy()
     with pytest.raises(error, match=message):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, method=method, save_model=path)

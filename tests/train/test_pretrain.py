@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import torch
 from safetensors.numpy import load_file
 
 from panfoma_sc.data import GeneVocabulary
@@ -93,6 +94,15 @@ def test_cli_refuses_bad_settings_and_missing_files_before_writing_anything(corp
     assert "--steps must be an integer >= 1, got 0" in capsys.readouterr().err  # the flag, not the field
     assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--lr", "-1"]) == EXIT_BAD_INPUT
     assert "--lr must be >= 0, got -1.0" in capsys.readouterr().err
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--architecture", "nope"]) == EXIT_BAD_INPUT
+    assert "--architecture must be one of 'panfoma-tiny'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--device", "cuda"]) == EXIT_BAD_INPUT
+        assert "device='cuda' was requested" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(afile)]) == EXIT_BAD_INPUT
+    assert "is a file: give a folder" in capsys.readouterr().err
     assert main(["pretrain", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == EXIT_BAD_INPUT
     assert "missing.h5ad' does not exist" in capsys.readouterr().err
     assert main(["pretrain", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == EXIT_BAD_INPUT

@@ -184,7 +184,7 @@ def annotate(
         if method != "finetune":
             msg = "save_model keeps a fine-tuned model: pass method='finetune', or drop save_model for 'knn'."
             raise ValueError(msg)
-        check_writable(save_model, "save_model")
+        check_writable(save_model, "save_model", suffix=".safetensors")
     pretrained = resolve_model(model)
     options = {
         "gene_symbols": gene_symbols,

@@ -195,7 +195,7 @@ def integrate(
         )
         raise ValueError(msg)
     if save_model is not None and not is_mudata(adata):
-        check_writable(save_model, "save_model")
+        check_writable(save_model, "save_model", suffix=".safetensors")
     if is_mudata(adata):
         from ._mudata_tools import integrate_mudata
 

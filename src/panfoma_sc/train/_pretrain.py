@@ -87,6 +87,8 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot train, before any file is read or written."""
+        if self.init_from is None and self.architecture not in CONFIGS:
+            raise InvalidSettingError("architecture", self.architecture, f"one of {', '.join(map(repr, CONFIGS))}")
         if self.gene_init not in GENE_INITS:
             msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
