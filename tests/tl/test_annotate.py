@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 from anndata.tests.helpers import assert_equal
@@ -97,3 +100,88 @@ def test_bad_save_model_is_refused_before_any_work(split, tiny_checkpoint, tmp_p
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, method=method, save_model=path)
     assert_equal(query, before)
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("key_added", None, "a non-empty string"),
+        ("key_added", "", "a non-empty string"),
+        ("n_neighbors", 2.5, "an integer >= 1"),
+        ("n_neighbors", True, "an integer >= 1"),
+        ("max_epochs", 1.5, "an integer >= 1"),
+        ("unknown_threshold", "0.5", "a number in [0, 1]"),
+        ("seed", None, "an integer >= 0"),
+        ("seed", -1, "an integer >= 0"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(split, tiny_checkpoint, option, value, expected, monkeypatch):
+    reference, query = split
+    before = query.copy()
+    monkeypatch.setattr("panfoma_sc.tl._annotate.EmbeddingJob.run", lambda *a, **k: pytest.fail("embedded"))
+    with pytest.raises(ValueError, match=re.escape(f"{option} must be {expected}, got {value!r}")):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, **{option: value})
+    assert_equal(query, before)
+
+
+def test_a_mudata_is_refused_with_the_modality_to_pass(split, tiny_checkpoint):
+    import mudata as md
+
+    reference, query = split
+    with pytest.raises(TypeError, match=r"adata is a MuData; .* e\.g\. adata\.mod\['rna'\]"):
+        pf.tl.annotate(md.MuData({"rna": query}), reference, labels_key="cell_type", model=tiny_checkpoint)
+
+
+def test_reference_problems_are_named_as_the_reference(split, tiny_checkpoint):
+    reference, query = split
+    with pytest.raises(KeyError, match=r"not found in reference\.layers"):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, reference_layer="counts")
+    query.var["symbol"] = query.var_names
+    with pytest.raises(KeyError, match=r"column of reference\.var .* both the query's and the reference's"):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, gene_symbols="symbol")
+    reference.X = reference.X.toarray()
+    reference.X[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"reference\.X contains NaN"):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
+
+
+def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_checkpoint):
+    reference, query = split
+    labels = reference.obs["cell_type"].astype(str)
+    first_class = labels.iloc[0]
+    reference.obs["with_blanks"] = labels.where(labels != first_class, "")  # a whole class unlabelled
+    reference.obs["codes"] = reference.obs["cell_type"].cat.codes.astype(int)  # integer labels
+    kwargs = {"model": tiny_checkpoint, "progress": False, "unknown_threshold": 0, "copy": True}
+    blanks = pf.tl.annotate(query, reference, labels_key="with_blanks", **kwargs).obs["panfoma_label"]
+    assert "" not in set(blanks.cat.categories)
+    assert first_class not in set(blanks.cat.categories)
+    codes = pf.tl.annotate(query, reference, labels_key="codes", **kwargs).obs["panfoma_label"]
+    assert set(codes.cat.categories) <= {str(c) for c in range(9)} | {"Unknown"}
+
+
+def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_overwritten_column(
+    split, tiny_checkpoint, caplog
+):
+    reference, query = split
+    kwargs = {"model": tiny_checkpoint, "progress": False}
+    reference.obs["named"] = reference.obs["cell_type"].astype(str)
+    reference.obs.loc[reference.obs_names[:5], "named"] = "Unknown"
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query, reference, labels_key="named", n_neighbors=500, key_added="cell_type", **kwargs)
+    text = caplog.text
+    assert "has a class named 'Unknown'" in text
+    assert "n_neighbors=500, but the reference has 72 labelled cells" in text
+    assert "adata.obs['cell_type'] exists and is not an earlier pf.tl.annotate result" in text
+    assert "share only" not in text
+    caplog.clear()
+    half = query.n_vars // 2
+    query_part, reference_part = query[:, :half].copy(), reference[:, half:].copy()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)
+    assert "The query and the reference share only 0 of the" in caplog.text
+    assert query_part.uns["panfoma_label"]["params"]["shared_genes"] == 0
+    assert query_part.uns["panfoma_label"]["params"]["reference_genes"]["n_matched"] > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)  # rerun: our own column
+    assert "is not an earlier pf.tl.annotate result" not in caplog.text

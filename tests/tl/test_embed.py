@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import threading
 
 import anndata as ad
@@ -232,12 +233,21 @@ def test_unavailable_device_is_refused_before_any_work(pbmc_sorted, tiny_checkpo
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("batch_size", 0), ("batch_size", "64"), ("n_genes", -1), ("n_genes", 256.0)]
+    ("option", "value", "expected"),
+    [
+        ("batch_size", 0, "an integer >= 1"),
+        ("batch_size", "64", "an integer >= 1"),
+        ("batch_size", True, "an integer >= 1"),
+        ("n_genes", -1, "an integer >= 1 or None"),
+        ("n_genes", 256.0, "an integer >= 1 or None"),
+        ("seed", None, "an integer >= 0"),
+        ("seed", -1, "an integer >= 0"),
+    ],
 )
-def test_non_integer_or_non_positive_sizes_are_refused(pbmc_sorted, tiny_checkpoint, option, value):
+def test_non_integer_or_out_of_range_settings_are_refused(pbmc_sorted, tiny_checkpoint, option, value, expected):
     adata = pbmc_sorted[:20].copy()
     before = adata.copy()
-    with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
+    with pytest.raises(ValueError, match=re.escape(f"{option} must be {expected}, got {value!r}")):
         pf.tl.embed(adata, tiny_checkpoint, progress=False, **{option: value})
     assert_equal(adata, before)
 

@@ -64,8 +64,8 @@ def test_save_model_in_a_missing_folder_is_refused_before_any_work(two_batches, 
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ({"max_steps": 0}, "max_steps must be None or a positive integer"),
-        ({"learning_rate": -1e-3}, "learning_rate must be > 0"),
+        ({"max_steps": 0}, "max_steps must be an integer >= 1 or None"),
+        ({"learning_rate": -1e-3}, "learning_rate must be a number > 0"),
     ],
 )
 def test_settings_that_cannot_fine_tune_are_refused_before_any_work(two_batches, tiny_checkpoint, option, message):
@@ -84,3 +84,18 @@ def test_a_per_cell_batch_column_is_warned_about(two_batches, tiny_checkpoint, c
     with caplog.at_level("WARNING", logger="panfoma_sc"):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)
     assert "per-cell column" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"protein": "prot"}, "protein"), ({"method": "late_fusion", "feature_weight": 2.0}, "method, feature_weight")],
+)
+def test_mudata_options_with_an_anndata_are_refused(two_batches, tiny_checkpoint, options, named):
+    before = two_batches.copy()
+    with pytest.raises(ValueError, match=f"{named} apply to a MuData only"):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, progress=False, **options)
+    with pytest.raises(ValueError, match="method='xyz' is not available"):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, method="xyz", progress=False)
+    with pytest.raises(ValueError, match=r"max_steps must be an integer >= 1 or None, got 1\.5"):
+        pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1.5, progress=False)
+    assert_equal(two_batches, before)

@@ -114,7 +114,13 @@ def test_integrate_late_fusion(citeseq, tiny_checkpoint):
         citeseq, "batch", model=tiny_checkpoint, method="late_fusion", key_added="X_late", max_steps=1, progress=False
     )
     assert citeseq.obsm["X_late"].shape == (citeseq.n_obs, 32 + 14)  # RNA + PCA of the 14 shared proteins
-    assert citeseq.uns["X_late"]["params"]["method"] == "late_fusion"
+    params = citeseq.uns["X_late"]["params"]
+    assert params["method"] == "late_fusion"
+    assert "learning_rate" in params  # the RNA part was fine-tuned
+    assert "feature_weight" not in params  # late fusion reconstructs no features
+    pf.tl.integrate(citeseq, None, model=tiny_checkpoint, method="late_fusion", key_added="X_plain", progress=False)
+    params = citeseq.uns["X_plain"]["params"]
+    assert not {"learning_rate", "max_epochs", "mmd_weight", "feature_weight"} & set(params)  # nothing fine-tuned
 
 
 def test_integrate_joint_atac_on_generated_peaks(multiome, tiny_checkpoint):
@@ -168,7 +174,7 @@ def _bad_citeseq(citeseq, case):
     if case == "missing batch column":
         return citeseq, {"batch_key": "donor"}, KeyError, "batch_key='donor'"
     if case == "bad method":
-        return citeseq, {"method": "wnn"}, ValueError, "method must be"
+        return citeseq, {"method": "wnn"}, ValueError, "method='wnn' is not available"
     raise AssertionError(case)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._arguments import require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
@@ -23,10 +25,13 @@ UNKNOWN = "Unknown"
 
 
 def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
+    """The reference's labels as strings, missing (NaN, None, empty or blank) as NaN."""
     if labels_key not in reference.obs.columns:
         msg = f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)})."
         raise KeyError(msg)
-    labels = reference.obs[labels_key]
+    column = reference.obs[labels_key]
+    labels = column.astype(object).astype(str)
+    labels = labels.where(column.notna().to_numpy() & (labels.str.strip() != "").to_numpy())
     if labels.isna().all():
         msg = f"reference.obs[{labels_key!r}] has no labels (all missing)."
         raise ValueError(msg)
@@ -37,7 +42,65 @@ def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
             "Use a reference with several cell types."
         )
         raise ValueError(msg)
+    if UNKNOWN in classes:
+        logger.warning(
+            "reference.obs[%r] has a class named %r, the name of the low-confidence call: the two cannot be told "
+            "apart in the result. Rename that class, or set those cells' labels to NaN to leave them out.",
+            labels_key,
+            UNKNOWN,
+        )
     return labels
+
+
+def _check_arguments(
+    adata: AnnData, reference: AnnData | None, method: str, n_neighbors: int, max_epochs: int, threshold: float
+) -> None:
+    """Refuse wrong types and ranges before any work."""
+    for name, value in (("adata", adata), ("reference", reference)):
+        if hasattr(value, "mod"):  # a MuData
+            msg = (
+                f"{name} is a MuData; pf.tl.annotate takes AnnData. Pass its RNA modality, e.g. "
+                f"{name}.mod['rna'], and copy the labels to the MuData afterwards if you need them there."
+            )
+            raise TypeError(msg)
+    if method not in ("knn", "finetune"):
+        msg = f"method={method!r} is not available; use method='knn' or method='finetune'."
+        raise ValueError(msg)
+    require_number("unknown_threshold", threshold, 0, 1)
+    require_integer("n_neighbors", n_neighbors, 1)
+    require_integer("max_epochs", max_epochs, 1)
+
+
+def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **options) -> EmbeddingJob:
+    """:meth:`EmbeddingJob.prepare` on the reference, its errors worded as the reference's, not the query's."""
+    try:
+        return EmbeddingJob.prepare(reference, pretrained, **options)
+    except (KeyError, ValueError) as error:
+        text = re.sub(r"\badata\b", "reference", str(error.args[0]) if error.args else str(error))
+        if "gene_symbols=" in text:
+            text += " gene_symbols names a column of both the query's and the reference's var."
+        raise type(error)(text) from error
+
+
+def _warn_if_few_shared_genes(query: EmbeddingJob, reference: EmbeddingJob) -> int:
+    """Log a warning when the two datasets share few of their model genes; returns how many they share."""
+    query_genes, reference_genes = set(query.match.gene_ids.tolist()), set(reference.match.gene_ids.tolist())
+    shared = len(query_genes & reference_genes)
+    union = len(query_genes | reference_genes)
+    if shared < SHARED_GENES_WARNING * union:
+        logger.warning(
+            "The query and the reference share only %d of the %d model genes either holds (%.0f%%): their cells "
+            "are embedded from different genes, so labels transfer poorly. Subset both to their common genes "
+            "first, e.g. genes = query.var_names.intersection(reference.var_names).",
+            shared,
+            union,
+            100 * shared / max(union, 1),
+        )
+    return shared
+
+
+#: warn when the query and the reference share fewer than this share of the model genes either of them holds
+SHARED_GENES_WARNING = 0.5
 
 
 #: From this many reference cells on, neighbours come from pynndescent's approximate index instead of an exact
@@ -118,7 +181,8 @@ def annotate(
         Labelled reference cells; it is not modified. ``None`` only with ``method="finetune"`` and a model
         that already carries a classifier.
     labels_key
-        Column of ``reference.obs`` with the labels (cells with missing labels are ignored).
+        Column of ``reference.obs`` with the labels (cells with missing labels, NaN or empty strings, are
+        ignored). Labels are transferred as strings: integer labels come back as ``"0"``, ``"1"``, ...
     model
         Registry name, checkpoint path or loaded model.
     method
@@ -136,7 +200,7 @@ def annotate(
     gene_symbols
         ``var`` column with gene symbols (both datasets).
     batch_size
-        Cells per forward pass.
+        Cells per forward pass, and per fine-tuning step with ``"finetune"`` (default there: 32).
     device
         Torch device (default: auto).
     n_genes
@@ -168,17 +232,9 @@ def annotate(
     >>> pf.tl.annotate(query, reference, labels_key="cell_type")  # doctest: +SKIP
     >>> query.obs[["panfoma_label", "panfoma_label_confidence"]].head()  # doctest: +SKIP
     """
-    if method not in ("knn", "finetune"):
-        msg = f"method={method!r} is not available; use method='knn' or method='finetune'."
-        raise ValueError(msg)
-    if not 0 <= unknown_threshold <= 1:
-        msg = f"unknown_threshold must lie in [0, 1], got {unknown_threshold}."
-        raise ValueError(msg)
-    if n_neighbors < 1:
-        msg = f"n_neighbors must be a positive integer, got {n_neighbors}."
-        raise ValueError(msg)
-    if max_epochs < 1:
-        msg = f"max_epochs must be a positive integer, got {max_epochs}."
+    _check_arguments(adata, reference, method, n_neighbors, max_epochs, unknown_threshold)
+    if not isinstance(key_added, str) or not key_added:
+        msg = f"key_added must be a non-empty string, got {key_added!r} (it names the obs column of the labels)."
         raise ValueError(msg)
     if save_model is not None:
         if method != "finetune":
@@ -209,9 +265,23 @@ def annotate(
         labels = _reference_labels(reference, labels_key)
         labelled = labels.notna().to_numpy()
         reference_cells = reference if labelled.all() else reference[labelled]
-        reference_job = EmbeddingJob.prepare(reference_cells, pretrained, layer=reference_layer, **options)
+        reference_job = _prepare_reference(reference_cells, pretrained, layer=reference_layer, **options)
         query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
-        codes = pd.Categorical(labels[labelled].astype(str))
+        codes = pd.Categorical(labels[labelled])
+        shared_genes = _warn_if_few_shared_genes(query_job, reference_job)
+        if method == "knn" and n_neighbors > reference_job.adata.n_obs:
+            logger.warning(
+                "n_neighbors=%d, but the reference has %d labelled cells: every query cell will vote over all of "
+                "them, so the labels follow class sizes. Use a smaller n_neighbors or a larger reference.",
+                n_neighbors,
+                reference_job.adata.n_obs,
+            )
+    if key_added in adata.obs.columns and key_added not in adata.uns:
+        logger.warning(
+            "adata.obs[%r] exists and is not an earlier pf.tl.annotate result: it will be replaced. Pass another "
+            "key_added to keep it.",
+            key_added,
+        )
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
@@ -223,11 +293,13 @@ def annotate(
         winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
         classes = np.asarray(codes.categories)
         details |= {"n_neighbors": k, "labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
+        details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
     else:
         if reference_job is not None:
             from ..train import FineTuneConfig, finetune_classifier
 
-            config = FineTuneConfig(n_genes=query_job.n_genes, max_epochs=max_epochs, seed=seed)
+            steps = {} if batch_size is None else {"batch_size": batch_size}  # else fine-tuning's own default
+            config = FineTuneConfig(n_genes=query_job.n_genes, max_epochs=max_epochs, seed=seed, **steps)
             pretrained, history = finetune_classifier(
                 pretrained,
                 reference_job.cell_rows(),
@@ -241,6 +313,8 @@ def annotate(
             details |= {
                 "labels_key": labels_key,
                 "reference_n_cells": int(reference_job.adata.n_obs),
+                "reference_genes": reference_job.match.summary(),
+                "shared_genes": shared_genes,
                 "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),  # -1: the linear probe
                 "epochs": int((history["epoch"] >= 0).sum()),
             }

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .._arguments import require_integer
 from .._settings import settings
 from .._version import __version__
 from ..data.rows import expression_matrix, iter_row_blocks
@@ -58,12 +59,9 @@ class EmbeddingJob:
         ``device`` is the one :meth:`run` will get: it is only used to refuse ``precision="bf16"`` off CUDA here.
         """
         batch_size = settings.batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            msg = f"batch_size must be a positive integer, got {batch_size!r}."
-            raise ValueError(msg)
-        if n_genes is not None and (not isinstance(n_genes, int | np.integer) or n_genes < 1):
-            msg = f"n_genes must be a positive integer, got {n_genes!r}."
-            raise ValueError(msg)
+        require_integer("batch_size", batch_size, 1)
+        require_integer("n_genes", n_genes, 1, allow_none=True)
+        require_integer("seed", seed, 0)
         if gene_selection not in (None, "random", "top"):
             msg = f"gene_selection must be 'random', 'top' or None, got {gene_selection!r}."
             raise ValueError(msg)

@@ -65,6 +65,21 @@ def warn_if_per_cell_batches(codes: pd.Categorical, where: str) -> None:
         )
 
 
+#: the MuData-only options of :func:`integrate` and their defaults
+_MUDATA_DEFAULTS = {"modality": "rna", "protein": None, "atac": None, "method": "joint", "feature_weight": 1.0}
+
+
+def _refuse_mudata_options(**options: object) -> None:
+    """An AnnData with MuData-only options set: raise, rather than integrate the RNA alone without saying so."""
+    given = [name for name, value in options.items() if value != _MUDATA_DEFAULTS[name]]
+    if given:
+        msg = (
+            f"{', '.join(given)} apply to a MuData only, and adata is an AnnData. Pass the MuData (e.g. "
+            "mudata.read_h5mu(...)) for a multi-omics embedding, or drop these options."
+        )
+        raise ValueError(msg)
+
+
 def integrate(
     adata: AnnData | MuData,
     batch_key: str | None = None,
@@ -194,6 +209,13 @@ def integrate(
             f"{adversarial_weight}, {mmd_weight} and {feature_weight}."
         )
         raise ValueError(msg)
+    if method not in ("joint", "late_fusion"):
+        msg = f"method={method!r} is not available; use 'joint' or 'late_fusion' (with a MuData)."
+        raise ValueError(msg)
+    if not is_mudata(adata):
+        _refuse_mudata_options(
+            modality=modality, protein=protein, atac=atac, method=method, feature_weight=feature_weight
+        )
     if save_model is not None and not is_mudata(adata):
         check_writable(save_model, "save_model", suffix=".safetensors")
     if is_mudata(adata):

@@ -149,6 +149,7 @@ def integrate_mudata(
     # every check passed: compute, then write
     if method == "joint":
         embedding, history = _joint(job, features, batches, codes, finetune, device, progress)
+        job.precision_used = "fp32"  # the joint encoder embeds without autocast
     else:
         embedding, history = _late_fusion(job, features, batches, codes, finetune, device, progress)
     if copy:
@@ -160,7 +161,7 @@ def integrate_mudata(
         "batch_key": batch_key,
         "n_batches": None if codes is None else len(codes.categories),
         "steps": None if history is None else len(history),
-        **{k: v for k, v in finetune.items() if v is not None},
+        **_applied_finetune_settings(method, finetune, fine_tuned=history is not None),
     }
     provenance = job.provenance(obsm_key=keys.obsm, **params)
     provenance["modalities"] = {f.modality: f.summary for f in features}
@@ -170,6 +171,14 @@ def integrate_mudata(
     mdata.uns[keys.uns] = provenance
     logger.info("Wrote the joint embedding to mdata.obsm[%r].", keys.obsm)
     return mdata if copy else None
+
+
+def _applied_finetune_settings(method: str, finetune: dict[str, Any], *, fine_tuned: bool) -> dict[str, Any]:
+    """The fine-tuning settings that shaped the result, for ``uns``: none when nothing was fine-tuned."""
+    if not fine_tuned:
+        return {}
+    skip = {"feature_weight"} if method == "late_fusion" else set()  # late fusion reconstructs no features
+    return {k: v for k, v in finetune.items() if v is not None and k not in skip}
 
 
 def _finetune_config(job: EmbeddingJob, finetune: dict[str, Any]):

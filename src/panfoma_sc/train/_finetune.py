@@ -16,6 +16,7 @@ from scipy import sparse
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._arguments import require_integer, require_number
 from .._settings import settings
 from ..data.rows import iter_row_blocks
 from ..data.tokenizer import sample_expression_targets
@@ -110,21 +111,16 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "batch_size", "max_epochs"):
-            if int(getattr(self, name)) < 1:
-                msg = f"{name} must be a positive integer, got {getattr(self, name)!r}."
-                raise ValueError(msg)
-        if self.max_steps is not None and int(self.max_steps) < 1:
-            msg = f"max_steps must be None or a positive integer, got {self.max_steps!r}."
-            raise ValueError(msg)
+            require_integer(name, getattr(self, name), 1)
+        require_integer("max_steps", self.max_steps, 1, allow_none=True)
+        require_integer("patience", self.patience, 1)
+        require_integer("probe_steps", self.probe_steps, 0)
+        require_integer("seed", self.seed, 0)
         for name in ("learning_rate", "head_learning_rate"):
-            if not getattr(self, name) > 0:
-                msg = f"{name} must be > 0, got {getattr(self, name)!r}."
-                raise ValueError(msg)
-        if int(self.probe_steps) < 0:
-            msg = f"probe_steps must be 0 or more, got {self.probe_steps!r}."
-            raise ValueError(msg)
-        if not 0 <= self.validation_fraction < 1:
-            msg = f"validation_fraction must lie in [0, 1), got {self.validation_fraction}."
+            require_number(name, getattr(self, name), 0, low_open=True)
+        require_number("weight_decay", self.weight_decay, 0)
+        if not (isinstance(self.validation_fraction, float | int) and 0 <= self.validation_fraction < 1):
+            msg = f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}."
             raise ValueError(msg)
 
 

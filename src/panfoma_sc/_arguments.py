@@ -1,0 +1,35 @@
+"""Argument checks shared by the tools: a wrong type or range is a ``ValueError`` naming the argument."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+__all__ = ["is_integer", "require_integer", "require_number"]
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def require_integer(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum`` (or ``None`` when allowed)."""
+    if allow_none and value is None:
+        return
+    if not is_integer(value) or value < minimum:
+        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        msg = f"{name} must be {expected}, got {value!r}."
+        raise ValueError(msg)
+
+
+def require_number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # NaN != NaN
+    if valid:
+        valid = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not valid:
+        bound = f"> {low}" if low_open else f">= {low}"
+        expected = f"a number {bound}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high}]"
+        msg = f"{name} must be {expected}, got {value!r}."
+        raise ValueError(msg)
