@@ -44,3 +44,20 @@ def test_explicit_device_this_machine_lacks_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
         settings.resolve_device("cuda:1")
     assert settings.resolve_device("cuda:0") == "cuda:0"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_an_empty_cache_or_data_dir_variable_counts_as_unset(monkeypatch, tmp_path, value):
+    for name in ("PANFOMA_CACHE_DIR", "PANFOMA_DATA_DIR"):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.cache_dir == tmp_path / "panfoma-sc"  # not Path(""), the current folder
+    assert settings.data_dir is None
+    monkeypatch.setenv("PANFOMA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PANFOMA_DATA_DIR", str(tmp_path / "data"))
+    assert Settings().cache_dir == tmp_path / "cache"
+    assert Settings().data_dir == tmp_path / "data"

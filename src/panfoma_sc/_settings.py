@@ -12,11 +12,16 @@ __all__ = ["PRECISIONS", "Settings", "settings"]
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _env_path(name: str) -> Path | None:
+    """The folder named by environment variable ``name``; unset and empty (``NAME=""``) both mean ``None``."""
+    value = os.environ.get(name, "")
+    return Path(value).expanduser() if value else None
+
+
 def _default_cache_dir() -> Path:
-    if "PANFOMA_CACHE_DIR" in os.environ:
-        return Path(os.environ["PANFOMA_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(base) / "panfoma-sc"
+    # an empty PANFOMA_CACHE_DIR would otherwise be Path(""), the current folder
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return _env_path("PANFOMA_CACHE_DIR") or Path(base) / "panfoma-sc"
 
 
 def _cuda_has_bf16() -> bool:
@@ -69,9 +74,10 @@ class Settings:
         ``0`` does it in the calling thread; ``None`` (default): 1 on a GPU, 0 on CPU, where the thread
         measured no gain (it competes with the model's own Python work for the GIL). Does not change results.
     cache_dir
-        Where downloaded checkpoints and user registrations live (env ``PANFOMA_CACHE_DIR``).
+        Where downloaded checkpoints and user registrations live (env ``PANFOMA_CACHE_DIR``; unset or empty:
+        ``$XDG_CACHE_HOME/panfoma-sc``, else ``~/.cache/panfoma-sc``).
     data_dir
-        Folder of real datasets for :mod:`panfoma_sc.datasets` (env ``PANFOMA_DATA_DIR``).
+        Folder of real datasets for :mod:`panfoma_sc.datasets` (env ``PANFOMA_DATA_DIR``; unset or empty: none).
     """
 
     device: str = "auto"
@@ -79,9 +85,7 @@ class Settings:
     precision: str = "auto"
     prefetch: int | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
-    data_dir: Path | None = field(
-        default_factory=lambda: Path(os.environ["PANFOMA_DATA_DIR"]) if os.environ.get("PANFOMA_DATA_DIR") else None
-    )
+    data_dir: Path | None = field(default_factory=lambda: _env_path("PANFOMA_DATA_DIR"))
 
     def resolve_device(self, device: str | None = None) -> str:
         """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved.

@@ -13,6 +13,9 @@ from ._settings import settings
 
 __all__ = ["available", "data_dir", "load", "path"]
 
+#: File types that hold a dataset.
+DATASET_SUFFIXES = (".h5ad", ".h5mu")
+
 
 def data_dir() -> Path:
     """The dataset folder (``pf.settings.data_dir`` / env ``PANFOMA_DATA_DIR``).
@@ -20,13 +23,19 @@ def data_dir() -> Path:
     Raises
     ------
     FileNotFoundError
-        When it is not set or does not exist.
+        When it is not set, does not exist or is a file.
     """
     folder = settings.data_dir
     if folder is None:
         msg = "No dataset folder configured: set PANFOMA_DATA_DIR=/path/to/data or pf.settings.data_dir."
         raise FileNotFoundError(msg)
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        msg = (
+            f"Dataset folder {str(folder)!r} (PANFOMA_DATA_DIR) is a file, not a folder. Set PANFOMA_DATA_DIR "
+            f"to the folder that holds the .h5ad files, e.g. {str(folder.parent)!r}."
+        )
+        raise FileNotFoundError(msg)
     if not folder.is_dir():
         msg = f"Dataset folder {str(folder)!r} (PANFOMA_DATA_DIR) does not exist."
         raise FileNotFoundError(msg)
@@ -36,7 +45,7 @@ def data_dir() -> Path:
 def available() -> list[str]:
     """Names of the datasets in the folder (file names without extension)."""
     folder = data_dir()
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in {".h5ad", ".h5mu"})
+    return sorted(p.stem for p in folder.iterdir() if p.suffix in DATASET_SUFFIXES)
 
 
 def path(name: str) -> Path:
@@ -45,18 +54,43 @@ def path(name: str) -> Path:
     Parameters
     ----------
     name
-        File name, with or without extension.
+        File name in the dataset folder, with or without its ``.h5ad`` / ``.h5mu`` extension.
 
     Returns
     -------
     The existing file.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is a path (it holds a separator or is ``..``), or names a file that is not a dataset.
+    FileNotFoundError
+        No such dataset.
     """
     folder = data_dir()
-    for candidate in (folder / name, folder / f"{name}.h5ad", folder / f"{name}.h5mu"):
+    _check_plain_name(name)
+    names = [name] if Path(name).suffix in DATASET_SUFFIXES else [name + suffix for suffix in DATASET_SUFFIXES]
+    for candidate in (folder / n for n in names):
         if candidate.is_file():
             return candidate
+    if (folder / name).is_file():
+        msg = (
+            f"{name!r} is a file of the dataset folder but not a dataset (those are {' or '.join(DATASET_SUFFIXES)} "
+            f"files). Available: {available()}."
+        )
+        raise ValueError(msg)
     msg = f"Dataset {name!r} not found in {str(folder)!r}. Available: {available()}."
     raise FileNotFoundError(msg)
+
+
+def _check_plain_name(name: str) -> None:
+    """Refuse names that would reach outside the dataset folder (``"../x"``, ``"/etc/x"``, ``"sub/x"``)."""
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        msg = (
+            f"Dataset name {name!r} is not a file name in the dataset folder: pass a name from "
+            f"pf.datasets.available() (no folders, no '..'); read other files with anndata.read_h5ad(path)."
+        )
+        raise ValueError(msg)
 
 
 def load(name: str, *, backed: bool = False) -> ad.AnnData:

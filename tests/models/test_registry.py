@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_register_local_file_then_load_and_list(tiny_checkpoint, tmp_path):
         pf.models.register("my-model", path)
 
 
-def test_corrupted_file_gives_checksum_error(tiny_checkpoint, tmp_path):
+def test_a_changed_registered_file_gives_a_checksum_error_that_says_to_re_register(tiny_checkpoint, tmp_path):
     path = tmp_path / "mine.safetensors"
     shutil.copy(tiny_checkpoint, path)
     pf.models.register("my-model", path)
@@ -76,9 +77,10 @@ def test_corrupted_file_gives_checksum_error(tiny_checkpoint, tmp_path):
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(
-        ValueError, match=r"Checksum mismatch.*expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}.*download"
-    ):
+        ValueError, match=r"Checksum mismatch.*expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}.*overwrite=True"
+    ) as error:
         pf.models.load("my-model")
+    assert "download" not in str(error.value)  # the user's own file: there is nothing to download
 
 
 def test_unknown_name_lists_known_models():
@@ -157,3 +159,97 @@ def test_download_with_wrong_checksum_fails_clearly(tiny_checkpoint, http_server
     pf.models.register("remote", f"{base_url}/remote.safetensors", sha256="0" * 64)
     with pytest.raises(ValueError, match="Checksum mismatch downloading 'remote'"):
         pf.models.load("remote")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{broken", r"cannot be read \(Expecting property name"),
+        ('{"name": "x"}', "holds a dict, not a list of entries"),
+        ('[{"name": "mine", "path": "/x.safetensors"}]', r"Entry 1 \('mine'\) .* lacks the field\(s\) \['sha256'\]"),
+        ('[{"name": "mine", "sha256": "00", "path": "/x", "colour": 1}]', r"unknown field\(s\) \['colour'\]"),
+        ('[{"name": "mine", "sha256": "00"}]', "needs exactly one of 'path'"),
+        ('["mine"]', "Entry 1 .* is a str, not an object"),
+    ],
+)
+def test_a_broken_user_registry_is_named_and_does_not_stop_the_bundled_model(content, problem):
+    registry = pf.settings.cache_dir / "registry.json"
+    registry.write_text(content)
+    assert pf.models.load("panfoma-tiny").name == "panfoma-tiny"  # built-in models never read the user registry
+    assert pf.models.describe("panfoma-tiny")["checkpoint"] is not None
+    for call in (pf.models.available, lambda: pf.models.load("mine"), lambda: pf.models.register("x", "y")):
+        with pytest.raises(ValueError, match=problem) as error:
+            call()
+        assert str(registry) in str(error.value)
+        assert "delete" in str(error.value)
+    assert registry.read_text() == content  # register refused to overwrite the registrations it could not read
+
+
+def test_a_cache_dir_that_is_a_file_or_cannot_be_created_is_named(tiny_checkpoint, tmp_path, monkeypatch):
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for cache_dir, problem in ((afile, "is a file, not a folder"), (afile / "sub", "cannot be created")):
+        monkeypatch.setattr(pf.settings, "cache_dir", cache_dir)
+        named = f"cache folder '{re.escape(str(cache_dir))}' .*PANFOMA_CACHE_DIR.*{problem}"
+        with pytest.raises(ValueError, match=named):
+            pf.models.register("my-model", tiny_checkpoint)
+        assert pf.models.load("panfoma-tiny").name == "panfoma-tiny"
+
+
+@pytest.mark.parametrize("call", ["register", "load", "describe"])
+def test_a_file_that_is_not_a_checkpoint_is_not_called_a_broken_download(tmp_path, call):
+    data = tmp_path / "cells.h5ad"
+    data.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    run = {
+        "register": lambda: pf.models.register("mine", data),
+        "load": lambda: pf.models.load(data),
+        "describe": lambda: pf.models.describe(str(data)),
+    }[call]
+    with pytest.raises(ValueError, match=r"cells\.h5ad' is not a readable .* a \.h5ad file, not a \.safetensors") as e:
+        run()
+    assert "download" not in str(e.value)
+
+
+def test_a_registered_file_that_is_gone_says_how_to_register_it_again(tiny_checkpoint, tmp_path):
+    path = tmp_path / "mine.safetensors"
+    shutil.copy(tiny_checkpoint, path)
+    pf.models.register("my-model", path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"registered to .*mine\.safetensors', which no longer exists") as e:
+        pf.models.load("my-model")
+    assert "overwrite=True" in str(e.value)
+    assert "Reinstall" not in str(e.value)
+
+
+def test_file_urls_are_local_paths_and_url_schemes_are_case_insensitive(tiny_checkpoint, tmp_path, http_server):
+    path = tmp_path / "my model.safetensors"
+    shutil.copy(tiny_checkpoint, path)
+    entry = pf.models.register("local", path.as_uri())  # file:///.../my%20model.safetensors
+    assert entry.path == str(path)
+    assert pf.models.load("local").sha256 == sha256sum(path)
+    assert pf.models.load(path.as_uri()).path == path
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    upper = base_url.replace("http://", "HTTP://") + "/remote.safetensors"
+    entry = pf.models.register("remote", upper, sha256=sha256sum(tiny_checkpoint))
+    assert entry.url == f"{base_url}/remote.safetensors"
+    assert pf.models.load("remote").sha256 == entry.sha256
+    with pytest.raises(ValueError, match="ftp:// URLs are not supported"):
+        pf.models.register("ftp", "ftp://example.org/model.safetensors", sha256="0" * 64)
+    with pytest.raises(ValueError, match=r"not a URL.*Register it first"):
+        pf.models.load(upper)
+
+
+@pytest.mark.parametrize("name", ["", "  ", "mine.safetensors", "models/mine", "models\\mine", "MINE.SAFETENSORS"])
+def test_names_that_would_read_as_paths_are_refused(tiny_checkpoint, name):
+    with pytest.raises(ValueError, match=r"non-empty string|looks like a file path"):
+        pf.models.register(name, tiny_checkpoint)
+    assert not (pf.settings.cache_dir / "registry.json").exists()
+
+
+def test_loading_a_folder_says_it_is_a_folder(tiny_checkpoint, tmp_path):
+    shutil.copy(tiny_checkpoint, tmp_path / "mine.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"is a folder: pass the path of a \.safetensors .*mine\.safetensors"):
+        pf.models.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        pf.models.load(str(tmp_path) + "/")

@@ -33,6 +33,44 @@ def test_embedding_adds_a_confidence_panel_and_greys_unknown(labelled):
     assert len(set(colors)) == 3
 
 
+def test_unknown_is_grey_in_a_string_column_and_adata_changes_only_as_scanpy_changes_it(labelled):
+    labelled.obs["panfoma_label"] = labelled.obs["panfoma_label"].astype(str)  # object dtype, not categorical
+    ours, scanpys = labelled.copy(), labelled.copy()
+    pf.pl.embedding(ours, show=False)
+    sc.pl.embedding(scanpys, basis="umap", color=["panfoma_label", "panfoma_label_confidence"], show=False)
+    assert dict(ours.obs.dtypes) == dict(scanpys.obs.dtypes)
+    assert set(ours.uns) == set(scanpys.uns)
+    colors = dict(zip(ours.obs["panfoma_label"].cat.categories, ours.uns["panfoma_label_colors"], strict=True))
+    assert colors["Unknown"].startswith("#d9d9d9")
+    assert len(set(colors.values())) == 3
+
+
+@pytest.fixture
+def figdir(tmp_path):
+    """scanpy's figure folder, pointed at tmp_path for one test (its settings are class properties)."""
+    before = sc.settings.figdir
+    sc.settings.figdir = tmp_path
+    yield tmp_path
+    sc.settings.figdir = before
+
+
+def test_saved_files_are_named_as_scanpy_names_them(labelled, figdir):
+    pf.pl.embedding(labelled, save="_walk.png", show=False)
+    sc.pl.umap(labelled, color="panfoma_label", save="_scanpy.png", show=False)
+    history = pd.DataFrame({"step": [1, 2], "loss_value": [2.0, 1.0]})
+    pf.pl.training_curve(history, save="_run1.png", show=False)
+    pf.pl.training_curve(history, save=True, show=False)
+    names = sorted(p.name for p in figdir.iterdir())
+    suffix = sc.settings.file_format_figs
+    assert names == sorted(["umap_walk.png", "umap_scanpy.png", "training_curve_run1.png", f"training_curve.{suffix}"])
+
+
+def test_training_curve_without_loss_columns_says_which_columns_it_has():
+    history = pd.DataFrame({"step": [1, 2], "accuracy": [0.5, 0.6]})
+    with pytest.raises(ValueError, match=r"no loss_\* column to draw; it has \['step', 'accuracy'\].*columns="):
+        pf.pl.training_curve(history, show=False)
+
+
 def test_bad_basis_or_color_raise_and_leave_adata_untouched(labelled):
     before = labelled.copy()
     with pytest.raises(KeyError, match="not found"):

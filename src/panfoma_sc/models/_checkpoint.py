@@ -146,10 +146,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     Raises
     ------
     FileNotFoundError
-        No such file.
+        No such file, or ``path`` is a folder.
     ValueError
-        Not a safetensors file (or truncated), not a panfoma-sc checkpoint, or written by a newer,
-        incompatible release.
+        Not a safetensors file (another kind of file, or truncated), not a panfoma-sc checkpoint, or written
+        by a newer, incompatible release.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -157,19 +157,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     from ..nn import PanFoMaConfig
 
     path = Path(path)
-    if not path.is_file():
-        msg = f"Checkpoint file {str(path)!r} does not exist."
-        raise FileNotFoundError(msg)
+    _check_is_file(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
         state = load_file(str(path))
     except Exception as err:
-        msg = (
-            f"{str(path)!r} is not a readable .safetensors file ({err}). It may be truncated or corrupted: "
-            "delete it and download it again."
-        )
-        raise ValueError(msg) from err
+        raise ValueError(_unreadable_message(path, err)) from err
     if "config" not in metadata or "vocab" not in metadata:
         msg = f"{str(path)!r} is a safetensors file but not a panfoma-sc checkpoint (no config/vocab metadata)."
         raise ValueError(msg)
@@ -186,3 +180,27 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     info = json.loads(metadata.get("info", "{}"))
     info["panfoma_sc_version"] = metadata.get("panfoma_sc_version")
     return Checkpoint(state_dict=state, config=config, vocab=vocab, info=info)
+
+
+def _check_is_file(path: Path) -> None:
+    """Refuse a missing path, or a folder, with the fix: a checkpoint is one ``.safetensors`` file."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f" It holds {inside}: pass one of them." if inside else ""
+        msg = f"Checkpoint {str(path)!r} is a folder: pass the path of a .safetensors checkpoint file.{hint}"
+        raise FileNotFoundError(msg)  # the type of a missing file, as _paths.check_input_file: one thing to catch
+    if not path.is_file():
+        msg = f"Checkpoint file {str(path)!r} does not exist."
+        raise FileNotFoundError(msg)
+
+
+def _unreadable_message(path: Path, err: Exception) -> str:
+    """Why ``path`` is not a checkpoint, without assuming where it came from (a download, or the user's own file)."""
+    if path.suffix != ".safetensors":
+        what = f"it is a {path.suffix or 'extension-less'} file, not a .safetensors checkpoint"
+    else:
+        what = "it may be truncated or corrupted"
+    return (
+        f"{str(path)!r} is not a readable .safetensors file ({err}): {what}. Pass a checkpoint written by "
+        "panfoma-sc (pf.models.write_checkpoint, PretrainedModel.save or `panfoma pretrain`)."
+    )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pandas as pd
 
@@ -22,6 +24,9 @@ __all__ = ["DEFAULT_MODEL", "RegistryEntry", "available", "describe", "load", "r
 
 DEFAULT_MODEL = "panfoma-tiny"
 _USER_REGISTRY = "registry.json"
+_URL_SCHEMES = ("http", "https")
+_REINSTALL = "Reinstall panfoma-sc: pip install --force-reinstall panfoma-sc."
+_DELETING_FORGETS = "that forgets only the models you registered; the built-in ones keep working."
 
 
 @dataclass
@@ -57,30 +62,145 @@ def _user_registry_file() -> Path:
     return Path(settings.cache_dir) / _USER_REGISTRY
 
 
+def _registry_fix(path: Path) -> str:
+    return (
+        f"Repair {str(path)!r} (a JSON list of entries, as pf.models.register writes it), or delete it: "
+        + _DELETING_FORGETS
+    )
+
+
 def _user_entries() -> dict[str, RegistryEntry]:
+    """The user registry (``cache_dir/registry.json``); a ``ValueError`` naming the file when it is unreadable."""
     path = _user_registry_file()
     if not path.is_file():
         return {}
-    return {e["name"]: RegistryEntry(**e) for e in json.loads(path.read_text())}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        msg = f"The model registry {str(path)!r} cannot be read ({err}). {_registry_fix(path)}"
+        raise ValueError(msg) from None
+    if not isinstance(records, list):
+        msg = f"The model registry {str(path)!r} holds a {type(records).__name__}, not a list of entries. "
+        raise ValueError(msg + _registry_fix(path))
+    entries = [_user_entry(record, number, path) for number, record in enumerate(records, start=1)]
+    return {entry.name: entry for entry in entries}
+
+
+def _user_entry(record: Any, number: int, path: Path) -> RegistryEntry:
+    """One record of the user registry as an entry, or a ``ValueError`` naming the entry, the file and the fix."""
+    known = {f.name for f in fields(RegistryEntry)}
+    required = {f.name for f in fields(RegistryEntry) if f.default is MISSING}
+    name = record.get("name") if isinstance(record, dict) else None
+    where = f"Entry {number}{f' ({name!r})' if name is not None else ''} of the model registry {str(path)!r}"
+    if not isinstance(record, dict):
+        problem = f"is a {type(record).__name__}, not an object"
+    elif missing := sorted(required - set(record)):
+        problem = f"lacks the field(s) {missing}"
+    elif unknown := sorted(set(record) - known):
+        problem = f"has unknown field(s) {unknown}"
+    elif not isinstance(name, str) or not isinstance(record["sha256"], str):
+        problem = "has a 'name' or 'sha256' that is not a string"
+    elif bool(record.get("path")) == bool(record.get("url")):
+        problem = "needs exactly one of 'path' (a local file) or 'url'"
+    else:
+        return RegistryEntry(**record)
+    msg = f"{where} {problem}. Fix or remove that entry, or delete the file: {_DELETING_FORGETS}"
+    raise ValueError(msg)
 
 
 def _entries() -> dict[str, RegistryEntry]:
-    return {**_builtin_entries(), **_user_entries()}
+    """Built-in entries, then the user's (a user entry never replaces a built-in one)."""
+    builtin = _builtin_entries()
+    return {**builtin, **{name: e for name, e in _user_entries().items() if name not in builtin}}
 
 
-def _entry(name: str) -> RegistryEntry:
-    entries = _entries()
-    if name not in entries:
+def _looks_like_path(text: str) -> bool:
+    """Whether ``text`` can only be a file: registry names never hold separators nor end in ``.safetensors``."""
+    return "/" in text or "\\" in text or text.lower().endswith(".safetensors")
+
+
+def _parse_location(text: str) -> str | Path:
+    """An ``http(s)://`` URL (scheme lower-cased), or the local path of a file name or ``file://`` URL."""
+    if "://" not in text:
+        return Path(text).expanduser()
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in _URL_SCHEMES:
+        return scheme + text[len(scheme) :]
+    if scheme != "file":
         msg = (
-            f"Unknown model {name!r}. Known models: {sorted(entries)}. Pass a path to a .safetensors checkpoint, "
-            "or add yours with pf.models.register(name, path_or_url, sha256=...)."
+            f"{text!r}: {scheme}:// URLs are not supported. Pass an http:// or https:// URL (with sha256=...), "
+            "a local path, or a file:// URL; download other sources yourself and register the local file."
         )
-        raise KeyError(msg)
-    return entries[name]
+        raise ValueError(msg)
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        msg = (
+            f"{text!r} names host {parts.netloc!r}; a file:// URL needs an absolute local path, with three "
+            "slashes: file:///path/to/model.safetensors."
+        )
+        raise ValueError(msg)
+    return Path(url2pathname(parts.path))
+
+
+def _resolve(name_or_path: str | Path) -> RegistryEntry | Path:
+    """The registry entry called ``name_or_path``, else the checkpoint file it names.
+
+    Built-in names come first and never read the user registry, so that a broken registry cannot stop the
+    bundled model.
+    """
+    text = str(name_or_path)
+    builtin = _builtin_entries()
+    if text in builtin:
+        return builtin[text]
+    if "://" in text:
+        location = _parse_location(text)
+        if isinstance(location, str):
+            msg = (
+                f"pf.models.load takes a registry name or a local file, not a URL ({text}). Register it first: "
+                f"pf.models.register('my-model', {text!r}, sha256=...), then load 'my-model'."
+            )
+            raise ValueError(msg)
+        return location
+    if text and _looks_like_path(text):
+        return Path(text).expanduser()
+    user = _user_entries()
+    if text in user:
+        return user[text]
+    if text and Path(text).exists():
+        return Path(text)
+    msg = (
+        f"Unknown model {text!r}. Known models: {sorted({**builtin, **user})}. Pass a path to a .safetensors "
+        "checkpoint, or add yours with pf.models.register(name, path_or_url, sha256=...)."
+    )
+    raise KeyError(msg)
 
 
 def _cached_path(entry: RegistryEntry) -> Path:
     return Path(settings.cache_dir) / "checkpoints" / f"{entry.name}-{entry.sha256[:12]}.safetensors"
+
+
+def _cache_folder(*parts: str) -> Path:
+    """``settings.cache_dir / parts``, created when missing; a ``ValueError`` naming PANFOMA_CACHE_DIR if not."""
+    root = Path(settings.cache_dir)
+    folder = root.joinpath(*parts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cache_error(root, err) from err
+    return folder
+
+
+def _cache_error(root: Path, err: OSError) -> ValueError:
+    """``err`` retold as a bad setting: which cache folder (and which setting) is at fault, and how to fix it."""
+    if root.exists() and not root.is_dir():
+        problem = "is a file, not a folder"
+    else:
+        problem = f"cannot be created or written to ({err.strerror or err})"
+    msg = (
+        f"The panfoma-sc cache folder {str(root)!r} (env PANFOMA_CACHE_DIR, or pf.settings.cache_dir) {problem}. "
+        "Set PANFOMA_CACHE_DIR to a folder you can write to, or unset it to use ~/.cache/panfoma-sc."
+    )
+    return ValueError(msg)
 
 
 def _locate(entry: RegistryEntry) -> Path:
@@ -99,7 +219,7 @@ def _locate(entry: RegistryEntry) -> Path:
             entry.url,
             known_hash=f"sha256:{entry.sha256}",
             fname=target.name,
-            path=target.parent,
+            path=_cache_folder(target.parent.name),
             progressbar=False,
         )
     except ValueError as err:  # pooch's hash mismatch
@@ -109,6 +229,41 @@ def _locate(entry: RegistryEntry) -> Path:
         )
         raise ValueError(msg) from err
     return Path(fetched)
+
+
+def _missing_file_message(entry: RegistryEntry, path: Path) -> str:
+    if entry.source == "bundled":
+        return f"The bundled file of model {entry.name!r} is missing: {path}. {_REINSTALL}"
+    return (
+        f"Model {entry.name!r} is registered to {str(path)!r}, which no longer exists (moved or deleted). Register "
+        f"it again where it is now: pf.models.register({entry.name!r}, 'path/to/model.safetensors', overwrite=True)."
+    )
+
+
+def _checksum_fix(entry: RegistryEntry, path: Path) -> str:
+    if entry.source == "bundled":
+        return f"The bundled file is damaged. {_REINSTALL}"
+    if entry.source == "url":
+        return f"The download is corrupted: delete {str(path)!r} and load {entry.name!r} again to download it anew."
+    return (
+        "The file changed since it was registered. If the new file is the one you want, register it again: "
+        f"pf.models.register({entry.name!r}, {str(path)!r}, overwrite=True); otherwise restore the original."
+    )
+
+
+def _load_entry(entry: RegistryEntry) -> PretrainedModel:
+    """The checkpoint of a registry entry, its file's SHA-256 checked against the entry's."""
+    path = _locate(entry)
+    if not path.is_file():
+        raise FileNotFoundError(_missing_file_message(entry, path))
+    got = sha256sum(path)
+    if got != entry.sha256:
+        msg = (
+            f"Checksum mismatch for model {entry.name!r} at {path}: expected sha256 {entry.sha256}, got {got}. "
+            + _checksum_fix(entry, path)
+        )
+        raise ValueError(msg)
+    return PretrainedModel(name=entry.name, path=path, sha256=got, checkpoint=read_checkpoint(path))
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | None = None) -> PretrainedModel:
@@ -132,23 +287,8 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, device: str | None = None) ->
     >>> model.config.d_model
     128
     """
-    candidate = Path(name_or_path)
-    if str(name_or_path) not in _entries() and (candidate.suffix == ".safetensors" or candidate.exists()):
-        model = PretrainedModel.from_file(candidate)
-    else:
-        entry = _entry(str(name_or_path))
-        path = _locate(entry)
-        if not path.is_file():
-            msg = f"The file of model {entry.name!r} is missing: {path}. Reinstall panfoma-sc or re-register it."
-            raise FileNotFoundError(msg)
-        got = sha256sum(path)
-        if got != entry.sha256:
-            msg = (
-                f"Checksum mismatch for model {entry.name!r} at {path}: expected sha256 {entry.sha256}, got {got}. "
-                "The file is corrupted or was replaced: delete it and download it again (or re-register it)."
-            )
-            raise ValueError(msg)
-        model = PretrainedModel(name=entry.name, path=path, sha256=got, checkpoint=read_checkpoint(path))
+    target = _resolve(name_or_path)
+    model = PretrainedModel.from_file(target) if isinstance(target, Path) else _load_entry(target)
     if device is not None:
         model.network(device)
     return model
@@ -167,9 +307,10 @@ def register(
     Parameters
     ----------
     name
-        Name to load it by.
+        Name to load it by: not empty, without a path separator, not ending in ``.safetensors`` (such names
+        would read as file paths in :func:`load`).
     path_or_url
-        Local ``.safetensors`` file, or an ``http(s)://`` URL.
+        Local ``.safetensors`` file (a path or a ``file://`` URL), or an ``http://`` / ``https://`` URL.
     sha256
         Expected checksum; required for URLs (downloads are always pinned), checked for files.
     description
@@ -181,48 +322,74 @@ def register(
     -------
     The new entry.
     """
-    if name in _builtin_entries():
-        msg = f"{name!r} is a built-in model name; choose another name."
-        raise ValueError(msg)
-    user = _user_entries()
-    if name in user and not overwrite:
-        msg = f"A model named {name!r} is already registered; pass overwrite=True to replace it."
-        raise ValueError(msg)
+    _check_name(name)
     if sha256 is not None and re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()) is None:
         msg = (
             f"sha256={sha256!r} is not a SHA-256 checksum (64 hexadecimal characters). Compute it with "
             "`sha256sum FILE` or hashlib.sha256(open(FILE, 'rb').read()).hexdigest()."
         )
         raise ValueError(msg)
-    sha256 = None if sha256 is None else sha256.strip()
-    text = str(path_or_url)
-    if text.startswith(("http://", "https://")):
+    sha256 = None if sha256 is None else sha256.strip().lower()
+    user = _user_entries()  # a broken registry is refused here, never overwritten
+    if name in user and not overwrite:
+        msg = f"A model named {name!r} is already registered; pass overwrite=True to replace it."
+        raise ValueError(msg)
+    location = _parse_location(str(path_or_url))
+    if isinstance(location, str):
         if not sha256:
             msg = "Registering a URL needs sha256=... so that every download is verified."
             raise ValueError(msg)
-        entry = RegistryEntry(name=name, sha256=sha256.lower(), url=text, description=description)
+        entry = RegistryEntry(name=name, sha256=sha256, url=location, description=description)
     else:
-        path = Path(text).expanduser().resolve()
-        checkpoint = read_checkpoint(path)  # validates the file before it is registered
-        got = sha256sum(path)
-        if sha256 and sha256.lower() != got:
-            msg = f"Checksum mismatch for {str(path)!r}: expected sha256 {sha256}, got {got}."
-            raise ValueError(msg)
-        entry = RegistryEntry(
-            name=name,
-            sha256=got,
-            path=str(path),
-            description=description,
-            size=path.stat().st_size,
-            config=checkpoint.config.to_dict(),
-        )
+        entry = _local_entry(name, location.resolve(), sha256, description)
     user[name] = entry
-    registry_file = _user_registry_file()
-    registry_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = registry_file.with_suffix(".json.partial")
-    tmp.write_text(json.dumps([asdict(e) for e in user.values()], indent=2))
-    tmp.replace(registry_file)
+    _write_user_entries(user)
     return entry
+
+
+def _check_name(name: str) -> None:
+    """Refuse names that are empty, built in, or look like file paths (they would shadow files in :func:`load`)."""
+    if not isinstance(name, str) or not name.strip():
+        msg = f"A model name must be a non-empty string, got {name!r}: choose a name such as 'my-model'."
+        raise ValueError(msg)
+    if name in _builtin_entries():
+        msg = f"{name!r} is a built-in model name; choose another name."
+        raise ValueError(msg)
+    if _looks_like_path(name) or "://" in name:
+        msg = (
+            f"Model name {name!r} looks like a file path (it holds '/' or '\\', or ends in '.safetensors'), so "
+            "pf.models.load would read it as a path. Choose a plain name such as 'my-model'; the file or URL "
+            "goes in the second argument."
+        )
+        raise ValueError(msg)
+
+
+def _local_entry(name: str, path: Path, sha256: str | None, description: str) -> RegistryEntry:
+    """The entry of a local checkpoint file, which is read (validated) and checksummed first."""
+    checkpoint = read_checkpoint(path)
+    got = sha256sum(path)
+    if sha256 and sha256 != got:
+        msg = f"Checksum mismatch for {str(path)!r}: expected sha256 {sha256}, got {got}."
+        raise ValueError(msg)
+    return RegistryEntry(
+        name=name,
+        sha256=got,
+        path=str(path),
+        description=description,
+        size=path.stat().st_size,
+        config=checkpoint.config.to_dict(),
+    )
+
+
+def _write_user_entries(entries: dict[str, RegistryEntry]) -> None:
+    """Replace the user registry atomically (a half-written registry would lose every registration)."""
+    registry_file = _cache_folder() / _USER_REGISTRY
+    tmp = registry_file.with_suffix(".json.partial")
+    try:
+        tmp.write_text(json.dumps([asdict(e) for e in entries.values()], indent=2), encoding="utf-8")
+        tmp.replace(registry_file)
+    except OSError as err:
+        raise _cache_error(Path(settings.cache_dir), err) from err
 
 
 def available() -> pd.DataFrame:
@@ -271,8 +438,9 @@ def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
     from ..nn import CONFIGS, PanFoMa
 
     name = str(name_or_path)
-    if name not in _entries() and name in CONFIGS and not Path(name).exists():
-        vocab_size = len(load(DEFAULT_MODEL).vocab) if DEFAULT_MODEL in _entries() else CONFIGS[name].vocab_size
+    builtin = _builtin_entries()  # checked first: describing a built-in model never reads the user registry
+    if name not in builtin and name in CONFIGS and name not in _user_entries() and not Path(name).exists():
+        vocab_size = len(load(DEFAULT_MODEL).vocab) if DEFAULT_MODEL in builtin else CONFIGS[name].vocab_size
         config = CONFIGS[name].replace(vocab_size=vocab_size)
         return {
             "name": name,

@@ -24,7 +24,12 @@ def embedding(
 
     A thin wrapper of :func:`scanpy.pl.embedding`: it adds, for every coloured label column written by
     :func:`panfoma_sc.tl.annotate`, a panel of its ``*_confidence`` on a fixed 0-1 scale, and draws
-    ``"Unknown"`` cells in light grey. Everything else is scanpy's.
+    ``"Unknown"`` cells in light grey, in categorical and plain-string columns alike. Everything else is
+    scanpy's, including what it changes in ``adata``: string columns of ``adata.obs`` become categoricals
+    and the colours of each coloured categorical go to ``adata.uns[f"{column}_colors"]``, as after
+    :func:`scanpy.pl.embedding`; nothing else is written. Files saved with ``save=`` are named as scanpy names
+    them for ``basis`` (``save="_walk.png"`` with ``basis="umap"`` writes ``umap_walk.png`` in
+    ``sc.settings.figdir``, as :func:`scanpy.pl.umap` does).
 
     Parameters
     ----------
@@ -70,16 +75,24 @@ def embedding(
         palette = _palette_with_grey_unknown(adata, [c for c in colors if _categories(adata, c)])
     kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels])
     kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
-    return sc.pl.embedding(adata, basis=key, color=panels, palette=palette, **kwargs)
+    # ``basis`` as given, not ``key``: scanpy names saved files after it (``umap_walk.png``, not ``X_umap_walk.png``)
+    return sc.pl.embedding(adata, basis=basis, color=panels, palette=palette, **kwargs)
 
 
 def _categories(adata: AnnData, column: str) -> list[str]:
-    """Categories of a categorical ``obs`` column, else empty."""
+    """Categories scanpy colours an ``obs`` column by: a categorical's own, or those it makes of a string column.
+
+    scanpy turns string columns into categoricals (anndata's ``strings_to_categoricals``) before plotting;
+    doing the same to a copy of the column gives the categories, and their order, without touching ``adata``.
+    """
     import pandas as pd
 
-    if column in adata.obs.columns and isinstance(adata.obs[column].dtype, pd.CategoricalDtype):
-        return list(adata.obs[column].cat.categories)
-    return []
+    if column not in adata.obs.columns:
+        return []
+    frame = adata.obs[[column]].copy()
+    adata.strings_to_categoricals(frame)  # with a frame given, only the frame changes
+    values = frame[column]
+    return list(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else []
 
 
 def _palette_with_grey_unknown(adata: AnnData, columns: list[str]) -> dict[str, str]:

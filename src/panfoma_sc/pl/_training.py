@@ -21,6 +21,7 @@ def training_curve(
     smooth: int = 20,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
     return_fig: bool = False,
 ) -> Figure | Axes | None:
     """Plot losses against training steps.
@@ -37,14 +38,25 @@ def training_curve(
         Axes to draw into.
     show
         Show the figure (default: when no ``ax`` is given and not returning).
+    save
+        Save the figure in ``sc.settings.figdir``, named as scanpy's plots (and :func:`panfoma_sc.pl.embedding`)
+        name theirs: ``True`` writes ``training_curve.{sc.settings.file_format_figs}``, a string is appended
+        to ``training_curve`` (``save="_run1.png"`` writes ``training_curve_run1.png``). Default:
+        ``sc.settings.autosave``.
     return_fig
         Return the figure instead of the axes.
 
     Returns
     -------
     The figure or axes when ``show`` is False.
+
+    Examples
+    --------
+    >>> import panfoma_sc as pf
+    >>> pf.pl.training_curve("runs/pretrain", save="_pretrain.png", show=False)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
+    from scanpy.plotting._utils import savefig_or_show  # scanpy's own file naming, as sc.pl.* and pl.embedding
 
     if isinstance(history, str | Path):
         path = Path(history)
@@ -57,6 +69,12 @@ def training_curve(
         frame = history
     if columns is None:
         columns = tuple(c for c in frame.columns if c.startswith("loss_"))
+    if not columns:
+        msg = (
+            f"history has no loss_* column to draw; it has {list(frame.columns)}. Pass the history.csv of a "
+            "panfoma pretraining or fine-tuning run, or name the columns to draw, e.g. columns=('my_loss',)."
+        )
+        raise ValueError(msg)
     missing = [c for c in ("step", *columns) if c not in frame.columns]
     if missing:
         msg = f"history has no column(s) {missing}; it has {list(frame.columns)}."
@@ -74,7 +92,8 @@ def training_curve(
     ax.legend(frameon=False)
     if show is None:
         show = not return_fig and own_axes
+    plt.figure(fig)  # scanpy saves the current figure; a figure of the caller's ``ax`` may not be current
+    savefig_or_show("training_curve", show=show, save=save)
     if show:
-        plt.show()
         return None
     return fig if return_fig else ax

@@ -1,0 +1,52 @@
+"""``pf.datasets``: the local dataset folder, and names that stay inside it."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import panfoma_sc as pf
+
+
+@pytest.fixture
+def data_folder(tmp_path, monkeypatch):
+    """A dataset folder with one small .h5ad, a README and a secret file beside it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(folder / "tiny.h5ad")
+    (folder / "README.md").write_text("# datasets\n")
+    (tmp_path / "secret.h5ad").write_bytes(b"")
+    monkeypatch.setattr(pf.settings, "data_dir", folder)
+    return folder
+
+
+def test_a_dataset_is_found_with_or_without_its_extension(data_folder):
+    assert pf.datasets.available() == ["tiny"]
+    assert pf.datasets.path("tiny") == pf.datasets.path("tiny.h5ad") == data_folder / "tiny.h5ad"
+    assert pf.datasets.load("tiny").shape == (3, 2)
+
+
+@pytest.mark.parametrize("name", ["../secret", "../secret.h5ad", "..", "sub/tiny", "sub\\tiny", "", "/etc/passwd"])
+def test_names_that_leave_the_dataset_folder_are_refused(data_folder, name):
+    with pytest.raises(ValueError, match=r"is not a file name in the dataset folder.*pf\.datasets\.available\(\)"):
+        pf.datasets.path(name)
+
+
+def test_a_file_that_is_not_a_dataset_is_refused_with_the_available_ones(data_folder):
+    for call in (pf.datasets.path, pf.datasets.load):
+        with pytest.raises(
+            ValueError, match=r"'README\.md' is a file of the dataset folder but not a dataset.*\['tiny'\]"
+        ):
+            call("README.md")
+    with pytest.raises(FileNotFoundError, match=r"Dataset 'absent' not found .*Available: \['tiny'\]"):
+        pf.datasets.path("absent")
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(data_folder, monkeypatch):
+    monkeypatch.setattr(pf.settings, "data_dir", data_folder / "tiny.h5ad")
+    with pytest.raises(FileNotFoundError, match=r"tiny\.h5ad' \(PANFOMA_DATA_DIR\) is a file, not a folder"):
+        pf.datasets.available()
+    monkeypatch.setattr(pf.settings, "data_dir", data_folder / "absent")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pf.datasets.data_dir()
