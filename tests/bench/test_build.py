@@ -115,3 +115,94 @@ def test_a_column_present_in_some_files_only_is_used_where_present(tmp_path):
     units = {entry["name"]: entry["split_unit"] for entry in pf.bench.read_manifest(bench)["inputs"]}
     assert units["with_donor"] == "donor column 'donor'"
     assert units["pbmc3k_allgenes_celltypes"].startswith("file")
+
+
+def _toy_file(folder: Path, name: str = "toy", *, rate: float = 1.0, status: str = "SNG", donors: bool = False) -> Path:
+    """40 cells x 30 genes of Poisson(``rate``) counts with two labels (and two donors when asked)."""
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(rate, (40, 30)).astype(np.float32))
+    adata.var_names = [f"GENE{i}" for i in range(30)]
+    adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
+    adata.obs["status"] = status
+    if donors:
+        adata.obs["donor"] = np.tile(["d1", "d2"], 20)
+    path = folder / f"{name}.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+PANEL_QC = pf.bench.QCThresholds(min_genes=1, min_cells=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"fractions": (0.6, 0.2)}, r"give 3 shares"),
+        ({"fractions": (0.6, 0.6, 0.2)}, r"summing to 1"),
+        ({"fractions": (1.2, -0.2, 0.0)}, r"each in \[0, 1\]"),
+        ({"max_cells": 0}, r"max_cells=0: use an integer >= 1"),
+        ({"max_cells": -1}, r"max_cells=-1"),
+        ({"max_cells": 2.5}, r"max_cells=2.5"),
+        ({"test_groups": ["toy:d3"]}, r"test_groups \['toy:d3'\] are not groups of the inputs.*'toy:d1'"),
+        ({"test_groups": "toy:d1"}, r"is a single string: pass a list"),
+    ],
+)
+def test_build_parameters_are_refused_before_any_work(tmp_path, monkeypatch, option, message):
+    path = _toy_file(tmp_path, donors=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the parameters were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    with pytest.raises(ValueError, match=message):
+        pf.bench.build([path], label_key="cell_type", qc=PANEL_QC, **option)
+
+
+def test_build_refuses_repeated_paired_and_misplaced_inputs(tmp_path):
+    path = _toy_file(tmp_path)
+    with pytest.raises(ValueError, match=r"lists \['toy.h5ad'\] more than once"):
+        pf.bench.build([path, tmp_path / "." / "toy.h5ad"], qc=PANEL_QC)
+    with pytest.raises(ValueError, match=r"Pass its RNA modality saved as .h5ad"):
+        pf.bench.build([tmp_path / "cite.h5mu"], qc=PANEL_QC)
+    with pytest.raises(ValueError, match="is an existing file: pass a folder"):
+        pf.bench.build([path], qc=PANEL_QC, out=path)
+
+
+def test_build_reads_a_single_path_as_one_file(tmp_path):
+    path = _toy_file(tmp_path)
+    bench = pf.bench.build(str(path), label_key="cell_type", qc=PANEL_QC)
+    assert bench.n_obs == 40
+    assert pf.bench.read_manifest(bench)["parameters"]["files"] == ["toy.h5ad"]
+
+
+def test_test_groups_of_a_dataset_split_by_cells_are_an_error(tmp_path):
+    path = _toy_file(tmp_path, donors=True)
+    with pytest.raises(ValueError, match="cannot be held out"):
+        pf.bench.build([path], label_key="cell_type", keep={"donor": ["d1"]}, qc=PANEL_QC, test_groups=["toy:d1"])
+
+
+@pytest.mark.parametrize(
+    ("toy", "option", "message"),
+    [
+        (
+            {"status": "DBL"},
+            {"keep": {"status": ["SNG"]}, "qc": PANEL_QC},
+            r"toy.h5ad: the keep filter \{'status': \['SNG'\]\} removed every cell",
+        ),
+        (
+            {"rate": 0.1},
+            {"qc": pf.bench.QCThresholds(min_genes=10, min_cells=1)},
+            r"toy.h5ad: QC removed every cell \(40 cells; removed by \{'min_genes': 40\}, thresholds \{'min_genes': 10",
+        ),
+        (
+            {"rate": 0.02},
+            {"qc": pf.bench.QCThresholds(min_genes=0, min_cells=5)},
+            r"toy.h5ad: QC removed every gene \(min_cells=5",
+        ),
+    ],
+)
+def test_a_file_emptied_by_keep_or_qc_names_the_file_and_step(tmp_path, toy, option, message):
+    files = [_toy_file(tmp_path, "other"), _toy_file(tmp_path, **toy)]
+    with pytest.raises(ValueError, match=message) as error:
+        pf.bench.build(files, label_key="cell_type", **option)
+    assert "share no gene" not in str(error.value)

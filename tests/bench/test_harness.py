@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import panfoma_sc as pf
 from panfoma_sc.bench import TASKS, TaskResult
 from panfoma_sc.cli import EXIT_OK, main
 
@@ -46,7 +48,6 @@ def tiny_config(tmp_path, tiny_checkpoint) -> Path:
                 "max_cells": 50,
                 "methods": {"pan_cancer": ["pca_logreg"]},
             },
-            {"name": "absent", "files": ["no_such_file.h5ad"], "tasks": ["annotation"], "label_key": "x"},
         ],
     }
     path = tmp_path / "bench.json"
@@ -75,7 +76,6 @@ def test_bench_run_and_report(tiny_config, tmp_path, capsys):
     assert (ok["peak_memory_mb"] >= 0).all()
     # pan-cancer: leave one group (here: protocol) out
     assert ok.loc[ok["task"] == "pan_cancer", "cv"].eq("leave_one_group_out").all()
-    assert results[results["dataset"] == "absent"]["reason"].str.contains("data absent").all()
     for name in ("report.md", "results.md", "per_class_f1.csv", "run.json", "manifests/sorted.json"):
         assert (out / name).is_file(), name
     for figure in (
@@ -96,18 +96,78 @@ def test_bench_run_and_report(tiny_config, tmp_path, capsys):
     assert (out / "report.md").read_text().strip() == printed.strip()
 
 
-def test_a_run_whose_data_are_all_absent_still_reports_why(tmp_path, tiny_checkpoint):
-    config = {
-        "run": {"seed": 0, "model": str(tiny_checkpoint), "data_dir": str(tmp_path / "no-data")},
-        "tasks": {"annotation": {"methods": ["pca_knn"]}},
-        "datasets": [{"name": "absent", "files": ["missing.h5ad"], "tasks": ["annotation"], "label_key": "x"}],
+def _toy_config(tmp_path, **dataset) -> dict:
+    """A config of one small toy file run by the ``forgetful`` task (no model, no real method)."""
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(1.0, (40, 30)).astype(np.float32))
+    adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
+    adata.write_h5ad(tmp_path / "toy.h5ad")
+    entry = {
+        "name": "toy",
+        "files": ["toy.h5ad"],
+        "tasks": ["forgetful"],
+        "label_key": "cell_type",
+        "qc": {"min_genes": 1, "min_cells": 1},
+        "methods": {"forgetful": ["kept", "dropped"]},
     }
+    return {
+        "run": {"model": str(tmp_path / "no_model.safetensors"), "data_dir": str(tmp_path)},
+        "datasets": [entry | dataset],
+    }
+
+
+def _forgetful(ctx, spec, methods):  # a task that returns a row for its first method only
+    return TaskResult(rows=[{"task": "forgetful", "method": methods[0], "status": "ok", "reason": ""}])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"files": ["toy.h5ad", "misspelt.h5ad"]}, r"Input files not found in .*\{'toy': \['misspelt.h5ad'\]\}"),
+        ({"data_dir": "no-data"}, r"data_dir .*no-data' is not a folder"),
+    ],
+)
+def test_missing_data_stops_the_run_before_any_work(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    config = _toy_config(tmp_path, **{k: v for k, v in change.items() if k != "data_dir"})
+    if "data_dir" in change:
+        config["run"]["data_dir"] = change["data_dir"]
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(config))
     out = tmp_path / "out"
-    assert main(["bench", "run", str(path), "--out", str(out)]) == EXIT_OK
+    assert main(["bench", "run", str(path), "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_run_removes_the_outputs_of_an_earlier_run_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "manifests").mkdir()
+    for name in ("figures/umap_old.png", "figures/per_class_f1_annotation_old.png", "manifests/old.json"):
+        (out / name).write_bytes(b"from an earlier run")
+    (out / "per_class_f1.csv").write_text("method,class,f1,n_cells,dataset,task\nx,a,1.0,3,old,annotation\n")
+    (out / "notes.txt").write_text("mine")
+    (out / "figures" / "sketch.svg").write_text("mine")
+    pf.bench.run(_toy_config(tmp_path, umap=True), out)
+    assert not (out / "figures" / "umap_old.png").exists()
+    assert not (out / "figures" / "per_class_f1_annotation_old.png").exists()
+    assert not (out / "manifests" / "old.json").exists()
+    assert (out / "manifests" / "toy.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine"  # not a run's file: left alone
+    assert (out / "figures" / "sketch.svg").read_text() == "mine"
     report = (out / "report.md").read_text()
-    assert "| absent | annotation | all | skipped | data absent: ['missing.h5ad'] |" in report
+    assert "old" not in report
+
+
+def test_out_pointing_to_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(_toy_config(tmp_path)))
+    (tmp_path / "taken").write_text("a file")
+    assert main(["bench", "run", str(path), "--out", str(tmp_path / "taken")]) == 2
+    assert "is a file: pass a folder" in capsys.readouterr().err
 
 
 def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
@@ -116,29 +176,9 @@ def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
 
 
 def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch):
-    def forgetful(ctx, spec, methods):  # a task that returns a row for its first method only
-        return TaskResult(rows=[{"task": "forgetful", "method": methods[0], "status": "ok", "reason": ""}])
-
-    monkeypatch.setitem(TASKS, "forgetful", forgetful)
-    rng = np.random.default_rng(0)
-    adata = ad.AnnData(rng.poisson(1.0, (40, 30)).astype(np.float32))
-    adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
-    adata.write_h5ad(tmp_path / "toy.h5ad")
-    config = {
-        "run": {"model": str(tmp_path / "no_model.safetensors"), "data_dir": str(tmp_path)},
-        "datasets": [
-            {
-                "name": "toy",
-                "files": ["toy.h5ad"],
-                "tasks": ["forgetful"],
-                "label_key": "cell_type",
-                "qc": {"min_genes": 1, "min_cells": 1},
-                "methods": {"forgetful": ["kept", "dropped"]},
-            }
-        ],
-    }
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(_toy_config(tmp_path)))
     assert main(["bench", "run", str(path), "--out", str(tmp_path / "out")]) == EXIT_OK
     results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("method")
     assert results.loc["kept", "status"] == "ok"

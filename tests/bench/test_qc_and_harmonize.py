@@ -80,3 +80,18 @@ def test_build_rejects_bad_arguments(tmp_path, bad):
     _toy_counts().write_h5ad(path)
     with pytest.raises(ValueError, match="join"):
         pf.bench.build([path], **bad)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"min_genes": -1}, r"min_genes=-1\): use a number >= 0"),
+        ({"min_cells": -3}, r"min_cells=-3\)"),
+        ({"max_counts_mads": -0.5}, r"max_counts_mads=-0.5\)"),
+        ({"max_mito_fraction": 1.5}, r"max_mito_fraction=1.5\): use a fraction in \[0, 1\]"),
+        ({"max_mito_fraction": -0.1}, r"max_mito_fraction=-0.1\)"),
+    ],
+)
+def test_invalid_qc_thresholds_are_refused(option, message):
+    with pytest.raises(ValueError, match=message):
+        pf.bench.QCThresholds(**option)

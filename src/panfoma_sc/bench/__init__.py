@@ -1,6 +1,7 @@
 """PanFoMaBench: build benchmark datasets, run tasks and baselines, score embeddings, write reports."""
 
 from ._build import build, read_manifest, write_manifest
+from ._config import load_config
 from ._embedding_eval import (
     batch_correction,
     bio_conservation,
@@ -11,7 +12,7 @@ from ._embedding_eval import (
 )
 from ._gating import PBMC_CITESEQ_GATES, gate_cells, marker_positive
 from ._harmonize import harmonize_genes, read_gene_table
-from ._harness import load_config, run
+from ._harness import run
 from ._metrics import bootstrap_ci, classification_metrics, per_class_f1
 from ._multiomics import MULTIOMICS_METHODS, pca_concatenation, protein_pca, wnn_graph
 from ._paired import build_paired, shared_panel

@@ -9,7 +9,7 @@ methods live in ``_multiomics.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from ._timing import measure
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASSIFIERS", "EMBEDDERS", "MethodContext", "MethodSkipped"]
+__all__ = ["CLASSIFIERS", "EMBEDDERS", "MethodContext", "MethodSkipped", "method_label"]
 
 
 class MethodSkipped(RuntimeError):
@@ -48,12 +48,16 @@ class MethodContext:
         ``multiomics_protein_comps`` (10), ``scvi_max_epochs`` (50), ``batch_size``, ``n_genes``, ``seed``.
     cache
         Embeddings computed once per dataset (with their cost), reused by several methods and tasks.
+    used
+        Settings as the methods applied them, e.g. ``{"n_comps": {20}}`` when PCA components were capped by
+        the number of training cells; the tasks empty it before each method and copy it into its row.
     """
 
     adata: AnnData  # or a MuData (multi-omics task)
     model: object = "panfoma-tiny"
     options: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    used: dict = field(default_factory=dict)
 
     def option(self, name: str, default: object) -> object:
         """A method setting, or its default."""
@@ -67,6 +71,10 @@ class MethodContext:
                 value = compute()
             self.cache[key] = (value, dict(cost))
         return self.cache[key]
+
+    def record(self, name: str, value: object) -> None:
+        """Note a setting as a method applied it (see :attr:`used`)."""
+        self.used.setdefault(name, set()).add(value)
 
 
 def log_normalized(adata: AnnData) -> AnnData:
@@ -108,6 +116,7 @@ def _pca_features(ctx: MethodContext, train: np.ndarray, test: np.ndarray) -> tu
     x_train, x_test = _hvg_features(ctx, train, test)
     n_comps = min(int(ctx.option("n_comps", 50)), x_train.shape[0] - 1, x_train.shape[1] - 1)
     pca = PCA(n_components=n_comps, random_state=int(ctx.option("seed", 0))).fit(x_train)
+    ctx.record("n_comps", int(pca.n_components_))
     return pca.transform(x_train), pca.transform(x_test)
 
 
@@ -132,13 +141,13 @@ def _logistic(ctx: MethodContext, x_train: np.ndarray, y_train: np.ndarray, x_te
 
 
 def pca_knn(ctx: MethodContext, train: np.ndarray, test: np.ndarray, y_train: np.ndarray) -> np.ndarray:
-    """Baseline: kNN (distance-weighted, k=15) in a PCA(50) of log-normalized HVGs, both fitted on training cells."""
+    """Baseline: kNN (distance-weighted, k=15) in a PCA (``n_comps``) of log-normalized HVGs of the training cells."""
     x_train, x_test = _pca_features(ctx, train, test)
     return _knn(ctx, x_train, y_train, x_test)
 
 
 def pca_logreg(ctx: MethodContext, train: np.ndarray, test: np.ndarray, y_train: np.ndarray) -> np.ndarray:
-    """Logistic regression on the same PCA(50) of HVGs."""
+    """Logistic regression on the same PCA of HVGs."""
     x_train, x_test = _pca_features(ctx, train, test)
     return _logistic(ctx, x_train, y_train, x_test)
 
@@ -239,7 +248,7 @@ CLASSIFIERS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def pca(ctx: MethodContext, batch_key: str) -> np.ndarray:
-    """PCA(50) of log-normalized HVGs (all cells; computed once per dataset)."""
+    """PCA (``n_comps``, 50) of log-normalized HVGs (all cells; computed once per dataset)."""
 
     def compute() -> np.ndarray:
         return pca_embedding(
@@ -249,7 +258,9 @@ def pca(ctx: MethodContext, batch_key: str) -> np.ndarray:
             counts=False,
         )
 
-    return ctx.cached("pca", compute)[0]
+    embedding = ctx.cached("pca", compute)[0]
+    ctx.record("n_comps", embedding.shape[1])
+    return embedding
 
 
 def harmony(ctx: MethodContext, batch_key: str) -> np.ndarray:
@@ -322,21 +333,23 @@ EMBEDDERS: dict[str, Callable[..., np.ndarray]] = {
     "panfoma_integrated": panfoma_integrated,
 }
 
-#: Human-readable names for tables and figures.
+#: Methods whose label states the number of PCA components they used.
+PCA_METHODS = frozenset({"pca_knn", "pca_logreg", "pca", "rna_pca"})
+#: Human-readable names for tables and figures (:func:`method_label` adds the PCA components a run used).
 METHOD_LABELS: dict[str, str] = {
-    "pca_knn": "PCA(50) HVG + kNN",
-    "pca_logreg": "PCA(50) HVG + LogReg",
+    "pca_knn": "PCA HVG + kNN",
+    "pca_logreg": "PCA HVG + LogReg",
     "logreg_genes": "LogReg on genes (CellTypist-like)",
     "scanvi": "scANVI",
     "panfoma_knn": "PanFoMa zero-shot + kNN",
     "panfoma_logreg": "PanFoMa zero-shot + LogReg",
     "panfoma_finetune": "PanFoMa fine-tuned",
-    "pca": "PCA(50) HVG",
+    "pca": "PCA HVG",
     "harmony": "Harmony",
     "scvi": "scVI",
     "panfoma": "PanFoMa zero-shot",
     "panfoma_integrated": "PanFoMa integrated",
-    "rna_pca": "RNA PCA(30)",
+    "rna_pca": "RNA PCA",
     "pca_concat": "PCA concat. (RNA + protein)",
     "wnn": "WNN (muon, graph)",
     "totalvi": "totalVI",
@@ -344,3 +357,28 @@ METHOD_LABELS: dict[str, str] = {
     "panfoma_joint": "PanFoMa joint RNA+protein",
     "panfoma_late_fusion": "PanFoMa late fusion (+ protein PCA)",
 }
+
+
+def method_label(method: str, n_comps: Iterable[object] = ()) -> str:
+    """Human-readable name of a method, with the PCA components it used: ``PCA(20) HVG + kNN``.
+
+    Parameters
+    ----------
+    method
+        Method name (``pca_knn``).
+    n_comps
+        The ``n_comps`` values of its result rows: numbers, or ``"19-20"`` where folds differed; missing values
+        are ignored, and without any the label names no number.
+
+    Returns
+    -------
+    The label.
+    """
+    label = METHOD_LABELS.get(method, method)
+    if method not in PCA_METHODS:
+        return label
+    counts = sorted({int(float(part)) for value in n_comps if pd.notna(value) for part in str(value).split("-")})
+    if not counts:
+        return label
+    used = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return label.replace("PCA", f"PCA({used})", 1)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
+from numbers import Integral, Real
 from pathlib import Path
 
 import anndata as ad
@@ -17,7 +18,7 @@ from anndata import AnnData
 
 from ._harmonize import default_gene_table, harmonize_genes, read_gene_table
 from ._qc import QCThresholds, expression_kind, quality_control
-from ._splits import MISSING_VALUES, group_column, split_cells, split_groups
+from ._splits import BATCH_COLUMNS, DONOR_COLUMNS, MISSING_VALUES, group_column, split_cells, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,47 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Refuse split fractions that are not 3 shares in [0, 1] summing to 1; returns them as a tuple."""
+    values = list(fractions) if isinstance(fractions, Sequence | np.ndarray) and not isinstance(fractions, str) else []
+    numeric = all(isinstance(v, Real) and not isinstance(v, bool) for v in values)
+    if len(values) != 3 or not numeric or not all(0 <= v <= 1 for v in values) or not np.isclose(sum(values), 1):
+        msg = (
+            f"fractions={fractions!r}: give 3 shares of cells (train, val, test), each in [0, 1] and summing to 1, "
+            "e.g. (0.6, 0.2, 0.2)."
+        )
+        raise ValueError(msg)
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def check_max_cells(max_cells: object) -> None:
+    """Refuse a ``max_cells`` that is neither ``None`` nor an integer >= 1."""
+    if max_cells is not None and (not isinstance(max_cells, Integral) or isinstance(max_cells, bool) or max_cells < 1):
+        msg = f"max_cells={max_cells!r}: use an integer >= 1 (cells kept per file), or None to keep every cell."
+        raise ValueError(msg)
+
+
+def _input_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The input files as paths (one path given alone is one file); refuse repeats and ``.h5mu`` files."""
+    paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    if not paths:
+        msg = "build() needs at least one .h5ad file."
+        raise ValueError(msg)
+    resolved = [p.resolve() for p in paths]
+    repeated = sorted({p.name for p, r in zip(paths, resolved, strict=True) if resolved.count(r) > 1})
+    if repeated:
+        msg = f"files lists {repeated} more than once: list each file once."
+        raise ValueError(msg)
+    paired = [p.name for p in paths if p.suffix == ".h5mu"]
+    if paired:
+        msg = (
+            f"{paired} is a paired multi-omics file: build() reads .h5ad files. Pass its RNA modality saved as "
+            ".h5ad (mdata.mod['rna'].write_h5ad(...)), or use pf.bench.build_paired for the paired data."
+        )
+        raise ValueError(msg)
+    return paths
 
 
 def _keep_cells(adata: AnnData, keep: Mapping[str, Sequence[str]] | None) -> tuple[AnnData, dict[str, int]]:
@@ -52,21 +94,39 @@ def _check_inputs(
     donor_key: str | None,
     batch_key: str | None,
     keep: Mapping[str, Sequence[str]] | None,
+    test_groups: Sequence[str] | None = None,
 ) -> None:
-    """Refuse missing files and obs columns before any file is processed (reads only each file's obs).
+    """Refuse missing files, obs columns and test groups before any file is processed (reads only each obs).
 
     ``label_key`` must be a column of every file; ``donor_key``, ``batch_key`` and the ``keep`` columns of at
     least one (files without them fall back to other columns), so that a misspelt name is an error, not a
-    silent fallback.
+    silent fallback. Each of ``test_groups`` must be ``"<file stem>:<value>"`` with a value of a donor or batch
+    column of that file, or a file stem alone (a file without such a column is one group).
     """
+    missing = [str(file) for file in files if not file.is_file()]
+    if missing:
+        msg = f"Benchmark inputs {missing} do not exist: check the file names and folder."
+        raise FileNotFoundError(msg)
     columns: dict[str, list[str]] = {}
+    groups: dict[str, set[str]] = {}
     for file in files:
-        if not file.is_file():
-            msg = f"Benchmark input {str(file)!r} does not exist."
-            raise FileNotFoundError(msg)
         backed = ad.read_h5ad(file, backed="r")
         columns[file.name] = list(backed.obs.columns)
+        candidates = [c for c in (donor_key, batch_key, *DONOR_COLUMNS, *BATCH_COLUMNS) if c in backed.obs.columns]
+        # a file without donor or batch column is one group, named by its stem
+        groups[file.stem] = {file.stem} | {
+            f"{file.stem}:{v}" for c in candidates for v in backed.obs[c].astype(str).unique()
+        }
         backed.file.close()
+    unknown = sorted(set(map(str, test_groups or ())) - set().union(*groups.values()))
+    if unknown:
+        shown = sorted(set().union(*groups.values()))
+        shown = shown if len(shown) <= 20 else [*shown[:20], "..."]
+        msg = (
+            f"test_groups {unknown} are not groups of the inputs: name them '<file stem>:<donor or batch value>', "
+            f"one of {shown}."
+        )
+        raise ValueError(msg)
     if label_key is not None:
         for name, present in columns.items():
             if label_key not in present:
@@ -80,6 +140,25 @@ def _check_inputs(
             raise KeyError(msg)
 
 
+def _check_survivors(adata: AnnData, name: str, report: Mapping[str, object]) -> None:
+    """Refuse a file that QC emptied, naming the filter that removed its cells or genes."""
+    thresholds = report["thresholds"]
+    if adata.n_obs == 0:
+        removed = {k: v for k, v in report["cells_removed"].items() if v}
+        shown = {k: thresholds[k] for k in removed}
+        msg = (
+            f"{name}: QC removed every cell ({report['n_cells_in']} cells; removed by {removed}, thresholds "
+            f"{shown}). Relax these thresholds for this dataset, e.g. qc = {{ min_genes = 20 }}."
+        )
+        raise ValueError(msg)
+    if adata.n_vars == 0:
+        msg = (
+            f"{name}: QC removed every gene (min_cells={thresholds['min_cells']}: no gene is detected in that "
+            f"many of the {adata.n_obs} cells kept). Lower min_cells or keep more cells."
+        )
+        raise ValueError(msg)
+
+
 def _file_groups(obs: pd.DataFrame, name: str, donor_key: str | None, batch_key: str | None) -> tuple[pd.Series, str]:
     """Split group of each cell of one file: its donor, else its batch/sample, else the file itself."""
     for min_groups in (2, 1):
@@ -90,7 +169,7 @@ def _file_groups(obs: pd.DataFrame, name: str, donor_key: str | None, batch_key:
 
 
 def build(
-    files: Sequence[str | Path],
+    files: str | Path | Sequence[str | Path],
     *,
     label_key: str | None = None,
     donor_key: str | None = None,
@@ -123,7 +202,8 @@ def build(
     Parameters
     ----------
     files
-        ``.h5ad`` files.
+        ``.h5ad`` files, each listed once (a single path is one file). For a paired ``.h5mu`` file use
+        :func:`build_paired`.
     label_key
         obs column with the labels of the task (cells without one are dropped); ``None`` keeps every cell.
     donor_key, batch_key
@@ -140,11 +220,12 @@ def build(
     join
         ``"inner"`` (genes present in every file) or ``"outer"`` (all genes; absent ones are 0).
     fractions
-        Target shares of cells in train, val and test.
+        Target shares of cells in train, val and test: 3 values in [0, 1] summing to 1.
     test_groups
-        Groups (``"file:value"``) to put in test instead of drawing them.
+        Groups (``"file:value"``, the file's stem and a donor or batch value) to put in test instead of drawing
+        them; an error when the dataset ends up with a single group (split by cells).
     max_cells
-        Cells kept per file at most (random, after QC).
+        Cells kept per file at most (random, after QC): an integer >= 1, or ``None`` for all.
     seed
         Seed of the subsample and the split.
     out
@@ -163,17 +244,27 @@ def build(
     KeyError
         ``label_key`` is missing from a file's obs, or ``donor_key``, ``batch_key`` or a ``keep`` column from
         every file's obs. Checked before any file is processed.
+    ValueError
+        Invalid parameters (``fractions``, ``max_cells``, a repeated or ``.h5mu`` file, ``out`` an existing
+        file, ``test_groups`` that are not groups of the files), checked before any file is processed; or
+        ``keep``, QC or the labels leave a file without cells or genes (the message names the file and step).
 
     Examples
     --------
     >>> bench = pf.bench.build(["study1.h5ad", "study2.h5ad"], label_key="cell_type")  # doctest: +SKIP
     >>> bench.obs["split"].value_counts()  # doctest: +SKIP
     """
-    if not files:
-        msg = "build() needs at least one .h5ad file."
-        raise ValueError(msg)
+    files = _input_files(files)
     if join not in {"inner", "outer"}:
         msg = f"join must be 'inner' or 'outer', got {join!r}."
+        raise ValueError(msg)
+    fractions = check_fractions(fractions)
+    check_max_cells(max_cells)
+    if isinstance(test_groups, str):
+        msg = f"test_groups={test_groups!r} is a single string: pass a list, e.g. [{test_groups!r}]."
+        raise ValueError(msg)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        msg = f"out={str(out)!r} is an existing file: pass a folder to write benchmark.h5ad and manifest.json into."
         raise ValueError(msg)
     qc = qc or QCThresholds()
     if isinstance(gene_table, str) and gene_table == "auto":
@@ -194,10 +285,10 @@ def build(
         "test_groups": None if test_groups is None else list(test_groups),
         "max_cells": max_cells,
     }
-    _check_inputs([Path(f) for f in files], label_key, donor_key, batch_key, keep)
+    _check_inputs(files, label_key, donor_key, batch_key, keep, test_groups)
     rng = np.random.default_rng(seed)
     parts, inputs, flags = {}, [], []
-    for file in map(Path, files):
+    for file in files:
         name = file.stem
         adata = ad.read_h5ad(file)
         entry: dict[str, object] = {
@@ -208,17 +299,27 @@ def build(
             "n_genes": adata.n_vars,
         }
         adata, entry["cells_removed_by_keep"] = _keep_cells(adata, keep)
+        if adata.n_obs == 0:
+            msg = (
+                f"{file.name}: the keep filter {dict(keep or {})} removed every cell. Check the values against "
+                f"the file's obs, or drop the filter for this file."
+            )
+            raise ValueError(msg)
         adata, entry["harmonization"] = harmonize_genes(adata, gene_table=table, aliases=aliases)
         kind, how = expression_kind(adata)
         entry["x_kind"], entry["x_kind_source"] = kind, how
         if kind != "counts":
             flags.append(f"{name}: X holds {kind} values, not raw counts; count-based QC skipped")
         adata, entry["qc"] = quality_control(adata, qc, counts=kind == "counts")
+        _check_survivors(adata, file.name, entry["qc"])
         if label_key is not None:
             labels = adata.obs[label_key].astype(str).str.strip()
             labelled = (adata.obs[label_key].notna() & ~labels.str.lower().isin(MISSING_VALUES)).to_numpy()
             entry["cells_without_label"] = int((~labelled).sum())
             adata = adata[labelled].copy()
+            if adata.n_obs == 0:
+                msg = f"{file.name}: no cell left after QC has a label in {label_key!r}; check label_key."
+                raise ValueError(msg)
         if max_cells is not None and adata.n_obs > max_cells:
             adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
             entry["subsampled_to"] = max_cells
@@ -245,6 +346,12 @@ def build(
             combined.obs["split_group"].to_numpy(), fractions=fractions, test_groups=test_groups, seed=seed
         )
         split_unit = "groups"
+    elif test_groups:
+        msg = (
+            f"test_groups {list(test_groups)} cannot be held out: after QC and subsampling the dataset has a single "
+            f"donor/batch group, {combined.obs['split_group'].iloc[0]!r}, so it is split by cells. Drop test_groups."
+        )
+        raise ValueError(msg)
     else:
         combined.obs["split"] = split_cells(combined.n_obs, labels=labels, fractions=fractions, seed=seed)
         split_unit = "cells"

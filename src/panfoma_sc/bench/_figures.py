@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,11 @@ def _pyplot():
     return plt
 
 
-def _label(method: str) -> str:
-    from ._baselines import METHOD_LABELS
+def _label(method: str, n_comps: Iterable[object] = ()) -> str:
+    """The method's label, with the PCA components it used (see :func:`~panfoma_sc.bench._baselines.method_label`)."""
+    from ._baselines import method_label
 
-    return METHOD_LABELS.get(method, method)
+    return method_label(method, n_comps)
 
 
 def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Path | None:
@@ -76,6 +77,8 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
     if task in {"integration", "multiomics"}:
         spec = INTEGRATION_COLUMNS if task == "integration" else MULTIOMICS_COLUMNS
         columns = [(c, h, a) for c, h, a in spec if c in rows]
+        if not columns:
+            return None
         table = rows.groupby("method")[[c for c, _, _ in columns]].mean()
     elif "macro_f1" in rows:
         table = rows.pivot_table(index="method", columns="dataset", values="macro_f1")
@@ -113,7 +116,11 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
                     color="white" if scaled < 0.6 else "black",
                 )
         ax.text(j, n_rows - 0.3, header, ha="center", va="bottom", fontsize=8, rotation=0, fontweight="bold")
-    ax.set_yticks(range(n_rows), [_label(m) for m in table.index], fontsize=8)
+    ax.set_yticks(
+        range(n_rows),
+        [_label(m, rows.loc[rows["method"] == m, "n_comps"] if "n_comps" in rows else ()) for m in table.index],
+        fontsize=8,
+    )
     ax.set_xlim(-0.6, n_cols - 0.4)
     ax.set_ylim(-0.6, n_rows + 0.2)
     ax.set_xticks([])
@@ -230,7 +237,8 @@ def plot_umaps(
                 ax.scatter(*coords[cells].T, s=3, color=palette(k % 20), label=str(category), rasterized=True)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{_label(method)}\n({name})", fontsize=8)
+            label = _label(method, [np.shape(embeddings[method])[1]])
+            ax.set_title(f"{label}\n({name})", fontsize=8)
             if j == len(methods) - 1:
                 ax.legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     fig.suptitle(title, fontsize=10)

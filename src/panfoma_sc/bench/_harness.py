@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._baselines import MethodContext
 from ._build import build, read_manifest, write_manifest
+from ._config import DEFAULT_METHODS, load_config, validate_config
 from ._paired import build_paired
 from ._qc import QCThresholds
 from ._tasks import TASKS
@@ -23,122 +24,72 @@ from ._timing import MEMORY_MEASURE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_config", "run"]
+__all__ = ["run"]
 
-#: Methods run by each task when the config does not list them.
-DEFAULT_METHODS: dict[str, list[str]] = {
-    "annotation": ["pca_knn", "pca_logreg", "logreg_genes", "scanvi", "panfoma_knn", "panfoma_finetune"],
-    "pan_cancer": ["pca_knn", "pca_logreg", "logreg_genes", "panfoma_knn", "panfoma_logreg"],
-    "integration": ["pca", "harmony", "scvi", "panfoma", "panfoma_integrated"],
-    "multiomics": [
-        "rna_pca",
-        "pca_concat",
-        "wnn",
-        "totalvi",
-        "multivi",
-        "panfoma",
-        "panfoma_integrated",
-        "panfoma_joint",
-        "panfoma_late_fusion",
-    ],
-}
-#: Tasks that read a paired multi-omics file (``.h5mu``, built by :func:`build_paired`) instead of ``.h5ad`` files.
-PAIRED_TASKS = frozenset({"multiomics"})
-DATASET_KEYS = frozenset(
-    {
-        "name",
-        "files",
-        "tasks",
-        "label_key",
-        "batch_key",
-        "donor_key",
-        "keep",
-        "qc",
-        "join",
-        "fractions",
-        "test_groups",
-        "max_cells",
-        "methods",
-        "umap",
-        "cv",
-        "note",
-        "gates",
-    }
+#: Files a run writes into its output folder, removed at the start of a run so that none of an earlier run's
+#: outputs is left next to (or linked from the report of) the new one.
+RUN_FILES = ("results.csv", "results.md", "report.md", "per_class_f1.csv", "run.json")
+#: Files a run writes into its subfolders (``figures/``, ``manifests/``), by pattern.
+RUN_FILE_PATTERNS = (
+    "figures/umap_*.png",
+    "figures/results_table_*.png",
+    "figures/per_class_f1_*.png",
+    "manifests/*.json",
 )
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a benchmark config (``.toml``, ``.json``, ``.yaml``/``.yml``).
-
-    Layout: ``[run]`` (``seed``, ``model``, ``data_dir``, ``n_boot``), ``[methods]`` (method settings such
-    as ``finetune_max_epochs``, ``integrate_max_steps``, ``joint_max_epochs``), ``[tasks.<task>]``
-    (``methods`` to run) and one ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``,
-    ``label_key``, ``batch_key``, ``donor_key``, ``keep``, ``qc``, ``join``, ``fractions``, ``test_groups``,
-    ``max_cells``, ``methods``, ``umap``, ``cv``, ``note``, ``gates``). ``data_dir`` is relative to the config
-    file; without it files are looked up in ``PANFOMA_DATA_DIR``. A dataset of one paired ``.h5mu`` file is
-    read by :func:`build_paired` (labels from the protein ``gates``, default ``"pbmc_citeseq"``) and runs the
-    ``multiomics`` task only.
-
-    Parameters
-    ----------
-    path
-        The config file.
-
-    Returns
-    -------
-    The config, with ``config["_path"]`` set to the file.
-    """
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-
-        config = tomllib.loads(text)
-    elif path.suffix == ".json":
-        config = json.loads(text)
-    elif path.suffix in {".yaml", ".yml"}:
-        import yaml
-
-        config = yaml.safe_load(text)
-    else:
-        msg = f"Config {path.name!r}: use a .toml, .json or .yaml file."
-        raise ValueError(msg)
-    datasets = config.get("datasets")
-    if not datasets:
-        msg = f"Config {path.name!r} lists no [[datasets]]."
-        raise ValueError(msg)
-    for dataset in datasets:
-        unknown = set(dataset) - DATASET_KEYS
-        if unknown or "name" not in dataset or "files" not in dataset:
-            msg = f"Dataset entry {dataset.get('name')!r}: needs name and files; unknown keys {sorted(unknown)}."
-            raise ValueError(msg)
-        for task in dataset.get("tasks", []):
-            if task not in TASKS:
-                msg = f"Dataset {dataset['name']!r}: unknown task {task!r}; available: {sorted(TASKS)}."
-                raise ValueError(msg)
-        paired = [str(f).endswith(".h5mu") for f in dataset["files"]]
-        paired_tasks = set(dataset.get("tasks", [])) & PAIRED_TASKS
-        if any(paired) and (len(paired) > 1 or set(dataset.get("tasks", [])) - PAIRED_TASKS):
-            msg = (
-                f"Dataset {dataset['name']!r}: a paired .h5mu file is a dataset of its own (one file) for the "
-                f"tasks {sorted(PAIRED_TASKS)}; list .h5ad files in another entry."
-            )
-            raise ValueError(msg)
-        if paired_tasks and not all(paired):
-            msg = f"Dataset {dataset['name']!r}: the tasks {sorted(paired_tasks)} need one paired .h5mu file."
-            raise ValueError(msg)
-    config["_path"] = str(path)
-    return config
 
 
 def _data_folder(config: Mapping) -> Path:
     folder = config.get("run", {}).get("data_dir")
     if folder is not None:
         folder = Path(folder)
-        return folder if folder.is_absolute() else Path(config.get("_path", ".")).parent / folder
+        folder = folder if folder.is_absolute() else Path(config.get("_path", ".")).parent / folder
+        if not folder.is_dir():
+            msg = f"[run] data_dir {str(folder)!r} is not a folder: fix data_dir (relative to the config file)."
+            raise FileNotFoundError(msg)
+        return folder
     from ..datasets import data_dir
 
     return data_dir()
+
+
+def _check_data(config: Mapping, folder: Path) -> None:
+    """Refuse a config whose input files are not all in ``folder``, naming every missing one."""
+    missing = {
+        dataset["name"]: [str(f) for f in dataset["files"] if not (folder / f).is_file()]
+        for dataset in config["datasets"]
+    }
+    missing = {name: files for name, files in missing.items() if files}
+    if missing:
+        msg = (
+            f"Input files not found in {str(folder)!r}: {missing}. Fix the file names, or point [run] data_dir "
+            "(or PANFOMA_DATA_DIR) at the folder that holds them; nothing was run."
+        )
+        raise FileNotFoundError(msg)
+
+
+def _prepare_output(out: Path) -> None:
+    """Create ``out`` and remove the outputs of an earlier run there (only the files a run writes)."""
+    if out.exists() and not out.is_dir():
+        msg = f"Output {str(out)!r} is a file: pass a folder (new or from an earlier run) to --out/out."
+        raise ValueError(msg)
+    stale = [out / name for name in RUN_FILES if (out / name).is_file()]
+    stale += [path for pattern in RUN_FILE_PATTERNS for path in sorted(out.glob(pattern)) if path.is_file()]
+    if stale:
+        logger.info("Removing %d outputs of an earlier run in %s.", len(stale), out)
+        for path in stale:
+            path.unlink()
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+
+
+def _methods_of(config: Mapping, dataset: Mapping, task: str) -> list[str]:
+    """The methods of ``task`` on ``dataset``: the dataset's, else ``[tasks.<task>]``'s, else the defaults."""
+    if task in dataset.get("methods", {}):
+        return list(dataset["methods"][task])
+    task_settings = config.get("tasks", {}).get(task, {})
+    if "methods" in task_settings:
+        return list(task_settings["methods"])
+    return list(DEFAULT_METHODS.get(task, []))
 
 
 def _load_model(name: str):
@@ -161,6 +112,10 @@ def _load_model(name: str):
 def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = None) -> pd.DataFrame:
     """Run a benchmark config and write its results into ``out``.
 
+    Before any work the config is checked (:func:`load_config`; a dict too) and every input file must be in the
+    data folder. The outputs of an earlier run in ``out`` (the files listed below, and only those) are removed
+    first, so the folder and its report show this run alone.
+
     For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``) or, for a
     paired ``.h5mu`` file, :func:`build_paired`, then each task with its methods on the same cells and splits.
     A method the task returns no row for is recorded as ``failed``, so none drops out of the results unseen.
@@ -174,13 +129,20 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     config
         The config (see :func:`load_config`) or its file.
     out
-        Output folder (created).
+        Output folder (created; an earlier run's outputs in it are replaced).
     command
         The command line to record in the report.
 
     Returns
     -------
     The results table.
+
+    Raises
+    ------
+    ValueError
+        The config is invalid, or ``out`` is a file.
+    FileNotFoundError
+        The data folder or an input file does not exist (all missing files are named).
 
     Examples
     --------
@@ -189,28 +151,24 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     from ._figures import plot_umaps
     from ._report import render_report
 
-    if not isinstance(config, Mapping):
+    if isinstance(config, Mapping):
+        validate_config(config)
+    else:
         config = load_config(config)
     out = Path(out)
-    (out / "manifests").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    folder = _data_folder(config)
+    _check_data(config, folder)
+    _prepare_output(out)
     settings = config.get("run", {})
     seed = int(settings.get("seed", 0))
     options = {**config.get("methods", {}), "seed": seed}
     start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     model, model_info = _load_model(settings.get("model", "panfoma-tiny"))
-    folder = _data_folder(config)
     rows, per_class, datasets = [], [], []
     for dataset in config["datasets"]:
         name = dataset["name"]
         files = [folder / f for f in dataset["files"]]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            logger.warning("Dataset %s skipped: %s not found in %s.", name, missing, folder)
-            rows.append({"dataset": name, "task": ",".join(dataset.get("tasks", [])), "status": "skipped"})
-            rows[-1]["reason"] = f"data absent: {missing}"
-            continue
         logger.info("Building %s from %s.", name, [f.name for f in files])
         label_key, batch_key = dataset.get("label_key"), dataset.get("batch_key")
         if files[0].suffix == ".h5mu":
@@ -267,8 +225,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
         )
         ctx = MethodContext(adata, model=model, options=options)
         for task in dataset.get("tasks", []):
-            methods = dataset.get("methods", {}).get(task) or config.get("tasks", {}).get(task, {}).get("methods")
-            methods = methods or DEFAULT_METHODS.get(task, [])
+            methods = _methods_of(config, dataset, task)
             spec = {
                 "label_key": label_key,
                 "batch_key": batch_key,

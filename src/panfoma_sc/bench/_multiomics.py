@@ -144,8 +144,10 @@ def _protein_pca(ctx: MethodContext) -> np.ndarray:
 
 
 def rna_pca(ctx: MethodContext, batch_key: str) -> np.ndarray:
-    """Baseline without proteins: PCA(30) of log-normalized HVGs of the RNA."""
-    return _rna_pca(ctx)
+    """Baseline without proteins: PCA (``multiomics_rna_comps``, 30) of log-normalized HVGs of the RNA."""
+    embedding = _rna_pca(ctx)
+    ctx.record("n_comps", embedding.shape[1])
+    return embedding
 
 
 def pca_concat(ctx: MethodContext, batch_key: str) -> np.ndarray:
@@ -302,7 +304,7 @@ def _score(output, labels: np.ndarray, batches: np.ndarray, scored: np.ndarray, 
     return row
 
 
-@register_task("multiomics")
+@register_task("multiomics", methods=MULTIOMICS_METHODS)
 def multiomics(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> TaskResult:
     """Multi-omics: embeddings of paired RNA + protein cells, scored on the cells with a gated label.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +43,27 @@ class QCThresholds:
     max_mito_fraction: float | None = 0.2  # 20% is the usual PBMC/tumour ceiling
     mito_min_file_genes: int = 10_000  # whole-transcriptome files have 20-60k genes
     min_cells: int | None = 3  # genes seen in fewer cells carry no signal for any method
+
+    def __post_init__(self) -> None:
+        for name in ("min_genes", "max_counts_mads", "min_cells"):
+            if getattr(self, name) is not None and not _is_number(getattr(self, name), minimum=0):
+                msg = f"QCThresholds({name}={getattr(self, name)!r}): use a number >= 0, or None to turn it off."
+                raise ValueError(msg)
+        if not _is_number(self.mito_min_file_genes, minimum=0):
+            msg = f"QCThresholds(mito_min_file_genes={self.mito_min_file_genes!r}): use a number of genes >= 0."
+            raise ValueError(msg)
+        fraction = self.max_mito_fraction
+        if fraction is not None and not (_is_number(fraction, minimum=0) and fraction <= 1):
+            msg = (
+                f"QCThresholds(max_mito_fraction={fraction!r}): use a fraction in [0, 1] (e.g. 0.2 for 20%), "
+                "or None to turn the filter off."
+            )
+            raise ValueError(msg)
+
+
+def _is_number(value: object, *, minimum: float) -> bool:
+    """``value`` is a real number (not a bool) at least ``minimum``."""
+    return isinstance(value, Real) and not isinstance(value, bool) and value >= minimum
 
 
 def expression_kind(adata: AnnData) -> tuple[str, str]:

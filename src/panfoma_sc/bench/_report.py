@@ -46,13 +46,19 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _classification_table(rows: pd.DataFrame) -> pd.DataFrame:
-    from ._baselines import METHOD_LABELS
+def _labels(rows: pd.DataFrame) -> list[str]:
+    """Each row's method label, with the PCA components that row used."""
+    from ._baselines import method_label
 
+    n_comps = rows["n_comps"] if "n_comps" in rows else pd.Series(np.nan, index=rows.index)
+    return [method_label(method, [n]) for method, n in zip(rows["method"], n_comps, strict=True)]
+
+
+def _classification_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "dataset": rows["dataset"],
-            "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+            "method": _labels(rows),
             "accuracy [95% CI]": [_interval(r, "accuracy") for _, r in rows.iterrows()],
             "macro-F1 [95% CI]": [_interval(r, "macro_f1") for _, r in rows.iterrows()],
             "CI over": [
@@ -67,9 +73,7 @@ def _classification_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _integration_table(rows: pd.DataFrame) -> pd.DataFrame:
-    from ._baselines import METHOD_LABELS
-
-    table = pd.DataFrame({"dataset": rows["dataset"], "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m))})
+    table = pd.DataFrame({"dataset": rows["dataset"], "method": _labels(rows)})
     for column, header in (
         ("avg_bio", "AvgBIO"),
         ("avg_batch", "AvgBATCH"),
@@ -81,16 +85,14 @@ def _integration_table(rows: pd.DataFrame) -> pd.DataFrame:
         ("graph_connectivity", "graph conn."),
         ("ilisi", "iLISI"),
     ):
-        table[header] = rows[column].map(_fmt)
+        table[header] = rows[column].map(_fmt) if column in rows else ""
     table["time (s)"] = rows["seconds"].map(lambda v: _fmt(v, 1))
     table["peak mem (MB)"] = rows["peak_memory_mb"].map(lambda v: _fmt(v, 0))
     return table
 
 
 def _multiomics_table(rows: pd.DataFrame) -> pd.DataFrame:
-    from ._baselines import METHOD_LABELS
-
-    table = pd.DataFrame({"dataset": rows["dataset"], "method": rows["method"].map(lambda m: METHOD_LABELS.get(m, m))})
+    table = pd.DataFrame({"dataset": rows["dataset"], "method": _labels(rows)})
     for column, header in (
         ("avg_bio", "AvgBIO"),
         ("nmi", "NMI"),
@@ -112,10 +114,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+def _read_results(folder: Path) -> pd.DataFrame:
+    """``results.csv`` of a run's folder; an error naming the fix when it is absent or holds no row."""
+    path = folder / "results.csv"
+    if not path.is_file():
+        msg = f"{str(folder)!r} has no results.csv: run `panfoma bench run CONFIG --out {folder}` first."
+        raise FileNotFoundError(msg)
+    try:
+        results = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        results = pd.DataFrame()
+    if results.empty or not {"dataset", "task", "status"} <= set(results.columns):
+        msg = (
+            f"{str(path)!r} holds no benchmark results (empty or not written by a run): run "
+            f"`panfoma bench run CONFIG --out {folder}` again."
+        )
+        raise ValueError(msg)
+    return results
+
+
+def _read_optional_table(path: Path) -> pd.DataFrame:
+    """A CSV table the report can do without (``per_class_f1.csv``): empty when absent or empty."""
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def render_report(folder: str | Path) -> str:
     """Render a benchmark output folder: per-task tables, figures and ``report.md``.
 
-    Reads ``results.csv``, ``per_class_f1.csv`` and ``run.json`` written by :func:`panfoma_sc.bench.run`;
+    Reads ``results.csv`` and, when present, ``per_class_f1.csv`` and ``run.json`` written by
+    :func:`panfoma_sc.bench.run`;
     writes ``results.md`` (the tables), ``figures/results_table_<task>.png``,
     ``figures/per_class_f1_<task>_<dataset>.png`` and ``report.md`` (tables, figures, datasets with their
     split units, subsampling, flags, settings and cost measures). Figures are linked relative to the folder.
@@ -130,13 +162,9 @@ def render_report(folder: str | Path) -> str:
     The markdown of ``report.md``.
     """
     folder = Path(folder)
-    if not (folder / "results.csv").is_file():
-        msg = f"{str(folder)!r} has no results.csv: run `panfoma bench run CONFIG --out {folder}` first."
-        raise FileNotFoundError(msg)
-    results = pd.read_csv(folder / "results.csv")
+    results = _read_results(folder)
     info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    per_class_file = folder / "per_class_f1.csv"
-    per_class = pd.read_csv(per_class_file) if per_class_file.stat().st_size > 1 else pd.DataFrame()
+    per_class = _read_optional_table(folder / "per_class_f1.csv")
     (folder / "figures").mkdir(exist_ok=True)
 
     model = info.get("model", {})

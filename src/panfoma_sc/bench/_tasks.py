@@ -9,7 +9,7 @@ task registers itself this way), so ``panfoma bench run`` picks it up from the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,7 @@ from ._timing import measure
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "TaskResult", "annotation", "integration", "pan_cancer", "register_task"]
+__all__ = ["TASKS", "TASK_METHODS", "TaskResult", "annotation", "integration", "pan_cancer", "register_task"]
 
 #: scib-metrics' weighting of the overall score: 0.6 bio conservation + 0.4 batch correction.
 SCIB_BIO_WEIGHT = 0.6
@@ -50,9 +50,11 @@ class TaskResult:
 
 TaskFunction = Callable[[MethodContext, Mapping, Sequence[str]], TaskResult]
 TASKS: dict[str, TaskFunction] = {}
+#: Method names each task accepts, checked when a config is loaded (tasks registered without them accept any).
+TASK_METHODS: dict[str, Collection[str]] = {}
 
 
-def register_task(name: str, function: TaskFunction | None = None):
+def register_task(name: str, function: TaskFunction | None = None, *, methods: Collection[str] | None = None):
     """Register a benchmark task under ``name`` (usable as a decorator).
 
     Parameters
@@ -61,6 +63,9 @@ def register_task(name: str, function: TaskFunction | None = None):
         The name configs use (``tasks = ["annotation", ...]``).
     function
         ``(ctx, spec, methods) -> TaskResult``.
+    methods
+        The method names the task accepts, so that :func:`~panfoma_sc.bench.load_config` refuses a misspelt
+        one before anything runs; ``None`` accepts any name (the task then reports unknown ones itself).
 
     Returns
     -------
@@ -74,6 +79,10 @@ def register_task(name: str, function: TaskFunction | None = None):
 
     def decorate(task: TaskFunction) -> TaskFunction:
         TASKS[name] = task
+        if methods is not None:
+            TASK_METHODS[name] = methods
+        else:
+            TASK_METHODS.pop(name, None)
         return task
 
     return decorate(function) if function is not None else decorate
@@ -102,6 +111,15 @@ def _run_method(method: str, function: Callable[[], np.ndarray], ctx: MethodCont
     return result, {"status": "ok", "reason": "", "seconds": seconds, "peak_memory_mb": memory}
 
 
+def _used_settings(ctx: MethodContext) -> dict[str, object]:
+    """The settings the methods applied since ``ctx.used`` was emptied: one value, or ``"low-high"`` (folds)."""
+    row: dict[str, object] = {}
+    for name, values in ctx.used.items():
+        values = sorted(values)
+        row[name] = values[0] if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return row
+
+
 def _run_and_score(
     task: str,
     ctx: MethodContext,
@@ -123,8 +141,9 @@ def _run_and_score(
             msg = f"Unknown {task} method {method!r}; available: {sorted(registry)}."
             raise ValueError(msg)
         row: dict[str, object] = {"task": task, "method": method}
+        ctx.used.clear()
         output, fields = _run_method(method, lambda m=method: registry[m](ctx, batch_key), ctx)
-        row |= fields
+        row |= fields | _used_settings(ctx)
         if output is not None:
             try:
                 row |= score(output)
@@ -184,6 +203,7 @@ def _classification(task: str, ctx: MethodContext, spec: Mapping, methods: Seque
         row: dict[str, object] = {"task": task, "method": method}
         totals = {"seconds": 0.0, "peak_memory_mb": 0.0}
         unseen = []
+        ctx.used.clear()
         for fold, train, test in folds:
             if test.size == 0 or np.unique(labels[train]).size < 2:
                 unseen.append(f"{fold}: too few training classes or no test cells")
@@ -219,7 +239,7 @@ def _classification(task: str, ctx: MethodContext, spec: Mapping, methods: Seque
                     n_boot=int(spec.get("n_boot", 1000)),
                     seed=int(ctx.option("seed", 0)),
                 )
-                row |= totals
+                row |= totals | _used_settings(ctx)
                 row["n_test_cells"] = int(truth_all.size)
                 row["n_test_groups"] = int(np.unique(groups_all).size)
                 row["n_folds"] = len(folds)
@@ -235,7 +255,7 @@ def _classification(task: str, ctx: MethodContext, spec: Mapping, methods: Seque
     return result
 
 
-@register_task("annotation")
+@register_task("annotation", methods=CLASSIFIERS)
 def annotation(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> TaskResult:
     """Cell-type annotation: fit on the train (and val) donors, predict the test donors.
 
@@ -246,7 +266,7 @@ def annotation(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> Tas
     return _classification("annotation", ctx, spec, methods)
 
 
-@register_task("pan_cancer")
+@register_task("pan_cancer", methods=CLASSIFIERS)
 def pan_cancer(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> TaskResult:
     """Pan-cancer classification of cells of held-out patients (leave one patient out by default).
 
@@ -259,7 +279,7 @@ def pan_cancer(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> Tas
     return _classification("pan_cancer", ctx, spec, methods)
 
 
-@register_task("integration")
+@register_task("integration", methods=EMBEDDERS)
 def integration(ctx: MethodContext, spec: Mapping, methods: Sequence[str]) -> TaskResult:
     """Batch integration scored with scib-metrics on every cell of the dataset.
 
