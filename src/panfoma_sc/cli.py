@@ -163,6 +163,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .train import (
         InvalidSettingError,
         build_vocabulary,
+        check_resumable,
         default_pretraining_files,
         finish_distributed,
         init_distributed,
@@ -197,6 +198,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         msg = f"{flag} must be {err.expected}, got {err.value!r}."
         raise ValueError(msg) from err
     settings.resolve_device(args.device)  # a device this machine lacks is refused before the vocabulary is written
+    if not args.restart:
+        check_resumable(out, config, files)  # before the vocabulary too
     rank, _ = init_distributed()
     if args.init_from:
         vocab = start.vocab

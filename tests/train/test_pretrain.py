@@ -138,6 +138,41 @@ def test_resume_is_bit_identical(corpus_files, vocab, tmp_path):
     np.testing.assert_array_equal(history_a["loss"], history_b["loss"])
 
 
+def test_logged_losses_are_means_over_the_steps_they_cover(corpus_files, vocab, tmp_path):
+    every_step = pretrain(corpus_files, tmp_path / "a", vocab=vocab, config=_config(), progress=False)
+    assert every_step["finished"]
+    per_step = pd.read_csv(tmp_path / "a" / "history.csv")
+    pretrain(corpus_files, tmp_path / "b", vocab=vocab, config=_config(log_every=4), progress=False)
+    rows = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert rows["step"].tolist() == [4, 6]  # the last row covers steps 5 and 6 only
+    for name in ("loss_value", "loss_mvc"):
+        np.testing.assert_allclose(rows[name], [per_step[name][:4].mean(), per_step[name][4:].mean()], rtol=1e-6)
+
+
+def test_a_run_stopped_before_its_first_log_resumes(corpus_files, vocab, tmp_path):
+    first = pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(log_every=5, stop_after=2), progress=False)
+    assert first["steps"] == 2
+    second = pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(log_every=5), progress=False)
+    assert second["finished"]
+    assert pd.read_csv(tmp_path / "history.csv")["step"].tolist() == [5, 6]
+
+
+def test_resuming_with_other_settings_or_files_is_refused(corpus_files, vocab, tmp_path):
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(stop_after=2), progress=False)
+    run = (tmp_path / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"batch_size: 16 -> 8.*--restart"):
+        pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(batch_size=8), progress=False)
+    with pytest.raises(ValueError, match=r"files: \[.*\] -> \["):
+        pretrain(corpus_files[:1], tmp_path, vocab=vocab, config=_config(), progress=False)
+    assert (tmp_path / "run.json").read_text() == run  # the run's record is kept
+    longer = pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=8), progress=False)
+    assert longer["steps"] == 8  # running longer is a resume
+    restarted = pretrain(
+        corpus_files, tmp_path, vocab=vocab, config=_config(batch_size=8), resume=False, progress=False
+    )
+    assert restarted["steps"] == 6
+
+
 def test_loss_goes_down_and_both_objectives_are_logged(corpus_files, vocab, tmp_path):
     summary = pretrain(
         corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=30, warmup_steps=3), progress=False

@@ -5,7 +5,7 @@ from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._multimodal import FeatureTokens, MultimodalEncoder, finetune_multimodal
-from ._pretrain import InvalidSettingError, PretrainingObjective, TrainingConfig, pretrain
+from ._pretrain import InvalidSettingError, PretrainingObjective, TrainingConfig, check_resumable, pretrain
 
 __all__ = [
     "EVALUATION_HOLDOUT",
@@ -18,6 +18,7 @@ __all__ = [
     "PretrainingObjective",
     "TrainingConfig",
     "build_vocabulary",
+    "check_resumable",
     "corpus_gene_contrastive",
     "corpus_gene_factors",
     "default_pretraining_files",

@@ -33,7 +33,7 @@ from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InvalidSettingError", "PretrainingObjective", "TrainingConfig", "pretrain"]
+__all__ = ["InvalidSettingError", "PretrainingObjective", "TrainingConfig", "check_resumable", "pretrain"]
 
 #: values of ``TrainingConfig.gene_init``
 GENE_INITS = ("random", "corpus-svd", "corpus-contrastive")
@@ -323,6 +323,49 @@ def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: in
     tmp.replace(path)
 
 
+#: settings a resumed run may change: how long it runs, how often it logs and saves, where it runs
+RESUMABLE_CHANGES = frozenset({"max_steps", "max_minutes", "stop_after", "log_every", "checkpoint_every", "device"})
+
+
+def check_resumable(out_dir: str | Path, config: TrainingConfig, files: Sequence[str | Path]) -> None:
+    """Refuse to resume the run in ``out_dir`` with other data or settings than it was started with.
+
+    Nothing happens when ``out_dir`` holds no resumable run (no ``state.pt`` or no ``run.json``).
+
+    Raises
+    ------
+    ValueError
+        The files (by name) or a setting outside :data:`RESUMABLE_CHANGES` differ from ``run.json``; the message
+        names each difference, saved then now.
+    """
+    out_dir = Path(out_dir)
+    run_file = out_dir / "run.json"
+    if not (out_dir / STATE_FILE).is_file() or not run_file.is_file():
+        return
+    saved = json.loads(run_file.read_text())
+    now = config.to_dict()
+    changed = [
+        f"{name}: {saved['config'].get(name)!r} -> {value!r}"
+        for name, value in now.items()
+        if name not in RESUMABLE_CHANGES and _as_json(value) != saved["config"].get(name)
+    ]
+    saved_files, new_files = [Path(f).name for f in saved.get("files", [])], [Path(f).name for f in files]
+    if saved_files != new_files:
+        changed.append(f"files: {saved_files} -> {new_files}")
+    if changed:
+        msg = (
+            f"{str(out_dir)!r} holds a run started with other settings, so it cannot be resumed exactly: "
+            f"{'; '.join(changed)}. Pass the settings it was started with (run.json lists them), or start over "
+            "with --restart (restart=True: resume=False), or use another output folder."
+        )
+        raise ValueError(msg)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from ``run.json`` (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 def pretrain(
     files: Sequence[str | Path],
     out_dir: str | Path,
@@ -366,6 +409,8 @@ def pretrain(
     device = settings.resolve_device(config.device)
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    if resume:
+        check_resumable(out_dir, config, files)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run.json").write_text(
@@ -429,7 +474,7 @@ def pretrain(
     use_autocast = device.startswith("cuda")
     history_path = out_dir / HISTORY_FILE
     history: list[dict[str, float]] = []
-    if rank == 0 and history_path.is_file():
+    if rank == 0 and history_path.is_file() and history_path.read_text().strip():  # empty: stopped before a row
         previous = pd.read_csv(history_path)
         history = previous[previous["step"] <= step].to_dict("records")
 
@@ -438,7 +483,7 @@ def pretrain(
     objective.train()
     bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank != 0, desc="pretrain", unit="step")
     loss_names = ["value", "mvc"] + (["contrastive"] if n_views == 2 else [])
-    running = dict.fromkeys(loss_names, 0.0) | {"cells": 0}
+    running = dict.fromkeys(loss_names, 0.0) | {"cells": 0, "steps": 0}
     finished = step >= config.max_steps
     while not finished:
         for micro in range(config.grad_accumulation):
@@ -493,9 +538,10 @@ def pretrain(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_this_session += 1
+        running["steps"] += 1
         elapsed = time.monotonic() - start_time
         if step % config.log_every == 0 or step == config.max_steps:
-            steps_logged = config.log_every if step % config.log_every == 0 else 1
+            steps_logged = max(running["steps"], 1)  # since the last row, in this session
             record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
             record |= {f"loss_{name}": running[name] / steps_logged for name in loss_names}
             record |= {
@@ -506,7 +552,7 @@ def pretrain(
             record["loss"] = sum(weights[name] * record[f"loss_{name}"] for name in loss_names)
             history.append(record)
             bar.set_postfix({"loss": f"{record['loss']:.3f}"} | {n: f"{record[f'loss_{n}']:.3f}" for n in loss_names})
-            running = dict.fromkeys(loss_names, 0.0) | {"cells": running["cells"]}
+            running = dict.fromkeys(loss_names, 0.0) | {"cells": running["cells"], "steps": 0}
         bar.update(1)
         finished = step >= config.max_steps
         out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
