@@ -1,4 +1,4 @@
-"""Training-curve plot of a pretraining or fine-tuning run."""
+"""Training-curve plot of a pretraining run (its ``history.csv``) or of any table with loss columns."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def training_curve(
     if not columns:
         msg = (
             f"history has no loss_* column to draw; it has {list(frame.columns)}. Pass the history.csv of a "
-            "panfoma pretraining or fine-tuning run, or name the columns to draw, e.g. columns=('my_loss',)."
+            "panfoma pretraining run, or name the columns to draw (with a step column), e.g. columns=('my_loss',)."
         )
         raise ValueError(msg)
     missing = [c for c in ("step", *columns) if c not in frame.columns]
