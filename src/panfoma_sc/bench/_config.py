@@ -6,9 +6,10 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import fields
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
+from .._arguments import is_integer
 from ._build import check_fractions, check_max_cells
 from ._qc import QCThresholds
 from ._tasks import TASK_METHODS, TASKS
@@ -210,17 +211,13 @@ def _check_keys(table: Mapping, valid: frozenset[str], where: str, what: str) ->
         raise ValueError(msg)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
 def _check_run(run: Mapping, source: str) -> None:
     where = f"Config {source!r}: [run]"
     _check_keys(run, RUN_KEYS, where, "keys")
-    if "seed" in run and not _is_int(run["seed"]):
+    if "seed" in run and not is_integer(run["seed"]):
         msg = f"{where} seed={run['seed']!r}: use an integer, e.g. seed = 0."
         raise ValueError(msg)
-    if "n_boot" in run and not (_is_int(run["n_boot"]) and run["n_boot"] >= 1):
+    if "n_boot" in run and not (is_integer(run["n_boot"]) and run["n_boot"] >= 1):
         msg = f"{where} n_boot={run['n_boot']!r}: use an integer >= 1 (bootstrap resamples), e.g. n_boot = 1000."
         raise ValueError(msg)
     for key in ("model", "data_dir"):

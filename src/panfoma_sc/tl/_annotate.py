@@ -16,6 +16,7 @@ from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._model_arg import resolve_model
+from ._mudata import is_mudata
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _check_arguments(
 ) -> None:
     """Refuse wrong types and ranges before any work."""
     for name, value in (("adata", adata), ("reference", reference)):
-        if hasattr(value, "mod"):  # a MuData
+        if is_mudata(value):
             msg = (
                 f"{name} is a MuData; pf.tl.annotate takes AnnData. Pass its RNA modality, e.g. "
                 f"{name}.mod['rna'], and copy the labels to the MuData afterwards if you need them there."

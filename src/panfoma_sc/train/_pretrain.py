@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._arguments import is_integer
 from .._settings import settings
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
@@ -96,10 +97,10 @@ class TrainingConfig:
         least |= {"checkpoint_every": 1, "gene_init_steps": 1, "warmup_steps": 0}
         for name, minimum in least.items():
             value = getattr(self, name)
-            _require(name, value, _is_int(value) and value >= minimum, f"an integer >= {minimum}")
+            _require(name, value, is_integer(value) and value >= minimum, f"an integer >= {minimum}")
         for name in ("mvc_genes", "stop_after"):
             value = getattr(self, name)
-            _require(name, value, value is None or (_is_int(value) and value >= 1), "None or an integer >= 1")
+            _require(name, value, value is None or (is_integer(value) and value >= 1), "None or an integer >= 1")
         low, high = self.mask_ratio
         checks = [
             ("learning_rate", self.learning_rate >= 0, ">= 0"),
@@ -120,10 +121,6 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return dataclasses.asdict(self)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 class InvalidSettingError(ValueError):
