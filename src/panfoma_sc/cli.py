@@ -41,7 +41,10 @@ def _embed(args: argparse.Namespace) -> int:
     from . import tl
 
     _check_paths([args.input], [args.output])
-    adata = ad.read_h5ad(args.input)
+    rank, world = _join_torchrun()
+    # Under torchrun only rank 0 writes the output, so only it holds the input in memory; the others read rows
+    # of their own slice from the file.
+    adata = ad.read_h5ad(args.input) if rank == 0 else ad.read_h5ad(args.input, backed="r")
     tl.embed(
         adata,
         args.model,
@@ -53,12 +56,37 @@ def _embed(args: argparse.Namespace) -> int:
         n_genes=args.n_genes,
         key_added=args.key_added,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.quiet and rank == 0,
     )
     key = args.key_added or "X_panfoma"
-    adata.write_h5ad(args.output)
-    print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}.")
+    if rank == 0:
+        adata.write_h5ad(args.output)
+        processes = f" ({world} processes)" if world > 1 else ""
+        print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}{processes}.")
+    _leave_torchrun(world)
     return EXIT_OK
+
+
+def _join_torchrun() -> tuple[int, int]:
+    """``(rank, world_size)``: joins the process group when ``torchrun`` started several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from .train import init_distributed
+
+    rank, world = init_distributed()
+    if rank > 0:  # the checks warn alike in every process: say it once
+        logging.getLogger("panfoma_sc").setLevel(logging.ERROR)
+    return rank, world
+
+
+def _leave_torchrun(world: int) -> None:
+    """Wait for every process (rank 0 may still be writing), then leave the process group."""
+    if world > 1:
+        from .train import finish_distributed
+
+        finish_distributed()
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -265,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    embed = commands.add_parser("embed", help="embed the cells of an .h5ad file into obsm")
+    embed = commands.add_parser(
+        "embed", help="embed the cells of an .h5ad file into obsm (torchrun: processes share the cells)"
+    )
     embed.add_argument("input", help="input .h5ad (raw counts or log1p-normalized)")
     embed.add_argument("output", help="output .h5ad (input plus the embedding)")
     _add_model_options(embed)

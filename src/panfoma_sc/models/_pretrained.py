@@ -218,6 +218,7 @@ class PretrainedModel:
         progress: bool = True,
         precision: str | None = None,
         prefetch: int | None = None,
+        rows_in_blocks: int | None = None,
     ) -> np.ndarray:
         """Cell embeddings of row blocks.
 
@@ -247,6 +248,9 @@ class PretrainedModel:
         prefetch
             Row blocks read and tokenized ahead in a background thread while the network runs (``0``: none);
             default :attr:`panfoma_sc.settings.prefetch` (1 on a GPU, 0 on CPU). Does not change the result.
+        rows_in_blocks
+            How many rows ``blocks`` hold, when they cover only some of the ``n_cells`` (the progress bar's total);
+            the other rows of the result are zeros. Default ``n_cells``.
 
         Returns
         -------
@@ -266,6 +270,7 @@ class PretrainedModel:
             progress=progress,
             precision=precision,
             prefetch=prefetch,
+            rows_in_blocks=rows_in_blocks,
             desc="embed",
         )
 
@@ -283,6 +288,7 @@ class PretrainedModel:
         progress: bool = True,
         precision: str | None = None,
         prefetch: int | None = None,
+        rows_in_blocks: int | None = None,
     ) -> np.ndarray:
         """Class probabilities ``(n_cells, len(classes))`` of the fine-tuned classifier head.
 
@@ -312,6 +318,7 @@ class PretrainedModel:
             progress=progress,
             precision=precision,
             prefetch=prefetch,
+            rows_in_blocks=rows_in_blocks,
             desc="predict",
         )
 
@@ -331,6 +338,7 @@ class PretrainedModel:
         progress: bool,
         precision: str | None,
         prefetch: int | None,
+        rows_in_blocks: int | None,
         desc: str,
     ) -> np.ndarray:
         """Run the network over row blocks and store ``transform(cell_embedding)`` per cell.
@@ -346,11 +354,12 @@ class PretrainedModel:
         prefetch = settings.resolve_prefetch(prefetch, device)
         network = self.network(device)
         tokenizer = self.tokenizer(n_genes, gene_selection)
-        output = np.empty((n_cells, width), dtype=np.float32)
+        output = np.zeros((n_cells, width), dtype=np.float32)  # rows not in blocks stay zero
         batches = Prefetcher(_token_batches(blocks, tokenizer, gene_ids, cell_keys, seed), prefetch)
+        total = n_cells if rows_in_blocks is None else rows_in_blocks
         with (
             torch.inference_mode(),
-            tqdm(total=n_cells, unit="cells", disable=not progress, desc=desc) as bar,
+            tqdm(total=total, unit="cells", disable=not progress, desc=desc) as bar,
             batches,
         ):
             for rows, tokens in batches:

@@ -15,6 +15,7 @@ from .._version import __version__
 from ..data.rows import expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
 from ..models import PretrainedModel
+from ..models._sharding import combine_shards, inference_world, shard_rows
 from ..pp import ExpressionReport, GeneMatch, check_expression, match_genes
 
 __all__ = ["EmbeddingJob"]
@@ -94,12 +95,16 @@ class EmbeddingJob:
         )
 
     def run(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
-        """Compute the ``(n_obs, d_model)`` float32 embedding, streaming ``batch_size`` cells at a time."""
-        return self.model.embed_blocks(**self._stream(device, progress))
+        """Compute the ``(n_obs, d_model)`` float32 embedding, streaming ``batch_size`` cells at a time.
+
+        In a :mod:`torch.distributed` process group (``torchrun``) each process embeds its own slice of the cells
+        and every process gets the whole result.
+        """
+        return combine_shards(self.model.embed_blocks(**self._stream(device, progress)))
 
     def predict(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
-        """Class probabilities ``(n_obs, n_classes)`` from the model's fine-tuned classifier head."""
-        return self.model.predict_blocks(**self._stream(device, progress))
+        """Class probabilities ``(n_obs, n_classes)`` from the model's fine-tuned classifier head, sharded as in run."""
+        return combine_shards(self.model.predict_blocks(**self._stream(device, progress)))
 
     def _stream(self, device: str | None, progress: bool) -> dict[str, Any]:
         """Arguments of the model's block-wise inference: row blocks of the matched genes and the settings.
@@ -109,8 +114,11 @@ class EmbeddingJob:
         device = settings.resolve_device(device)
         self.precision_used = settings.resolve_precision(self.precision, device)
         matrix = expression_matrix(self.adata, self.layer)
+        rank, world = inference_world()
+        rows = shard_rows(self.adata.n_obs, rank, world) if world > 1 else None
         return {
-            "blocks": iter_row_blocks(matrix, self.batch_size, columns=self.match.columns),
+            "blocks": iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows),
+            "rows_in_blocks": None if rows is None else rows.size,
             "n_cells": self.adata.n_obs,
             "gene_ids": self.match.gene_ids,
             "cell_keys": cell_keys_from_names(self.adata.obs_names),

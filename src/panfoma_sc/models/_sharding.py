@@ -1,0 +1,55 @@
+"""Inference shared among the processes of a ``torchrun`` launch: each process embeds one slice of the cells.
+
+Nothing here starts a process group: under ``torchrun`` the ``panfoma`` CLI does (``panfoma embed``), and a
+script calls :func:`torch.distributed.init_process_group` itself. Without a process group every function here
+describes a single process that does all the work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["combine_shards", "inference_world", "shard_rows"]
+
+#: Rows per collective call when the shards are combined: bounds the extra (GPU) memory of the exchange.
+ROWS_PER_EXCHANGE = 65_536
+
+
+def inference_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised :mod:`torch.distributed` process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_rows(n_rows: int, rank: int, world: int) -> np.ndarray:
+    """The rows process ``rank`` of ``world`` embeds: a contiguous slice, slices differing by at most one row.
+
+    Contiguous slices keep the reads of a backed file sequential.
+    """
+    return np.arange(n_rows * rank // world, n_rows * (rank + 1) // world)
+
+
+def combine_shards(output: np.ndarray) -> np.ndarray:
+    """Give every process the whole result: each filled its own rows of ``output`` and left zeros elsewhere.
+
+    The shards are summed across processes (exact: every entry is one value plus zeros), ``ROWS_PER_EXCHANGE``
+    rows at a time, on the GPU under NCCL and in place on the host under gloo. A no-op in a single process.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if inference_world()[1] == 1:
+        return output
+    on_gpu = dist.get_backend() == "nccl"
+    for start in range(0, output.shape[0], ROWS_PER_EXCHANGE):
+        part = torch.from_numpy(output[start : start + ROWS_PER_EXCHANGE])  # shares memory with output
+        if on_gpu:
+            exchanged = part.to("cuda")
+            dist.all_reduce(exchanged)
+            part.copy_(exchanged.cpu())
+        else:
+            dist.all_reduce(part)
+    return output
