@@ -229,11 +229,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     if not args.restart:
         check_resumable(out, config, files)  # before the vocabulary too
     rank, _ = init_distributed()
+    resuming = not args.restart and (out / "state.pt").is_file()
     if args.init_from:
         vocab = start.vocab
-    elif vocab_file.is_file():
+    elif resuming and vocab_file.is_file():  # the run's own vocabulary, as --min-cells and --gene-table made it
         vocab = GeneVocabulary.from_json(vocab_file.read_text())
-    else:
+        logging.getLogger(__name__).info("Resuming with the run's %s (--min-cells, --gene-table unused).", vocab_file)
+    else:  # a new run or --restart: built from these files and options, never an earlier run's vocab.json
         vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
     pre.add_argument("--device")
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--restart", action="store_true", help="ignore an existing state.pt")
+    pre.add_argument(
+        "--restart", action="store_true", help="start over: ignore an existing state.pt and rebuild the vocabulary"
+    )
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=_pretrain)
 

@@ -90,3 +90,22 @@ def test_json_round_trip(ensembl: list[str] | None):
 )
 def test_ensembl_species_prefix(name: str, prefix: str | None):
     assert ensembl_species_prefix(name) == prefix
+
+
+@pytest.mark.parametrize(
+    ("name", "spike_in"),
+    [
+        ("ERCC-00002", True),
+        ("ercc-00171", True),
+        ("ERCC_00130 ", True),
+        ("ERCC1", False),  # the DNA-repair genes are genes
+        ("ERCC6L", False),
+        ("BIVM-ERCC5", False),
+        ("ERCC6-PGBD3", False),
+        ("CD3E", False),
+    ],
+)
+def test_is_spike_in_tells_ercc_controls_from_ercc_genes(name: str, spike_in: bool):
+    from panfoma_sc.data.vocab import is_spike_in
+
+    assert is_spike_in(name) is spike_in

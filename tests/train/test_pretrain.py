@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -8,15 +9,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 import torch
 from safetensors.numpy import load_file
+from scipy import sparse
 
 from panfoma_sc.data import GeneVocabulary
-from panfoma_sc.train import TrainingConfig, build_vocabulary, pretrain
+from panfoma_sc.train import TrainingConfig, build_vocabulary, check_training_files, pretrain
 
 TINY = {
     "d_model": 32,
@@ -47,6 +50,14 @@ def corpus_files(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def vocab(corpus_files) -> GeneVocabulary:
     return build_vocabulary(corpus_files, min_cells=1)
+
+
+def _write_changed(source: Path, path: Path, change) -> Path:
+    """``source`` with ``change`` applied to its (dense) X, written to ``path``."""
+    adata = ad.read_h5ad(source)
+    adata.X = change(adata.X.toarray())
+    adata.write_h5ad(path)
+    return path
 
 
 def _config(**changes) -> TrainingConfig:
@@ -117,6 +128,109 @@ def test_build_vocabulary_keeps_expressed_symbols(corpus_files, vocab):
     assert len(strict) < len(vocab)
 
 
+@pytest.mark.parametrize(
+    ("problem", "change", "expected"),
+    [
+        ("scaled", lambda x: (x - x.mean(0)) / (x.std(0) + 1e-6), "negative values"),
+        ("nan", lambda x: np.where(np.arange(x.shape[0])[:, None] == 50, np.nan, x), "NaN"),
+        ("all-negative", lambda x: -1.0 - x, "negative values"),
+    ],
+)
+def test_files_that_cannot_be_tokenized_are_refused_before_anything_is_written(
+    corpus_files, vocab, tmp_path, capsys, problem, change, expected
+):
+    from panfoma_sc.cli import EXIT_BAD_INPUT, main
+
+    files = [corpus_files[0], _write_changed(corpus_files[1], tmp_path / f"{problem}.h5ad", change)]
+    pattern = rf"Training file '[^']*{problem}\.h5ad': .*{expected}.* Pretraining reads X of every file: write the file"
+    with pytest.raises(ValueError, match=pattern):
+        pretrain(files, tmp_path / "api", vocab=vocab, config=_config(), progress=False)
+    assert not (tmp_path / "api").exists()
+    out = tmp_path / "cli"
+    assert main(["pretrain", *map(str, files), "--out", str(out), "--min-cells", "1", "--quiet"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+    assert "vocabulary" not in err  # an all-negative file is named for its values, not for an empty vocabulary
+    assert not out.exists()
+
+
+def test_check_training_files_reads_a_bounded_sample_from_each_file(corpus_files, tmp_path):
+    reports = check_training_files(corpus_files, max_cells_per_file=40)
+    assert [r.n_cells for r in reports] == [40, 40]
+    assert [r.kind for r in reports] == ["log-normalized", "log-normalized"]
+    assert [r.n_cells for r in check_training_files(corpus_files)] == [96, 96]  # small files: every cell
+    last_cell_scaled = _write_changed(
+        corpus_files[0], tmp_path / "late.h5ad", lambda x: np.where(np.arange(x.shape[0])[:, None] == 95, -x, x)
+    )
+    with pytest.raises(ValueError, match=r"late\.h5ad': adata\.X has negative values"):  # the last rows are read
+        check_training_files([last_cell_scaled], max_cells_per_file=40)
+
+
+def test_build_vocabulary_leaves_out_ercc_spike_ins(tmp_path):
+    names = ["ERCC-00002", "ERCC1", "CD3E", "ENSG00000141510", "ercc_00171", "ERCC6L"]
+    path = tmp_path / "spiked.h5ad"
+    ad.AnnData(X=sparse.csr_matrix(np.ones((4, len(names)), dtype=np.float32)), var=pd.DataFrame(index=names)).write(
+        path
+    )
+    assert build_vocabulary([path], min_cells=1).symbols == ["CD3E", "ERCC1", "ERCC6L"]
+
+
+def test_build_vocabulary_leaves_out_the_spike_ins_of_real_cells():
+    data_dir = os.environ.get("PANFOMA_DATA_DIR")
+    path = Path(data_dir or ".") / "tumour_neuroblastoma_ngp_cellline_83cells.h5ad"
+    if not path.is_file():
+        pytest.skip("needs tumour_neuroblastoma_ngp_cellline_83cells.h5ad in PANFOMA_DATA_DIR")
+    vocab = build_vocabulary([path], min_cells=1)
+    assert len(vocab.symbols) > 800
+    # ERCC-00002 is measured in all 83 cells, ERCC-00112 in 10: neither is a gene
+    assert vocab.lookup(["ERCC-00002", "ERCC-00112", "ERCC-00079"]).tolist() == [-1, -1, -1]
+
+
+def test_an_empty_vocabulary_is_refused_with_the_reason(corpus_files, tmp_path, capsys):
+    from panfoma_sc.cli import EXIT_BAD_INPUT, main
+
+    with pytest.raises(ValueError, match=r"min_cells=100000 .* is in \d+ of the 192 cells\. Lower min_cells"):
+        build_vocabulary(corpus_files, min_cells=100_000)
+    ensembl = tmp_path / "ensembl.h5ad"
+    ad.AnnData(
+        X=sparse.csr_matrix(np.ones((3, 2), dtype=np.float32)),
+        var=pd.DataFrame(index=["ENSG00000141510", "ERCC-00002"]),
+    ).write(ensembl)
+    with pytest.raises(ValueError, match="No gene symbols among the 2 var_names"):
+        build_vocabulary([ensembl], min_cells=1)
+    out = tmp_path / "run"
+    assert main(["pretrain", *map(str, corpus_files), "--out", str(out), "--min-cells", "100000"]) == EXIT_BAD_INPUT
+    assert "Lower min_cells (--min-cells) to at most" in capsys.readouterr().err
+    assert not out.exists()  # no empty vocab.json for the next run to reuse
+    with pytest.raises(ValueError, match="vocab holds no genes"):
+        pretrain(corpus_files, out, vocab=GeneVocabulary.from_genes([]), config=_config(), progress=False)
+    assert not out.exists()
+
+
+def test_restart_rebuilds_the_vocabulary_and_resume_keeps_it(corpus_files, tmp_path):
+    from panfoma_sc.cli import EXIT_OK, main
+    from panfoma_sc.models import read_checkpoint
+
+    out = tmp_path / "run"
+    args = ["pretrain", *map(str, corpus_files), "--out", str(out), "--batch-size", "8", "--n-genes", "16"]
+    args += ["--warmup", "1", "--device", "cpu", "--quiet"]
+
+    def symbols() -> tuple[list[str], list[str]]:
+        saved = json.loads((out / "vocab.json").read_text())["symbols"]
+        return saved, read_checkpoint(out / "model.safetensors").vocab.symbols
+
+    assert main([*args, "--steps", "1", "--min-cells", "1"]) == EXIT_OK
+    loose, _ = symbols()
+    assert main([*args, "--steps", "1", "--min-cells", "150", "--restart"]) == EXIT_OK
+    strict, trained = symbols()
+    assert 0 < len(strict) < len(loose)
+    assert trained == strict
+    # resuming keeps the run's vocabulary (the model's gene table), whatever --min-cells says now
+    assert main([*args, "--steps", "2", "--min-cells", "1"]) == EXIT_OK
+    assert symbols() == (strict, strict)
+    assert pd.read_csv(out / "history.csv")["step"].tolist() == [1, 2]
+
+
 def test_resume_is_bit_identical(corpus_files, vocab, tmp_path):
     straight = pretrain(corpus_files, tmp_path / "a", vocab=vocab, config=_config(), progress=False)
     assert straight["finished"]
@@ -155,6 +269,48 @@ def test_a_run_stopped_before_its_first_log_resumes(corpus_files, vocab, tmp_pat
     second = pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(log_every=5), progress=False)
     assert second["finished"]
     assert pd.read_csv(tmp_path / "history.csv")["step"].tolist() == [5, 6]
+
+
+def test_history_records_the_learning_rate_each_step_trained_with(corpus_files, vocab, tmp_path):
+    config = _config(max_steps=4, warmup_steps=2, learning_rate=3e-3)
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    # warm-up: half the peak on step 1, the peak on step 2; cosine decay starts at the peak on step 3 and
+    # is half-way to the floor (0.1 of the peak) on step 4
+    np.testing.assert_allclose(history["lr"], [1.5e-3, 3e-3, 3e-3, 3e-3 * 0.55], rtol=1e-12)
+
+
+def test_elapsed_time_adds_up_over_resumed_sessions(corpus_files, vocab, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from panfoma_sc.train import _pretrain
+
+    ticks = iter(range(1_000_000))  # a clock that advances one second at every reading
+    monkeypatch.setattr(_pretrain, "time", SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(stop_after=3), progress=False)
+    first = pd.read_csv(tmp_path / "history.csv")["elapsed_s"]
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(), progress=False)
+    elapsed = pd.read_csv(tmp_path / "history.csv")["elapsed_s"]
+    assert len(elapsed) == 6
+    np.testing.assert_array_equal(elapsed[:3], first)
+    assert (np.diff(elapsed) > 0).all()  # the resumed session continues the count instead of starting at 0
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(corpus_files, vocab, tmp_path, caplog):
+    def warmup_warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "warm-up" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING):
+        config = _config(max_steps=2, warmup_steps=5)
+        pretrain(corpus_files, tmp_path / "long", vocab=vocab, config=config, progress=False)
+        (warning,) = warmup_warnings()
+        assert "warmup_steps=5" in warning
+        assert "max_steps=2" in warning
+        caplog.clear()
+        pretrain(
+            corpus_files, tmp_path / "fits", vocab=vocab, config=_config(max_steps=2, warmup_steps=2), progress=False
+        )
+        assert not warmup_warnings()
 
 
 def test_resuming_with_other_settings_or_files_is_refused(corpus_files, vocab, tmp_path):

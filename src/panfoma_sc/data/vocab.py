@@ -17,6 +17,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN)
 
 _ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})\.\d+$", re.IGNORECASE)
 _ENSEMBL = re.compile(r"^ENS([A-Z]*)G\d{6,}$", re.IGNORECASE)
+#: ERCC spike-in controls (``ERCC-00002``); the human genes ERCC1 ... ERCC8 have no dash and five digits
+_ERCC_SPIKE_IN = re.compile(r"^ERCC[-_]\d{5}$", re.IGNORECASE)
 
 
 def normalize_gene_name(name: str) -> str:
@@ -34,6 +36,14 @@ def normalize_gene_name(name: str) -> str:
 def is_ensembl_id(name: str) -> bool:
     """Whether ``name`` looks like an Ensembl gene ID (with or without version suffix)."""
     return ensembl_species_prefix(name) is not None
+
+
+def is_spike_in(name: str) -> bool:
+    """Whether ``name`` is an ERCC spike-in control (``ERCC-00002``, ``ERCC_00002``), not a gene.
+
+    The DNA-repair genes ``ERCC1`` ... ``ERCC8`` (and ``ERCC6L``, ``BIVM-ERCC5``) are genes and do not count.
+    """
+    return _ERCC_SPIKE_IN.match(normalize_gene_name(name)) is not None
 
 
 def ensembl_species_prefix(name: str) -> str | None:

@@ -1,6 +1,12 @@
 """Pretraining: corpus streaming, objectives, the training loop with exact resume, DDP (imports torch)."""
 
-from ._corpus import EVALUATION_HOLDOUT, PretrainingCorpus, build_vocabulary, default_pretraining_files
+from ._corpus import (
+    EVALUATION_HOLDOUT,
+    PretrainingCorpus,
+    build_vocabulary,
+    check_training_files,
+    default_pretraining_files,
+)
 from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
@@ -19,6 +25,7 @@ __all__ = [
     "TrainingConfig",
     "build_vocabulary",
     "check_resumable",
+    "check_training_files",
     "corpus_gene_contrastive",
     "corpus_gene_factors",
     "default_pretraining_files",

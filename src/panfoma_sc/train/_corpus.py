@@ -11,11 +11,12 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
-from ..data.rows import iter_row_blocks
+from ..data.rows import expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
-from ..data.vocab import GeneVocabulary, is_ensembl_id, normalize_gene_name
-from ..pp import match_genes
+from ..data.vocab import GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
+from ..pp import ExpressionReport, check_expression, match_genes
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ __all__ = [
     "CorpusBatch",
     "PretrainingCorpus",
     "build_vocabulary",
+    "check_training_files",
     "default_pretraining_files",
 ]
 
@@ -48,6 +50,74 @@ def default_pretraining_files(data_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(data_dir).glob("*.h5ad") if p.stem not in EVALUATION_HOLDOUT)
 
 
+#: cells of each file that :func:`check_training_files` reads (all cells of a smaller file)
+CHECK_CELLS_PER_FILE = 2000
+#: the cells read of a larger file lie in this many evenly spaced runs of rows, the first and the last included
+_CHECK_RUNS = 8
+
+
+def check_training_files(
+    files: Sequence[str | Path], *, max_cells_per_file: int = CHECK_CELLS_PER_FILE
+) -> list[ExpressionReport]:
+    """Refuse training files whose ``X`` cannot be tokenized, with the checks of :func:`panfoma_sc.pp.check_expression`.
+
+    These are the checks ``pf.tl.embed`` runs: no NaN or infinite values, no negative values (scaled data), no
+    cells without an expressed gene. Each file is read backed and only ``max_cells_per_file`` of its cells are
+    checked (all of a smaller file; of a larger one, evenly spaced runs of rows from its first row to its last),
+    so memory stays bounded and a large corpus is checked in seconds.
+
+    Parameters
+    ----------
+    files
+        Training ``.h5ad`` files.
+    max_cells_per_file
+        Cells checked per file.
+
+    Returns
+    -------
+    What each file's checked cells hold, in the order of ``files``.
+
+    Raises
+    ------
+    ValueError
+        A file fails a check; the message names the file, what is wrong and how to fix it.
+    """
+    reports = []
+    for file in files:
+        adata = ad.read_h5ad(file, backed="r")
+        try:
+            reports.append(check_expression(_cells_to_check(adata, max_cells_per_file)))
+        except ValueError as err:
+            msg = (
+                f"Training file {str(file)!r}: {err} Pretraining reads X of every file: write the file again with "
+                "raw counts (or log1p-normalized values) in X, e.g. adata.X = adata.layers['counts'], or leave it out."
+            )
+            raise ValueError(msg) from err
+        finally:
+            adata.file.close()
+    return reports
+
+
+def _cells_to_check(adata: ad.AnnData, max_cells: int) -> ad.AnnData:
+    """Up to ``max_cells`` cells of backed ``adata`` in memory (sparse), read as contiguous runs of rows."""
+    matrix = expression_matrix(adata)
+    n_cells = adata.n_obs
+    if n_cells <= max_cells:
+        rows = np.arange(n_cells)
+    else:
+        width = max(1, max_cells // _CHECK_RUNS)
+        starts = np.linspace(0, n_cells - width, _CHECK_RUNS).round().astype(np.int64)
+        rows = np.unique((starts[:, None] + np.arange(width)).ravel())
+    blocks = [
+        block
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+        for _, block in iter_row_blocks(matrix, 256, rows=run)
+    ]
+    values = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, adata.n_vars))
+    obs = pd.DataFrame(index=adata.obs_names[rows])
+    return ad.AnnData(X=values, obs=obs, var=pd.DataFrame(index=pd.RangeIndex(adata.n_vars).astype(str)))
+
+
 def build_vocabulary(
     files: Sequence[str | Path],
     *,
@@ -56,6 +126,9 @@ def build_vocabulary(
     block_size: int = 4096,
 ) -> GeneVocabulary:
     """Vocabulary of the genes expressed in at least ``min_cells`` cells of the corpus.
+
+    Genes are read from ``var_names`` as symbols: Ensembl IDs and ERCC spike-in controls (``ERCC-00002``, not
+    genes) are left out. The files are checked first (:func:`check_training_files`).
 
     Parameters
     ----------
@@ -68,9 +141,22 @@ def build_vocabulary(
         data indexed by Ensembl IDs match too.
     block_size
         Rows read at a time.
+
+    Returns
+    -------
+    The vocabulary, genes sorted by name (ignoring case).
+
+    Raises
+    ------
+    ValueError
+        A file fails :func:`check_training_files`, or no gene is left (no gene symbols among the names, no gene
+        expressed, or none in ``min_cells`` cells); the message says which.
     """
+    check_training_files(files)
     cells_expressing: Counter[str] = Counter()
     spelling: dict[str, str] = {}
+    spike_ins: set[str] = set()
+    n_names, n_symbols, n_cells = 0, 0, 0
     for file in files:
         adata = ad.read_h5ad(file, backed="r")
         names = pd.Index(adata.var_names).astype(str)
@@ -79,12 +165,39 @@ def build_vocabulary(
             block.data = (block.data > 0).astype(np.float64)
             counts += np.asarray(block.sum(axis=0)).ravel().astype(np.int64)
         for name, count in zip(names, counts, strict=True):
-            if count and not is_ensembl_id(name):
-                key = normalize_gene_name(name)
-                cells_expressing[key] += int(count)
-                spelling.setdefault(key, name)
+            if is_spike_in(name):
+                spike_ins.add(normalize_gene_name(name))
+            elif not is_ensembl_id(name):
+                n_symbols += 1
+                if count:
+                    key = normalize_gene_name(name)
+                    cells_expressing[key] += int(count)
+                    spelling.setdefault(key, name)
+        n_names += len(names)
+        n_cells += adata.n_obs
         adata.file.close()
     keys = sorted(k for k, n in cells_expressing.items() if n >= min_cells)
+    if not keys:
+        if n_symbols == 0:
+            msg = (
+                f"No gene symbols among the {n_names} var_names of the files, so the vocabulary would be empty: "
+                "it is built from gene symbols (Ensembl IDs and ERCC spike-ins are left out). Write the files "
+                "with gene symbols as var_names, e.g. mapped from Ensembl IDs with a GENCODE table."
+            )
+        elif not cells_expressing:
+            msg = (
+                f"None of the {n_symbols} genes is expressed (a value > 0) in any of the {n_cells} cells of the "
+                "files, so the vocabulary would be empty. Pass files with raw counts or log1p-normalized values in X."
+            )
+        else:
+            widest = max(cells_expressing, key=cells_expressing.__getitem__)
+            msg = (
+                f"No gene is expressed in min_cells={min_cells} cells or more, so the vocabulary would be empty: "
+                f"the most widely expressed gene, {spelling[widest]}, is in {cells_expressing[widest]} of the "
+                f"{n_cells} cells. Lower min_cells (--min-cells) to at most {cells_expressing[widest]}, or train on "
+                "more cells."
+            )
+        raise ValueError(msg)
     symbols = [spelling[k] for k in keys]
     ensembl_ids = None
     if gene_table is not None:
@@ -92,6 +205,8 @@ def build_vocabulary(
         table["key"] = table["symbol"].map(normalize_gene_name)
         first_id = table.drop_duplicates("key").set_index("key")["ensembl_id"].map(normalize_gene_name)
         ensembl_ids = [first_id.get(k, "") for k in keys]
+    if spike_ins:
+        logger.info("Vocabulary: %d ERCC spike-in controls left out (not genes).", len(spike_ins))
     logger.info("Vocabulary: %d genes expressed in >= %d cells.", len(symbols), min_cells)
     return GeneVocabulary(symbols, ensembl_ids)
 

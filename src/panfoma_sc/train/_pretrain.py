@@ -28,7 +28,7 @@ from ..data.vocab import GeneVocabulary
 from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
-from ._corpus import CorpusBatch, PretrainingCorpus
+from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._masking import mask_values
 
@@ -306,7 +306,9 @@ def _init_gene_embedding(
     }
 
 
-def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int) -> None:
+def _save_state(
+    path: Path, objective: nn.Module, optimizer, scheduler, step: int, epoch: int, position: int, elapsed_s: float
+) -> None:
     state = {
         "model": objective.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -314,6 +316,7 @@ def _save_state(path: Path, objective: nn.Module, optimizer, scheduler, step: in
         "step": step,
         "epoch": epoch,
         "position": position,
+        "elapsed_s": elapsed_s,  # training wall time of all sessions up to this step
     }
     tmp = path.with_suffix(".partial")
     torch.save(state, tmp)
@@ -378,6 +381,11 @@ def pretrain(
     Writes into ``out_dir``: ``run.json`` (settings), ``history.csv`` (losses per logged step),
     ``state.pt`` (everything needed to resume exactly) and ``model.safetensors`` (the checkpoint).
     Under ``torchrun`` every rank reads its own share of batches and gradients are averaged (DDP).
+    The files are checked first (:func:`~panfoma_sc.train.check_training_files`), before anything is written.
+
+    A ``history.csv`` row gives the mean losses over the steps since the previous row, ``lr`` the learning rate
+    the row's step trained with, ``elapsed_s`` the training wall time up to it (over all resumed sessions) and
+    ``cells_per_s`` the throughput of the session.
 
     Parameters
     ----------
@@ -398,7 +406,13 @@ def pretrain(
 
     Returns
     -------
-    Summary: steps done, final losses, wall time, whether the run finished.
+    Summary: steps done, final losses, wall time of this session, whether the run finished.
+
+    Raises
+    ------
+    ValueError
+        ``vocab`` is empty, a file fails :func:`~panfoma_sc.train.check_training_files`, or ``out_dir`` holds a
+        run started with other files or settings (see :func:`check_resumable`).
     """
     config = config or TrainingConfig()
     out_dir = Path(out_dir)
@@ -406,8 +420,21 @@ def pretrain(
     device = settings.resolve_device(config.device)
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    if not vocab.symbols:
+        msg = "vocab holds no genes. Build it from the training files with build_vocabulary(files, min_cells=...)."
+        raise ValueError(msg)
     if resume:
         check_resumable(out_dir, config, files)
+    check_training_files(files)
+    if config.warmup_steps > config.max_steps:
+        logger.warning(
+            "The warm-up (warmup_steps=%d, --warmup) is longer than the run (max_steps=%d, --steps): the learning "
+            "rate rises to %.3g only, never to its peak %.3g. Use fewer warm-up steps or more steps.",
+            config.warmup_steps,
+            config.max_steps,
+            config.learning_rate * _lr_lambda(config)(config.max_steps - 1),
+            config.learning_rate,
+        )
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run.json").write_text(
@@ -444,12 +471,14 @@ def pretrain(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     step, epoch, position = 0, 0, 0
+    elapsed_before = 0.0  # training wall time of the earlier sessions of a resumed run
     if resuming:
         state = torch.load(state_path, map_location=device, weights_only=True)
         objective.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
+        elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from the state of older runs
         logger.info("Resuming at step %d (epoch %d, batch %d).", step, epoch, position)
     trained = objective
     if world > 1:
@@ -530,6 +559,7 @@ def pretrain(
                 running[name] += float(loss.detach()) / config.grad_accumulation
             running["cells"] += len(tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
+        lr = scheduler.get_last_lr()[0]  # the rate of this step: scheduler.step() sets the next one
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -539,12 +569,12 @@ def pretrain(
         elapsed = time.monotonic() - start_time
         if step % config.log_every == 0 or step == config.max_steps:
             steps_logged = max(running["steps"], 1)  # since the last row, in this session
-            record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+            record = {"step": step, "epoch": epoch, "lr": lr}
             record |= {f"loss_{name}": running[name] / steps_logged for name in loss_names}
             record |= {
                 "grad_norm": float(grad_norm),
                 "cells_per_s": running["cells"] * world / max(elapsed, 1e-9) if steps_this_session else 0.0,
-                "elapsed_s": elapsed,
+                "elapsed_s": elapsed_before + elapsed,
             }
             record["loss"] = sum(weights[name] * record[f"loss_{name}"] for name in loss_names)
             history.append(record)
@@ -555,7 +585,7 @@ def pretrain(
         out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
         interrupted = config.stop_after is not None and steps_this_session >= config.stop_after
         if rank == 0 and (finished or out_of_time or interrupted or step % config.checkpoint_every == 0):
-            _save_state(state_path, objective, optimizer, scheduler, step, epoch, position)
+            _save_state(state_path, objective, optimizer, scheduler, step, epoch, position, elapsed_before + elapsed)
             pd.DataFrame(history).to_csv(history_path, index=False)
             write_checkpoint(
                 out_dir / MODEL_FILE,
