@@ -185,3 +185,17 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
         pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)  # rerun: our own column
     assert "is not an earlier pf.tl.annotate result" not in caplog.text
+
+
+def test_a_gene_subset_is_warned_about_once_per_dataset_each_by_its_own_name(split, tiny_checkpoint, caplog):
+    reference, query = split
+    genes = query.var_names[:3000]  # fewer than a whole transcriptome
+    query_part, reference_part = query[:, genes].copy(), reference[:, genes].copy()
+    reference_part.raw = reference
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query_part, reference_part, labels_key="cell_type", model=tiny_checkpoint, progress=False)
+    subset_warnings = [r.getMessage() for r in caplog.records if "holds only 3000 genes" in r.getMessage()]
+    assert len(subset_warnings) == 2
+    assert sum(m.startswith("adata holds only") for m in subset_warnings) == 1
+    (about_reference,) = [m for m in subset_warnings if m.startswith("reference holds only")]
+    assert f"reference.raw holds {reference.n_vars} genes: embed reference.raw.to_adata()" in about_reference

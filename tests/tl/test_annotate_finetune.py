@@ -107,3 +107,101 @@ def test_reference_none_needs_a_classifier(split, tiny_checkpoint):
     with pytest.raises(ValueError, match="labels_key is required"):
         pf.tl.annotate(query, query, model=tiny_checkpoint, progress=False)
     assert_equal(query, before)
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        pytest.param("short", r"labels has shape \(107,\), but there are 108 cells", id="short"),
+        pytest.param("missing", r"lie in 0\.\.8 \(len\(classes\) is 9\), got values from -1 .* missing", id="missing"),
+        pytest.param("too large", r"lie in 0\.\.8 \(len\(classes\) is 9\), got values from 0 to 9", id="too-large"),
+        pytest.param("strings", r"labels must be integer codes, got dtype .*pd\.Categorical", id="strings"),
+    ],
+)
+def test_finetune_classifier_refuses_labels_that_do_not_fit_before_any_training(
+    pbmc_sorted, tiny_checkpoint, monkeypatch, labels, expected
+):
+    import panfoma_sc.train._finetune as finetune
+
+    model = pf.models.load(tiny_checkpoint)
+    cells = EmbeddingJob.prepare(pbmc_sorted, model).cell_rows()
+    categories = pbmc_sorted.obs["cell_type"].astype("category")
+    codes = categories.cat.codes.to_numpy().astype(np.int64)
+    classes = [str(c) for c in categories.cat.categories]
+    bad = {
+        "short": codes[1:],
+        "missing": np.where(np.arange(codes.size) == 3, -1, codes),
+        "too large": np.where(np.arange(codes.size) == 3, len(classes), codes),
+        "strings": categories.astype(str).to_numpy(),
+    }[labels]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(finetune, "_fresh_network", no_training)
+    with pytest.raises(ValueError, match=expected):
+        finetune_classifier(model, cells, bad, classes, progress=False)
+    with pytest.raises(ValueError, match=r"batches must lie in 0\.\.1 \(n_batches is 2\)"):
+        finetune.finetune_integration(model, cells, codes, 2, progress=False)
+
+
+def _versioned(tiny_checkpoint, version: str):
+    """The tiny checkpoint, as a release carrying a version number in its provenance."""
+    model = pf.models.load(tiny_checkpoint)
+    model.checkpoint.info["version"] = version
+    return model
+
+
+def test_a_fine_tuned_model_records_its_base_model_and_settings(split, tiny_checkpoint, tmp_path):
+    reference, query = split
+    base = _versioned(tiny_checkpoint, "3.1")
+    path = tmp_path / "classifier.safetensors"
+    pf.tl.annotate(
+        query,
+        reference,
+        labels_key="cell_type",
+        model=base,
+        method="finetune",
+        max_epochs=1,
+        save_model=path,
+        progress=False,
+        seed=2,
+    )
+    params = query.uns["panfoma_label"]["params"]
+    assert params["fine_tuned_from"] == base.sha256
+    assert params["fine_tuned_from_name"] == "tiny-random"
+    assert params["fine_tuned_from_version"] == "3.1"
+    assert params["fine_tuning"]["max_epochs"] == 1
+    assert params["fine_tuning"]["seed"] == 2
+    assert params["sha256"] == pf.models.sha256sum(path)
+    query.write_h5ad(tmp_path / "annotated.h5ad")  # every recorded value can be stored
+    described = pf.models.describe(path)
+    assert described["fine_tuned_from"] == {"name": "tiny-random", "version": "3.1", "sha256": base.sha256}
+    assert described["fine_tuning"]["max_epochs"] == 1
+    assert described["fine_tuning"]["learning_rate"] == FineTuneConfig().learning_rate
+    assert described["classifier"]["n_cells"] == reference.n_obs
+    again = pf.tl.annotate(query, None, model=path, method="finetune", progress=False, copy=True)
+    assert again.uns["panfoma_label"]["params"]["fine_tuned_from_version"] == "3.1"
+
+
+def test_a_model_fine_tuned_before_the_base_version_was_recorded_still_loads(split, tiny_checkpoint, tmp_path):
+    reference, query = split
+    tuned, _ = finetune_classifier(
+        pf.models.load(tiny_checkpoint),
+        EmbeddingJob.prepare(reference, pf.models.load(tiny_checkpoint)).cell_rows(),
+        reference.obs["cell_type"].astype("category").cat.codes.to_numpy(),
+        [str(c) for c in reference.obs["cell_type"].astype("category").cat.categories],
+        config=FineTuneConfig(max_epochs=1, probe_steps=10),
+        progress=False,
+    )
+    old = {"name": "tiny-random-classifier", "fine_tuned_from": {"name": "tiny-random", "sha256": "ab" * 32}}
+    tuned.checkpoint.info = old | {"classifier": tuned.info["classifier"]}  # as earlier releases wrote it
+    path = tmp_path / "old-classifier.safetensors"
+    tuned.save(path)
+    pf.tl.annotate(query, None, model=path, method="finetune", progress=False)
+    params = query.uns["panfoma_label"]["params"]
+    assert params["fine_tuned_from"] == "ab" * 32
+    assert params["fine_tuned_from_name"] == "tiny-random"
+    assert "fine_tuned_from_version" not in params
+    assert "fine_tuning" not in params
+    assert pf.models.describe(path)["fine_tuned_from"] == old["fine_tuned_from"]

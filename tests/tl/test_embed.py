@@ -139,6 +139,14 @@ def test_duplicate_cell_names_work(pbmc_sorted, tiny_checkpoint):
     assert result.obsm["X_panfoma"].shape[0] == 10
 
 
+def test_top_gene_selection_does_not_depend_on_cell_names(pbmc_sorted, tiny_checkpoint):
+    adata = pbmc_sorted[:30].copy()  # raw counts: many genes of a cell tie
+    reference = _embed(adata, tiny_checkpoint, gene_selection="top").obsm["X_panfoma"]
+    adata.obs_names = [f"sample1-{name}" for name in adata.obs_names]  # as concatenation renames cells
+    renamed = _embed(adata, tiny_checkpoint, gene_selection="top").obsm["X_panfoma"]
+    np.testing.assert_array_equal(renamed, reference)
+
+
 def test_gene_selection_is_recorded_and_validated(pbmc68k, tiny_checkpoint):
     small = pbmc68k[:20].copy()
     top = _embed(small, tiny_checkpoint, n_genes=16, gene_selection="top")

@@ -6,7 +6,9 @@ are more; random zero genes fill up), shuffled, and dealt into ``n_chunks`` chun
 
 Randomness comes from a counter-based hash of ``(seed, cell key, gene id)`` rather than a stateful
 generator, so a cell's tokens do not depend on the other cells in its batch, on the batch size, or on the
-order of the genes in the input.
+order of the genes in the input. With ``selection="random"`` the cell key is the caller's (a hash of the cell's
+name); with ``selection="top"``, a deterministic rule meant for inference, it is a hash of the cell's expressed
+genes and their bins, so that renaming cells leaves their tokens, and embeddings, unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "TokenBatch",
     "Tokenizer",
     "bin_by_rank",
+    "cell_keys_from_content",
     "cell_keys_from_names",
     "dense_bins",
     "hash_uniform",
@@ -65,6 +68,37 @@ def _hash_entries(seed: int, cell_keys: np.ndarray, gene_ids: np.ndarray) -> np.
 def cell_keys_from_names(names: Sequence[str] | pd.Index) -> np.ndarray:
     """Stable 64-bit key per cell name (pandas' deterministic hash), the identity used for gene sampling."""
     return pd.util.hash_array(np.asarray(names, dtype=object)).astype(np.uint64)
+
+
+def cell_keys_from_content(matrix: sparse.csr_matrix, gene_ids: np.ndarray, n_bins: int) -> np.ndarray:
+    """64-bit key per row from its expressed genes and their rank bins alone (see :func:`bin_by_rank`).
+
+    Equal rows get equal keys whatever the cells are called, the order of the columns, or a per-cell monotone
+    transform of the values (raw counts and log1p give the same key).
+
+    Parameters
+    ----------
+    matrix
+        CSR matrix without explicit zeros.
+    gene_ids
+        Vocabulary id of each column.
+    n_bins
+        Number of bins including bin 0.
+
+    Returns
+    -------
+    ``uint64`` keys, one per row.
+    """
+    return _content_keys(matrix.indptr, np.asarray(gene_ids)[matrix.indices], bin_by_rank(matrix, n_bins), n_bins)
+
+
+def _content_keys(indptr: np.ndarray, genes: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    """:func:`cell_keys_from_content` from CSR row pointers and each entry's vocabulary id and bin."""
+    with np.errstate(over="ignore"):
+        entries = _splitmix(genes.astype(np.uint64) * np.uint64(n_bins) + bins.astype(np.uint64))  # per (gene, bin)
+        # a sum per row (modulo 2**64) does not depend on the order of the row's entries
+        totals = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(entries, dtype=np.uint64)])
+        return _splitmix(totals[indptr[1:]] - totals[indptr[:-1]])
 
 
 def bin_by_rank(matrix: sparse.csr_matrix, n_bins: int) -> np.ndarray:
@@ -205,7 +239,8 @@ class Tokenizer:
         Vocabulary id of the padding token.
     selection
         Which expressed genes to keep when a cell has more than ``n_genes``: ``"random"`` (a seeded random
-        subset; training re-draws it) or ``"top"`` (the highest bins first, ties broken by the seeded hash).
+        subset; training re-draws it) or ``"top"`` (the highest bins first, ties broken by the seeded hash). With
+        ``"top"`` the hash is keyed by the cell's content (:func:`cell_keys_from_content`), not by ``cell_keys``.
     value_encoding
         ``"rank"``: the value token is the gene's rank bin in the cell; ``"presence"``: every expressed gene gets
         bin 1 (genes are still chosen by rank), which hides sequencing depth from the model.
@@ -230,7 +265,8 @@ class Tokenizer:
         gene_ids
             Vocabulary id of each column (unique, no ``-1``).
         cell_keys
-            ``uint64`` identity of each cell (see :func:`cell_keys_from_names`).
+            ``uint64`` identity of each cell (see :func:`cell_keys_from_names`); used by ``selection="random"``
+            only.
         seed
             Sampling seed; training passes a new one per epoch to re-draw the genes.
         """
@@ -242,6 +278,13 @@ class Tokenizer:
             raise ValueError(msg)
         csr = _clean_csr(matrix)
         gene_ids, cell_keys = np.asarray(gene_ids), np.asarray(cell_keys)
+        # the values matter only through their bins, which are per row: bin once, then any row subset keeps them
+        bins = bin_by_rank(csr, self.n_bins)
+        if self.selection == "top":
+            # ties and token order follow the cell's content, not its name: renaming cells (obs_names_make_unique,
+            # a prefix added by concatenation) must not move a deterministic embedding
+            cell_keys = _content_keys(csr.indptr, gene_ids[csr.indices], bins, self.n_bins)
+        binned = sparse.csr_matrix((bins, csr.indices, csr.indptr), shape=csr.shape)  # each value -> its bin
         n_cells, n_columns = csr.shape
         n_take = min(self.n_genes, n_columns)
         chosen = np.empty((n_cells, n_take), dtype=np.int64)  # column indices, in token order
@@ -251,10 +294,10 @@ class Tokenizer:
         full = np.diff(csr.indptr) >= n_take
         if full.any():
             rows = np.flatnonzero(full)
-            chosen[rows], chosen_bins[rows] = self._choose_sparse(csr[rows], gene_ids, cell_keys[rows], n_take, seed)
+            chosen[rows], chosen_bins[rows] = self._choose_sparse(binned[rows], gene_ids, cell_keys[rows], n_take, seed)
         if not full.all():
             rows = np.flatnonzero(~full)
-            chosen[rows], chosen_bins[rows] = self._choose_dense(csr[rows], gene_ids, cell_keys[rows], n_take, seed)
+            chosen[rows], chosen_bins[rows] = self._choose_dense(binned[rows], gene_ids, cell_keys[rows], n_take, seed)
 
         chunk_length = -(-n_take // self.n_chunks)
         total = chunk_length * self.n_chunks
@@ -280,10 +323,13 @@ class Tokenizer:
         return uniform - (bins > 0)  # nonzero genes in [-1, 0), zero genes in [0, 1)
 
     def _choose_dense(
-        self, csr: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
+        self, binned: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n_take`` lowest-priority columns of every row, ordered by their random key; and their bins."""
-        bins = _scatter_bins(csr, self.n_bins)  # (B, G): dense for these rows only
+        """The ``n_take`` lowest-priority columns of every row, ordered by their random key; and their bins.
+
+        ``binned`` holds the rows' bins (see :func:`bin_by_rank`) as its values.
+        """
+        bins = binned.toarray()  # (B, G): dense for these rows only
         n_cells, n_columns = bins.shape
         uniform = hash_uniform(seed, cell_keys, gene_ids)  # (B, G)
         if n_take < n_columns:
@@ -295,14 +341,14 @@ class Tokenizer:
         return chosen, np.take_along_axis(bins, chosen, 1)
 
     def _choose_sparse(
-        self, csr: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
+        self, binned: sparse.csr_matrix, gene_ids: np.ndarray, cell_keys: np.ndarray, n_take: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_choose_dense` for rows with at least ``n_take`` stored values, on the CSR entries alone."""
-        n_cells = csr.shape[0]
-        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
-        uniform = _hash_entries(seed, cell_keys[rows], gene_ids[csr.indices])  # (nnz,), as hash_uniform there
-        bins = bin_by_rank(csr, self.n_bins)
+        n_cells = binned.shape[0]
+        rows = np.repeat(np.arange(n_cells), np.diff(binned.indptr))
+        uniform = _hash_entries(seed, cell_keys[rows], gene_ids[binned.indices])  # (nnz,), as hash_uniform there
+        bins = binned.data
         by_priority = np.lexsort((self._priority(uniform, bins), rows))
-        kept = by_priority[(np.arange(rows.size) - csr.indptr[rows[by_priority]]) < n_take]  # n_take per row
+        kept = by_priority[(np.arange(rows.size) - binned.indptr[rows[by_priority]]) < n_take]  # n_take per row
         kept = kept[np.lexsort((uniform[kept], rows[kept]))]  # each row's chosen genes by random key
-        return csr.indices[kept].reshape(n_cells, n_take).astype(np.int64), bins[kept].reshape(n_cells, n_take)
+        return binned.indices[kept].reshape(n_cells, n_take).astype(np.int64), bins[kept].reshape(n_cells, n_take)

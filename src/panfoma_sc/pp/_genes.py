@@ -72,6 +72,7 @@ def match_genes(
     *,
     gene_symbols: str | None = None,
     min_fraction: float = 0.1,
+    adata_name: str = "adata",
 ) -> GeneMatch:
     """Match ``adata``'s genes to ``vocab`` by symbol (any case) or Ensembl ID (version suffix ignored).
 
@@ -85,6 +86,8 @@ def match_genes(
         Column of ``adata.var`` holding gene symbols, when ``var_names`` are something else.
     min_fraction
         Raise when fewer than this share of the genes match.
+    adata_name
+        How messages call ``adata``: the argument it was passed as (e.g. ``"reference"``).
 
     Returns
     -------
@@ -99,13 +102,16 @@ def match_genes(
     """
     if gene_symbols is None:
         names = pd.Index(adata.var_names).astype(str)
-        source = "adata.var_names"
+        source = f"{adata_name}.var_names"
     else:
         if gene_symbols not in adata.var.columns:
-            msg = f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: {list(adata.var.columns)})."
+            msg = (
+                f"gene_symbols={gene_symbols!r} is not a column of {adata_name}.var "
+                f"(columns: {list(adata.var.columns)})."
+            )
             raise KeyError(msg)
         names = pd.Index(adata.var[gene_symbols].astype(str))
-        source = f"adata.var[{gene_symbols!r}]"
+        source = f"{adata_name}.var[{gene_symbols!r}]"
 
     ids = vocab.lookup(names)
     found = ids >= 0
@@ -143,26 +149,31 @@ def match_genes(
     logger.info(
         "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction
     )
-    _warn_if_gene_subset(adata)
+    _warn_if_gene_subset(adata, adata_name)
     return match
 
 
-def _warn_if_gene_subset(adata: AnnData) -> None:
-    """Log a warning when ``adata`` holds too few genes to be a whole transcriptome (often an HVG subset)."""
+def _warn_if_gene_subset(adata: AnnData, adata_name: str = "adata") -> None:
+    """Log a warning when ``adata`` (called ``adata_name``) holds too few genes to be a whole transcriptome.
+
+    Such an object is often a highly-variable-gene subset.
+    """
     if adata.n_vars >= FEW_GENES:
         return
     marked = "highly_variable" in adata.var.columns and bool(adata.var["highly_variable"].all())
     raw = getattr(adata, "raw", None)
     fix = (
-        f"adata.raw holds {raw.n_vars} genes: embed adata.raw.to_adata() (or the object before gene filtering)"
+        f"{adata_name}.raw holds {raw.n_vars} genes: embed {adata_name}.raw.to_adata() (or the object before gene "
+        "filtering)"
         if raw is not None and raw.n_vars > adata.n_vars
         else "embed the object before gene filtering"
     )
     logger.warning(
-        "adata holds only %d genes%s. PanFoMa reads each cell's most expressed genes and was trained on whole "
+        "%s holds only %d genes%s. PanFoMa reads each cell's most expressed genes and was trained on whole "
         "transcriptomes: a highly-variable-gene subset gives poorer embeddings (pbmc3k: kNN label accuracy 0.80 "
         "with its 2,000 HVGs, 0.87 with all genes). If this is a gene subset, %s. If the assay measures only "
         "these genes (a targeted panel), ignore this warning.",
+        adata_name,
         adata.n_vars,
         " (all marked highly_variable)" if marked else "",
         fix,

@@ -73,9 +73,9 @@ def _check_arguments(
 
 
 def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **options) -> EmbeddingJob:
-    """:meth:`EmbeddingJob.prepare` on the reference, its errors worded as the reference's, not the query's."""
+    """:meth:`EmbeddingJob.prepare` on the reference, its errors and warnings worded as the reference's."""
     try:
-        return EmbeddingJob.prepare(reference, pretrained, **options)
+        return EmbeddingJob.prepare(reference, pretrained, adata_name="reference", **options)
     except (KeyError, ValueError) as error:
         text = re.sub(r"\badata\b", "reference", str(error.args[0]) if error.args else str(error))
         if "gene_symbols=" in text:
@@ -225,7 +225,9 @@ def annotate(
         Share of the neighbours' vote weight won by the predicted label (``"knn"``), or the predicted class
         probability (``"finetune"``).
     ``adata.uns[key_added]`` : :class:`dict`
-        Method, parameters and the model's provenance.
+        Method, parameters and the model's provenance; with ``"finetune"``, the model it was fine-tuned from
+        (``fine_tuned_from``: sha256, ``fine_tuned_from_name``, ``fine_tuned_from_version``) and the fine-tuning
+        settings (``fine_tuning``), which a model saved with ``save_model`` also carries.
 
     Examples
     --------

@@ -54,10 +54,12 @@ class EmbeddingJob:
         seed: int = 0,
         precision: str | None = None,
         device: str | None = None,
+        adata_name: str = "adata",
     ) -> EmbeddingJob:
         """Run every check (genes, values, arguments); raises before any model work.
 
         ``device`` is the one :meth:`run` will get: it is only used to refuse ``precision="bf16"`` off CUDA here.
+        ``adata_name`` is how the gene-match warnings call ``adata`` (the argument it was passed as).
         """
         batch_size = settings.batch_size if batch_size is None else batch_size
         require_integer("batch_size", batch_size, 1)
@@ -69,7 +71,7 @@ class EmbeddingJob:
         precision = settings.precision if precision is None else precision
         settings.resolve_precision(precision, settings.resolve_device(device))  # unknown value, bf16 off CUDA
         expression_matrix(adata, layer)  # missing layer / empty X
-        match = match_genes(adata, model.vocab, gene_symbols=gene_symbols)
+        match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name)
         report = check_expression(adata, layer=layer, columns=match.columns)
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
@@ -142,12 +144,22 @@ class EmbeddingJob:
         )
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
-        """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind."""
+        """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind.
+
+        The parameters name the model (name, version, sha256) and, for a fine-tuned one, the model it started from
+        (``fine_tuned_from`` is its sha256, with ``fine_tuned_from_name`` and ``fine_tuned_from_version``) and the
+        fine-tuning settings.
+        """
+        version = self.model.info.get("version")
+        base = self.model.info.get("fine_tuned_from", {})  # a fine-tuned model: its starting point and settings
         params = {
             "model": self.model.name,
             "sha256": self.model.sha256,
-            "fine_tuned_from": self.model.info.get("fine_tuned_from", {}).get("sha256"),
-            "model_version": str(self.model.info.get("version", "")),
+            "model_version": None if version is None else str(version),
+            "fine_tuned_from": base.get("sha256"),
+            "fine_tuned_from_name": base.get("name"),
+            "fine_tuned_from_version": None if base.get("version") is None else str(base["version"]),
+            "fine_tuning": self.model.info.get("fine_tuning"),
             "panfoma_sc_version": __version__,
             "n_genes": self.n_genes,
             "gene_selection": self.gene_selection,

@@ -252,12 +252,18 @@ def finetune_classifier(
 
     Returns
     -------
-    The fine-tuned model (in memory, with a ``"classifier"`` head and its classes in ``info``), and the
-    per-epoch history (train loss, validation loss and accuracy).
+    The fine-tuned model (in memory, with a ``"classifier"`` head and its classes in ``info``, and the base
+    model and these settings in ``info["fine_tuned_from"]`` and ``info["fine_tuning"]``), and the per-epoch
+    history (train loss, validation loss and accuracy).
+
+    Raises
+    ------
+    ValueError
+        ``labels`` are not one integer per cell of ``cells``, each an index into ``classes``.
     """
     config = config or FineTuneConfig()
     device = settings.resolve_device(device)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _class_codes(labels, cells.n_cells, len(classes), name="labels", count_name="len(classes)")
     torch.manual_seed(config.seed)
     network = _fresh_network(model, device)
     head = CellClassifier(model.config.d_model, len(classes)).to(device).train()
@@ -322,8 +328,14 @@ def finetune_classifier(
     head.load_state_dict(head_state)
     logger.info("Fine-tuned classifier: best epoch %d (-1: the linear probe) of %d.", best_epoch, len(history))
     info = {
-        "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
-        "classifier": {"classes": list(classes), "best_epoch": best_epoch, "history": history},
+        "fine_tuned_from": _base_model_provenance(model),
+        "classifier": {
+            "classes": list(classes),
+            "best_epoch": best_epoch,
+            "n_cells": int(labels.size),
+            "n_validation_cells": int(validation.size),
+            "history": history,
+        },
         "fine_tuning": dataclass_dict(config),
     }
     tuned = PretrainedModel.from_network(
@@ -399,6 +411,45 @@ def _validate(
 def dataclass_dict(config: FineTuneConfig) -> dict[str, Any]:
     """JSON-able settings."""
     return {k: v for k, v in vars(config).items() if v is not None}
+
+
+def _base_model_provenance(model: PretrainedModel) -> dict[str, Any]:
+    """What a fine-tuned model records of its starting point: name, version and checksum (``None`` when unknown).
+
+    A base that was itself fine-tuned keeps its own ``fine_tuned_from``, so the whole lineage stays readable.
+    """
+    record = {"name": model.name, "version": model.info.get("version"), "sha256": model.sha256}
+    if "fine_tuned_from" in model.info:
+        record["fine_tuned_from"] = model.info["fine_tuned_from"]
+    return record
+
+
+def _class_codes(codes: Any, n_cells: int, n_classes: int, *, name: str, count_name: str) -> np.ndarray:
+    """``codes`` as int64, once checked to hold one integer per cell, each in ``0..n_classes - 1``.
+
+    ``name`` and ``count_name`` are the arguments that hold the codes and the number of classes, for the messages.
+    """
+    array = np.asarray(codes)
+    if array.ndim != 1 or array.size != n_cells:
+        msg = (
+            f"{name} has shape {array.shape}, but there are {n_cells} cells: pass one code per cell, in the order of "
+            "the cells' rows."
+        )
+        raise ValueError(msg)
+    if array.dtype.kind not in "iu":
+        msg = (
+            f"{name} must be integer codes, got dtype {array.dtype}. Encode the values first, e.g. "
+            "categories = pd.Categorical(values), then pass categories.codes."
+        )
+        raise ValueError(msg)
+    if array.size and (array.min() < 0 or array.max() >= n_classes):
+        msg = (
+            f"{name} must lie in 0..{n_classes - 1} ({count_name} is {n_classes}), got values from {array.min()} to "
+            f"{array.max()}. -1 is how pandas codes a missing value: leave those cells out first; for a code "
+            f"past the end, check {count_name}."
+        )
+        raise ValueError(msg)
+    return array.astype(np.int64)
 
 
 def batch_mmd(embedding: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
@@ -493,10 +544,15 @@ def finetune_integration(
     Returns
     -------
     The fine-tuned model (in memory) and the per-step loss history.
+
+    Raises
+    ------
+    ValueError
+        ``batches`` are not one integer per cell of ``cells``, each in ``0..n_batches - 1``.
     """
     config = config or FineTuneConfig()
     device = settings.resolve_device(device)
-    batches = np.asarray(batches, dtype=np.int64)
+    batches = _class_codes(batches, cells.n_cells, n_batches, name="batches", count_name="n_batches")
     torch.manual_seed(config.seed)
     objective = _IntegrationObjective(_fresh_network(model, device), n_batches).to(device).train()
     new_parameters = [*objective.batch_embedding.parameters(), *objective.discriminator.parameters()]
@@ -551,7 +607,7 @@ def finetune_integration(
             bar.update(1)
             bar.set_postfix(mvc=f"{record['loss_mvc']:.3f}", batch=f"{record['loss_batch']:.3f}")
     info = {
-        "fine_tuned_from": {"name": model.name, "sha256": model.sha256},
+        "fine_tuned_from": _base_model_provenance(model),
         "integration": {
             "n_batches": int(n_batches),
             "adversarial_weight": adversarial_weight,
