@@ -81,7 +81,7 @@ def check_expression(
     for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
         values = block.data
         if values.size and not np.all(np.isfinite(values)):
-            msg = f"{where} contains NaN or infinite values. Fix or remove those entries before embedding."
+            msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
             raise ValueError(msg)
         if values.size and values.min() < 0:
             msg = (
