@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import anndata as ad
 import numpy as np
@@ -146,3 +149,44 @@ def test_version_verbose_after_the_subcommand_and_register_overwrite(tiny_checkp
     assert main(["models", "register", "twice", str(tiny_checkpoint)]) == EXIT_OK
     assert main(["models", "register", "twice", str(tiny_checkpoint)]) == EXIT_BAD_INPUT
     assert main(["models", "register", "twice", str(tiny_checkpoint), "--overwrite"]) == EXIT_OK
+
+
+def test_a_reader_closing_the_pipe_ends_the_command_quietly(tmp_path):
+    # `panfoma models describe panfoma-tiny | head -3`: the reader goes before the output is written
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PANFOMA_CACHE_DIR": str(tmp_path)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "panfoma_sc.cli", "models", "describe", "panfoma-tiny"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == EXIT_OK
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+def test_a_reader_taking_one_line_then_closing_gets_it_and_no_traceback(tmp_path):
+    env = {**os.environ, "PANFOMA_CACHE_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "panfoma_sc.cli", "models", "describe", "panfoma-tiny"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    first = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == EXIT_OK
+    assert first == "{\n"
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr

@@ -439,12 +439,39 @@ def _accept_verbose_after_subcommands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    A reader that closes the output early (``panfoma models describe NAME | head -3``) ends the command
+    quietly with exit code 0, as the output it asked for was written.
+    """
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # buffered output is written here, not at interpreter exit, so that a closed pipe is caught below
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_is_closed_pipe():
+            print("panfoma: failed: BrokenPipeError: a pipe other than the output closed", file=sys.stderr)
+            return EXIT_FAILURE
+        import os
+
+        # the rest of the output has no reader: send it (and the flush at exit) to devnull
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    """Parse the arguments and run the command; input errors exit 2, other failures 1 (a closed pipe propagates)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"panfoma: error: {message}", file=sys.stderr)
@@ -452,6 +479,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         print(f"panfoma: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _stdout_is_closed_pipe() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``| head``), as opposed to another broken pipe."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file descriptor
+        return False
+    if not hasattr(select, "poll"):  # Windows: no poll() to ask; stdout is by far the likeliest pipe
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
 
 
 if __name__ == "__main__":

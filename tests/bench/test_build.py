@@ -117,15 +117,25 @@ def test_a_column_present_in_some_files_only_is_used_where_present(tmp_path):
     assert units["pbmc3k_allgenes_celltypes"].startswith("file")
 
 
-def _toy_file(folder: Path, name: str = "toy", *, rate: float = 1.0, status: str = "SNG", donors: bool = False) -> Path:
-    """40 cells x 30 genes of Poisson(``rate``) counts with two labels (and two donors when asked)."""
+def _toy_file(
+    folder: Path,
+    name: str = "toy",
+    *,
+    rate: float = 1.0,
+    status: str = "SNG",
+    donors: bool | int = False,
+    batches: bool = False,
+) -> Path:
+    """40 cells x 30 genes of Poisson(``rate``) counts with two labels (2 or ``donors`` donors, 4 batches if asked)."""
     rng = np.random.default_rng(0)
     adata = ad.AnnData(rng.poisson(rate, (40, 30)).astype(np.float32))
     adata.var_names = [f"GENE{i}" for i in range(30)]
     adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
     adata.obs["status"] = status
+    if batches:
+        adata.obs["batch"] = np.tile(["b1", "b2", "b3", "b4"], 10)
     if donors:
-        adata.obs["donor"] = np.tile(["d1", "d2"], 20)
+        adata.obs["donor"] = np.resize([f"d{i + 1}" for i in range(2 if donors is True else donors)], 40)
     path = folder / f"{name}.h5ad"
     adata.write_h5ad(path)
     return path
@@ -145,6 +155,16 @@ PANEL_QC = pf.bench.QCThresholds(min_genes=1, min_cells=1)
         ({"max_cells": 2.5}, r"max_cells=2.5"),
         ({"test_groups": ["toy:d3"]}, r"test_groups \['toy:d3'\] are not groups of the inputs.*'toy:d1'"),
         ({"test_groups": "toy:d1"}, r"is a single string: pass a list"),
+        ({"test_groups": 3}, r"test_groups=3: pass a list of groups"),
+        ({"label_key": ["cell_type"]}, r"label_key=\['cell_type'\]: name one obs column as a string"),
+        ({"donor_key": ["donor"]}, r"donor_key=\['donor'\]: name one obs column as a string"),
+        ({"keep": {"status": "SNG"}}, r"keep=\{'status': 'SNG'\}: give \{obs column: \[values to keep\]\}"),
+        ({"keep": ["status"]}, r"keep=\['status'\]: give \{obs column"),
+        ({"aliases": ["SEPT7"]}, r"aliases=\['SEPT7'\]: give \{alias: official symbol\}"),
+        ({"qc": {"min_genes": 1}}, r"qc=\{'min_genes': 1\}: pass pf.bench.QCThresholds\(min_genes=1\)"),
+        ({"seed": "0"}, r"seed='0': use an integer >= 0"),
+        ({"seed": -1}, r"seed=-1: use an integer >= 0"),
+        ({"out": 5}, r"out=5: pass the folder"),
     ],
 )
 def test_build_parameters_are_refused_before_any_work(tmp_path, monkeypatch, option, message):
@@ -155,7 +175,7 @@ def test_build_parameters_are_refused_before_any_work(tmp_path, monkeypatch, opt
 
     monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
     with pytest.raises(ValueError, match=message):
-        pf.bench.build([path], label_key="cell_type", qc=PANEL_QC, **option)
+        pf.bench.build([path], **{"label_key": "cell_type", "qc": PANEL_QC, **option})
 
 
 def test_build_refuses_repeated_paired_and_misplaced_inputs(tmp_path):
@@ -206,3 +226,85 @@ def test_a_file_emptied_by_keep_or_qc_names_the_file_and_step(tmp_path, toy, opt
     with pytest.raises(ValueError, match=message) as error:
         pf.bench.build(files, label_key="cell_type", **option)
     assert "share no gene" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        # a value of a column other than the one the file is split by, or the file itself
+        ({"test_groups": ["toy:b1"]}, r"test_groups \['toy:b1'\] are not groups.*\(toy: donor column 'donor'\)"),
+        ({"test_groups": ["toy"]}, r"test_groups \['toy'\] are not groups of the inputs.*'toy:d1', 'toy:d2', 'toy:d3'"),
+        (
+            {"test_groups": ["toy:d3"], "keep": {"donor": ["d1", "d2"]}},
+            r"\['toy:d3'\] lose every cell to the keep filter or to missing labels",
+        ),
+        ({"test_groups": ["toy:d1", "toy:d2", "toy:d3"]}, r"hold every group of the inputs: nothing is left to train"),
+    ],
+)
+def test_test_groups_are_checked_against_the_split_groups_before_any_work(tmp_path, monkeypatch, option, message):
+    path = _toy_file(tmp_path, donors=3, batches=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the test groups were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    with pytest.raises(ValueError, match=message):
+        pf.bench.build([path], label_key="cell_type", qc=PANEL_QC, **option)
+
+
+def test_a_test_group_that_qc_removes_is_named_with_the_filter(tmp_path):
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(2.0, (60, 30)).astype(np.float32))
+    adata.var_names = [f"GENE{i}" for i in range(30)]
+    adata.obs["cell_type"] = np.tile(["a", "b"], 30)
+    adata.obs["donor"] = np.repeat(["d1", "d2", "d3"], 20)
+    adata.X[40:, 5:] = 0  # d3's cells detect at most 5 genes
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    qc = pf.bench.QCThresholds(min_genes=10, min_cells=1)
+    with pytest.raises(ValueError, match=r"toy.h5ad: QC removed every cell of test_groups \['toy:d3'\].*min_genes"):
+        pf.bench.build([path], label_key="cell_type", qc=qc, test_groups=["toy:d3"])
+    bench = pf.bench.build([path], label_key="cell_type", qc=qc, test_groups=["toy:d2"])
+    assert set(bench.obs.loc[bench.obs["split"] == "test", "split_group"]) == {"toy:d2"}
+
+
+def test_bad_files_are_refused_before_any_work(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the inputs were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    with pytest.raises(ValueError, match=r"files=123: pass an .h5ad file's path or a list of paths"):
+        pf.bench.build(123)
+    (tmp_path / "a").mkdir()
+    first, second = _toy_file(tmp_path), _toy_file(tmp_path / "a")
+    with pytest.raises(ValueError, match=r"have the same name: a file's name .* names its dataset and split groups"):
+        pf.bench.build([first, second], qc=PANEL_QC)
+    text = tmp_path / "counts.h5ad"
+    text.write_text("gene,cell1\n")
+    with pytest.raises(ValueError, match=r"is not an .h5ad \(HDF5\) file"):
+        pf.bench.build([first, text], qc=PANEL_QC)
+    empty = tmp_path / "empty.h5ad"
+    ad.AnnData(np.zeros((0, 5), dtype=np.float32)).write_h5ad(empty)
+    with pytest.raises(ValueError, match=r"empty.h5ad holds 0 cells x 5 genes"):
+        pf.bench.build([first, empty], qc=PANEL_QC)
+    unlabelled = ad.read_h5ad(first)
+    unlabelled.obs["cell_type"] = np.nan
+    unlabelled.write_h5ad(tmp_path / "unlabelled.h5ad")
+    with pytest.raises(ValueError, match=r"unlabelled.h5ad: none of its 40 cells has a label in 'cell_type'"):
+        pf.bench.build([first, tmp_path / "unlabelled.h5ad"], label_key="cell_type", qc=PANEL_QC)
+    with pytest.raises(FileNotFoundError, match=r"gene_table 'nope.csv' does not exist"):
+        pf.bench.build([first], gene_table="nope.csv", qc=PANEL_QC)
+    with pytest.raises(ValueError, match=r"holds no Ensembl gene ID in its first column"):
+        pf.bench.build([first], gene_table=text, qc=PANEL_QC)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1.5, r"scaled.h5ad: X has negative values: it looks scaled"), (np.nan, r"scaled.h5ad: X holds NaN or infinite")],
+)
+def test_scaled_or_nan_expression_is_refused_naming_the_file(tmp_path, value, message):
+    adata = ad.read_h5ad(_toy_file(tmp_path))
+    adata.X[0, 0] = value
+    adata.write_h5ad(tmp_path / "scaled.h5ad")
+    with pytest.raises(ValueError, match=message):
+        pf.bench.build([tmp_path / "scaled.h5ad"], label_key="cell_type", qc=PANEL_QC)

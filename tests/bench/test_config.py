@@ -83,6 +83,17 @@ CASES = {
     "max_cells 0": (_set_dataset("max_cells", 0), r"max_cells=0: use an integer >= 1"),
     "fractions not summing to 1": (_set_dataset("fractions", [0.5, 0.2, 0.2]), r"fractions=.*summing to 1"),
     "two datasets of one name": (_set_dataset("name", "one"), r"dataset names \['one'\] are used twice"),
+    "label_key as a list": (
+        _set_dataset("label_key", ["cell_type"]),
+        r"dataset 'two': label_key = \['cell_type'\]: name one obs column as a string",
+    ),
+    "donor_key a number": (_set_dataset("donor_key", 5), r"dataset 'two': donor_key = 5: name one obs column"),
+    "unknown gate set": (
+        _set_dataset("gates", "pbmc"),
+        r"unknown gate set gates = 'pbmc'; available: \['pbmc_citeseq'\]",
+    ),
+    "gates a number": (_set_dataset("gates", 5), r"gates = 5: name a gate set \(\['pbmc_citeseq'\]\) or give a table"),
+    "gate rule not a table": (_set_dataset("gates", {"B": "CD19"}), r"gates = \{'B': 'CD19'\}: name a gate set"),
 }
 
 
@@ -132,3 +143,22 @@ def test_toml_mistakes_exit_2_before_any_output(tmp_path, capsys):
 def test_a_folder_as_config_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "run", str(tmp_path), "--out", str(tmp_path / "out")]) == EXIT_BAD_INPUT
     assert "is a folder: pass the config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "message"),
+    [
+        (".toml", "[[datasets\n", r"Config 'bench.toml' is not valid TOML: Expected"),
+        (".json", '{"datasets": [\n', r"Config 'bench.json' is not valid JSON: Expecting value"),
+        (".yaml", "datasets: [\n", r"Config 'bench.yaml' is not valid YAML"),
+    ],
+)
+def test_a_config_that_does_not_parse_names_the_file_and_exits_2(tmp_path, capsys, suffix, text, message):
+    if suffix == ".yaml":
+        pytest.importorskip("yaml")
+    path = tmp_path / f"bench{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        pf.bench.load_config(path)
+    assert main(["bench", "run", str(path), "--out", str(tmp_path / "out")]) == EXIT_BAD_INPUT
+    assert "is not valid" in capsys.readouterr().err

@@ -140,6 +140,30 @@ def test_missing_data_stops_the_run_before_any_work(tmp_path, monkeypatch, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"label_key": "celltype"}, r"Dataset 'second': label_key='celltype' is not a column of toy.h5ad's obs"),
+        ({"test_groups": ["toy:d1"]}, r"Dataset 'second': test_groups \['toy:d1'\] are not groups of the inputs"),
+    ],
+)
+def test_a_mistake_in_a_later_dataset_stops_the_run_before_any_work(tmp_path, monkeypatch, capsys, change, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a dataset was built before every dataset was checked")
+
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    monkeypatch.setattr("panfoma_sc.bench._harness.build", no_work)
+    monkeypatch.setattr("panfoma_sc.bench._harness._load_model", no_work)
+    config = _toy_config(tmp_path)
+    config["datasets"].append(config["datasets"][0] | {"name": "second"} | change)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert main(["bench", "run", str(path), "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_a_run_removes_the_outputs_of_an_earlier_run_only(tmp_path, monkeypatch):
     monkeypatch.setitem(TASKS, "forgetful", _forgetful)
     out = tmp_path / "out"

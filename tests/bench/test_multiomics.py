@@ -70,6 +70,33 @@ def test_build_paired_gates_from_a_table_and_names_bad_input(citeseq_file):
         pf.bench.build_paired(citeseq_file, batch_key="donor")
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"gates": 5}, r"gates=5: name a gate set \(\['pbmc_citeseq'\]\) or give rules"),
+        ({"label_key": ["label"]}, r"label_key=\['label'\]: pass a name as a string"),
+        ({"qc": {"min_genes": 5}}, r"qc=\{'min_genes': 5\}: pass pf.bench.QCThresholds"),
+        ({"max_cells": 0}, r"max_cells=0: use an integer >= 1"),
+        ({"seed": "1"}, r"seed='1': use an integer >= 0"),
+    ],
+)
+def test_build_paired_refuses_bad_arguments_before_reading_the_file(citeseq_file, monkeypatch, option, message):
+    def no_read(*args, **kwargs):
+        raise AssertionError("the file was read before the arguments were checked")
+
+    monkeypatch.setattr("mudata.read_h5mu", no_read)
+    with pytest.raises(ValueError, match=message):
+        pf.bench.build_paired(citeseq_file, **option)
+
+
+def test_build_paired_refuses_an_h5ad_naming_build(citeseq_file):
+    rna_adt = citeseq_file.with_name(citeseq_file.stem + "_rna_adt.h5ad")
+    if not rna_adt.is_file():
+        pytest.skip(f"{rna_adt.name} not found in PANFOMA_DATA_DIR")
+    with pytest.raises(ValueError, match=r"is not a paired .h5mu file: .* use pf.bench.build for .h5ad"):
+        pf.bench.build_paired(rna_adt)
+
+
 def test_multiomics_task_end_to_end(citeseq_file, tiny_checkpoint, tmp_path, capsys):
     config = {
         "run": {"seed": 0, "model": str(tiny_checkpoint), "data_dir": str(citeseq_file.parent)},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from numbers import Integral, Real
@@ -14,11 +15,14 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
+from .._arguments import is_integer
+from .._paths import check_h5ad_input
 from ._harmonize import default_gene_table, harmonize_genes, read_gene_table
 from ._qc import QCThresholds, expression_kind, quality_control
-from ._splits import BATCH_COLUMNS, DONOR_COLUMNS, MISSING_VALUES, group_column, split_cells, split_groups
+from ._splits import MISSING_VALUES, group_column, split_cells, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,16 @@ def check_max_cells(max_cells: object) -> None:
 
 def _input_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
     """The input files as paths (one path given alone is one file); refuse repeats and ``.h5mu`` files."""
-    paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    if isinstance(files, str | os.PathLike):
+        items: list | None = [files]
+    elif isinstance(files, Iterable) and not isinstance(files, Mapping | bytes):
+        items = list(files)
+    else:
+        items = None
+    if items is None or not all(isinstance(f, str | os.PathLike) for f in items):
+        msg = f"files={files!r}: pass an .h5ad file's path or a list of paths, e.g. ['study1.h5ad', 'study2.h5ad']."
+        raise ValueError(msg)
+    paths = [Path(f) for f in items]
     if not paths:
         msg = "build() needs at least one .h5ad file."
         raise ValueError(msg)
@@ -65,6 +78,14 @@ def _input_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
     repeated = sorted({p.name for p, r in zip(paths, resolved, strict=True) if resolved.count(r) > 1})
     if repeated:
         msg = f"files lists {repeated} more than once: list each file once."
+        raise ValueError(msg)
+    stems = [p.stem for p in paths]
+    shared = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
+    if shared:
+        msg = (
+            f"files {shared} have the same name: a file's name (without .h5ad) names its dataset and split groups. "
+            "Rename or copy one of them under another name."
+        )
         raise ValueError(msg)
     paired = [p.name for p in paths if p.suffix == ".h5mu"]
     if paired:
@@ -76,16 +97,109 @@ def _input_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _keep_cells(adata: AnnData, keep: Mapping[str, Sequence[str]] | None) -> tuple[AnnData, dict[str, int]]:
-    """Keep cells whose ``obs[column]`` is one of the listed values; count the rest per column."""
+def _check_arguments(
+    label_key: object,
+    donor_key: object,
+    batch_key: object,
+    keep: object,
+    aliases: object,
+    qc: object,
+    seed: object,
+    out: object,
+) -> None:
+    """Refuse arguments of the wrong type before any file is read, naming the argument and an example."""
+    examples = {"label_key": "cell_type", "donor_key": "donor", "batch_key": "batch"}
+    for name, value in (("label_key", label_key), ("donor_key", donor_key), ("batch_key", batch_key)):
+        if value is not None and (not isinstance(value, str) or not value):
+            msg = f"{name}={value!r}: name one obs column as a string, e.g. {name}={examples[name]!r}, or pass None."
+            raise ValueError(msg)
+    listed = (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)
+    if keep is not None and (
+        not isinstance(keep, Mapping) or not all(isinstance(v, listed) and len(v) for v in keep.values())
+    ):
+        msg = (
+            f"keep={keep!r}: give {{obs column: [values to keep]}} with a non-empty list per column, e.g. "
+            "keep={'demuxlet_cls': ['SNG']}."
+        )
+        raise ValueError(msg)
+    if aliases is not None and not isinstance(aliases, Mapping):
+        msg = f"aliases={aliases!r}: give {{alias: official symbol}}, e.g. aliases={{'CD8': 'CD8A'}}."
+        raise ValueError(msg)
+    if qc is not None and not isinstance(qc, QCThresholds):
+        example = ", ".join(f"{k}={v!r}" for k, v in qc.items()) if isinstance(qc, Mapping) else "min_genes=50"
+        msg = f"qc={qc!r}: pass pf.bench.QCThresholds({example}), or None for the default thresholds."
+        raise ValueError(msg)
+    if not is_integer(seed) or seed < 0:
+        msg = f"seed={seed!r}: use an integer >= 0."
+        raise ValueError(msg)
+    if out is not None and not isinstance(out, str | os.PathLike):
+        msg = f"out={out!r}: pass the folder to write benchmark.h5ad and manifest.json into (a str or Path), or None."
+        raise ValueError(msg)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        msg = f"out={str(out)!r} is an existing file: pass a folder to write benchmark.h5ad and manifest.json into."
+        raise ValueError(msg)
+
+
+def _gene_table_path(gene_table: object) -> Path | None:
+    """The gene table to read: ``"auto"`` is the dataset folder's GENCODE table (or none); refuse a missing file."""
+    if isinstance(gene_table, str) and gene_table == "auto":
+        return default_gene_table()
+    if gene_table is None:
+        return None
+    if not isinstance(gene_table, str | os.PathLike):
+        msg = (
+            f"gene_table={gene_table!r}: pass the path of a headerless ensembl_id,symbol CSV, 'auto' (the dataset "
+            "folder's GENCODE table) or None."
+        )
+        raise ValueError(msg)
+    if not Path(gene_table).is_file():
+        msg = (
+            f"gene_table {str(gene_table)!r} does not exist: pass a headerless ensembl_id,symbol CSV, 'auto' (the "
+            "dataset folder's GENCODE table) or None to leave Ensembl IDs as they are."
+        )
+        raise FileNotFoundError(msg)
+    return Path(gene_table)
+
+
+def _keep_mask(obs: pd.DataFrame, keep: Mapping[str, Sequence[str]] | None) -> tuple[np.ndarray, dict[str, int]]:
+    """Cells whose ``obs[column]`` is one of the listed values (a column the file lacks keeps all); removals."""
+    mask = np.ones(len(obs), dtype=bool)
     removed = {}
     for column, values in (keep or {}).items():
-        if column not in adata.obs.columns:
+        if column not in obs.columns:
             continue
-        mask = adata.obs[column].astype(str).isin([str(v) for v in values]).to_numpy()
-        removed[column] = int((~mask).sum())
-        adata = adata[mask].copy()
-    return adata, removed
+        kept = obs[column].astype(str).isin([str(v) for v in values]).to_numpy()
+        removed[column] = int((mask & ~kept).sum())
+        mask &= kept
+    return mask, removed
+
+
+def _keep_cells(adata: AnnData, keep: Mapping[str, Sequence[str]] | None) -> tuple[AnnData, dict[str, int]]:
+    """Keep cells whose ``obs[column]`` is one of the listed values; count the rest per column."""
+    mask, removed = _keep_mask(adata.obs, keep)
+    return (adata if mask.all() else adata[mask].copy()), removed
+
+
+def _labelled(obs: pd.DataFrame, label_key: str) -> np.ndarray:
+    """Cells with a label in ``obs[label_key]``: not NaN, empty or a word for missing (``unknown``, ``n/a``...)."""
+    labels = obs[label_key].astype(str).str.strip()
+    return (obs[label_key].notna() & ~labels.str.lower().isin(MISSING_VALUES)).to_numpy()
+
+
+def _split_column(obs: pd.DataFrame, donor_key: str | None, batch_key: str | None) -> tuple[str | None, str]:
+    """The column whose values are one file's split groups (``None``: the file is one group), and its description."""
+    for min_groups in (2, 1):
+        column, unit = group_column(obs, donor_key=donor_key, batch_key=batch_key, min_groups=min_groups)
+        if column is not None:
+            return column, f"{unit} column {column!r}"
+    return None, "file (no donor or batch column)"
+
+
+def _file_groups(obs: pd.DataFrame, name: str, column: str | None) -> pd.Series:
+    """Split group of each cell of one file: ``"<name>:<value of column>"``, or the file's name for every cell."""
+    if column is None:
+        return pd.Series(name, index=obs.index)
+    return name + ":" + obs[column].astype(str)
 
 
 def _check_inputs(
@@ -95,38 +209,37 @@ def _check_inputs(
     batch_key: str | None,
     keep: Mapping[str, Sequence[str]] | None,
     test_groups: Sequence[str] | None = None,
-) -> None:
-    """Refuse missing files, obs columns and test groups before any file is processed (reads only each obs).
+) -> dict[str, tuple[str | None, str, set[str]]]:
+    """Refuse missing or unreadable files, obs columns, cells and test groups before any file is processed.
 
-    ``label_key`` must be a column of every file; ``donor_key``, ``batch_key`` and the ``keep`` columns of at
-    least one (files without them fall back to other columns), so that a misspelt name is an error, not a
-    silent fallback. Each of ``test_groups`` must be ``"<file stem>:<value>"`` with a value of a donor or batch
-    column of that file, or a file stem alone (a file without such a column is one group).
+    Reads only each file's obs. ``label_key`` must be a column of every file; ``donor_key``, ``batch_key`` and
+    the ``keep`` columns of at least one (files without them fall back to other columns), so that a misspelt
+    name is an error, not a silent fallback. Every file must keep cells with a label after ``keep``. Each of
+    ``test_groups`` must be a split group of its file as the obs say before QC: ``"<file stem>:<value>"`` of the
+    donor or batch column the file is split by, or the file stem for a file without one.
+
+    Returns
+    -------
+    Per file stem: the planned split column (``None``: the whole file is one group), its description and the
+    file's split groups.
     """
     missing = [str(file) for file in files if not file.is_file()]
     if missing:
         msg = f"Benchmark inputs {missing} do not exist: check the file names and folder."
         raise FileNotFoundError(msg)
-    columns: dict[str, list[str]] = {}
-    groups: dict[str, set[str]] = {}
+    observations: dict[Path, pd.DataFrame] = {}
     for file in files:
+        check_h5ad_input(file)
         backed = ad.read_h5ad(file, backed="r")
-        columns[file.name] = list(backed.obs.columns)
-        candidates = [c for c in (donor_key, batch_key, *DONOR_COLUMNS, *BATCH_COLUMNS) if c in backed.obs.columns]
-        # a file without donor or batch column is one group, named by its stem
-        groups[file.stem] = {file.stem} | {
-            f"{file.stem}:{v}" for c in candidates for v in backed.obs[c].astype(str).unique()
-        }
+        shape = backed.shape
+        observations[file] = backed.obs.copy()
         backed.file.close()
-    unknown = sorted(set(map(str, test_groups or ())) - set().union(*groups.values()))
-    if unknown:
-        shown = sorted(set().union(*groups.values()))
-        shown = shown if len(shown) <= 20 else [*shown[:20], "..."]
-        msg = (
-            f"test_groups {unknown} are not groups of the inputs: name them '<file stem>:<donor or batch value>', "
-            f"one of {shown}."
-        )
-        raise ValueError(msg)
+        if 0 in shape:
+            msg = (
+                f"{file.name} holds {shape[0]} cells x {shape[1]} genes: an input needs cells and genes; leave it out."
+            )
+            raise ValueError(msg)
+    columns = {file.name: list(obs.columns) for file, obs in observations.items()}
     if label_key is not None:
         for name, present in columns.items():
             if label_key not in present:
@@ -138,17 +251,101 @@ def _check_inputs(
             seen = sorted({c for present in columns.values() for c in present})
             msg = f"{what} names {column!r}, which is not an obs column of any input file (columns: {seen})."
             raise KeyError(msg)
+    plan: dict[str, tuple[str | None, str, set[str]]] = {}
+    emptied: set[str] = set()
+    for file, obs in observations.items():
+        kept, _ = _keep_mask(obs, keep)
+        if not kept.any():
+            msg = (
+                f"{file.name}: the keep filter {dict(keep or {})} removed every cell. Check the values against "
+                f"the file's obs, or drop the filter for this file."
+            )
+            raise ValueError(msg)
+        if label_key is not None:
+            labelled = _labelled(obs, label_key)
+            if not (kept & labelled).any():
+                values = sorted(obs.loc[kept, label_key].astype(str).unique())[:5]
+                msg = (
+                    f"{file.name}: none of its {int(kept.sum())} cells{' kept by keep' if keep else ''} has a label "
+                    f"in {label_key!r} (values: {values}; NaN, empty and {sorted(MISSING_VALUES - {''})} mean "
+                    "missing). Pass the obs column that holds the labels as label_key, or leave this file out."
+                )
+                raise ValueError(msg)
+            kept &= labelled
+        column, unit = _split_column(obs[kept], donor_key, batch_key)
+        plan[file.stem] = (column, unit, set(_file_groups(obs[kept], file.stem, column)))
+        # groups of the file as it is, all of whose cells keep or the labels remove
+        unfiltered = _file_groups(obs, file.stem, _split_column(obs, donor_key, batch_key)[0])
+        emptied |= set(unfiltered) - set(unfiltered[kept])
+    _check_test_groups(test_groups, plan, emptied)
+    return plan
+
+
+def _check_test_groups(
+    test_groups: Sequence[str] | None, plan: Mapping[str, tuple[str | None, str, set[str]]], emptied: set[str]
+) -> None:
+    """Refuse test groups that are no split group of the inputs, or that leave nothing to split or train on.
+
+    ``emptied`` holds the groups of the unfiltered files that ``keep`` or the missing labels remove entirely.
+    """
+    if not test_groups:
+        return
+    requested = sorted(set(map(str, test_groups)))
+    groups = sorted(set().union(*(planned for _, _, planned in plan.values())))
+    unknown = [group for group in requested if group not in groups]
+    if unknown:
+        shown = groups if len(groups) <= 20 else [*groups[:20], "..."]
+        units = "; ".join(f"{stem}: {unit}" for stem, (_, unit, _) in plan.items())
+        filtered = [group for group in unknown if group in emptied]
+        lost = f" {filtered} lose every cell to the keep filter or to missing labels." if filtered else ""
+        msg = (
+            f"test_groups {unknown} are not groups of the inputs.{lost} A group is '<file stem>:<value>' of the "
+            f"column its file is split by ({units}), or the file stem where that is the whole file; the groups are "
+            f"{shown}."
+        )
+        raise ValueError(msg)
+    if len(groups) == 1:
+        msg = (
+            f"test_groups {requested} cannot be held out: the inputs have a single donor/batch group, {groups[0]!r}, "
+            "so the dataset is split by cells. Drop test_groups."
+        )
+        raise ValueError(msg)
+    if len(requested) == len(groups):
+        msg = f"test_groups {requested} hold every group of the inputs: nothing is left to train on. Hold out fewer."
+        raise ValueError(msg)
+
+
+def _check_values(adata: AnnData, name: str) -> None:
+    """Refuse an ``X`` that is missing, holds NaN or infinite values, or negative (scaled) values."""
+    if adata.X is None:
+        msg = f"{name} has no X matrix: save the expression (raw counts or log1p-normalized) in X."
+        raise ValueError(msg)
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    if values.size and not np.isfinite(values).all():
+        msg = f"{name}: X holds NaN or infinite values. Fix or remove those entries (or cells) and save the file again."
+        raise ValueError(msg)
+    if values.size and values.min() < 0:
+        msg = (
+            f"{name}: X has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). Save raw counts or "
+            "log1p-normalized values in X instead (e.g. from adata.layers['counts'] or adata.raw.to_adata())."
+        )
+        raise ValueError(msg)
+
+
+def _removals(report: Mapping[str, object]) -> str:
+    """The QC filters that removed cells, with their counts and thresholds, as a phrase for messages."""
+    removed = {k: v for k, v in report["cells_removed"].items() if v}
+    shown = {k: report["thresholds"][k] for k in removed}
+    return f"{removed}, thresholds {shown}"
 
 
 def _check_survivors(adata: AnnData, name: str, report: Mapping[str, object]) -> None:
     """Refuse a file that QC emptied, naming the filter that removed its cells or genes."""
     thresholds = report["thresholds"]
     if adata.n_obs == 0:
-        removed = {k: v for k, v in report["cells_removed"].items() if v}
-        shown = {k: thresholds[k] for k in removed}
         msg = (
-            f"{name}: QC removed every cell ({report['n_cells_in']} cells; removed by {removed}, thresholds "
-            f"{shown}). Relax these thresholds for this dataset, e.g. qc = {{ min_genes = 20 }}."
+            f"{name}: QC removed every cell ({report['n_cells_in']} cells; removed by {_removals(report)}). Relax "
+            "these thresholds for this dataset, e.g. qc = { min_genes = 20 }."
         )
         raise ValueError(msg)
     if adata.n_vars == 0:
@@ -157,15 +354,6 @@ def _check_survivors(adata: AnnData, name: str, report: Mapping[str, object]) ->
             f"many of the {adata.n_obs} cells kept). Lower min_cells or keep more cells."
         )
         raise ValueError(msg)
-
-
-def _file_groups(obs: pd.DataFrame, name: str, donor_key: str | None, batch_key: str | None) -> tuple[pd.Series, str]:
-    """Split group of each cell of one file: its donor, else its batch/sample, else the file itself."""
-    for min_groups in (2, 1):
-        column, unit = group_column(obs, donor_key=donor_key, batch_key=batch_key, min_groups=min_groups)
-        if column is not None:
-            return name + ":" + obs[column].astype(str), f"{unit} column {column!r}"
-    return pd.Series(name, index=obs.index), "file (no donor or batch column)"
 
 
 def build(
@@ -222,8 +410,9 @@ def build(
     fractions
         Target shares of cells in train, val and test: 3 values in [0, 1] summing to 1.
     test_groups
-        Groups (``"file:value"``, the file's stem and a donor or batch value) to put in test instead of drawing
-        them; an error when the dataset ends up with a single group (split by cells).
+        Groups to put in test instead of drawing them: ``"<file stem>:<value>"`` of the donor or batch column the
+        file is split by (see above), or the file stem for a file without one. Checked against the files' obs
+        before any work; an error when QC removes every cell of one, or leaves a single group (split by cells).
     max_cells
         Cells kept per file at most (random, after QC): an integer >= 1, or ``None`` for all.
     seed
@@ -240,14 +429,17 @@ def build(
     Raises
     ------
     FileNotFoundError
-        An input file does not exist.
+        An input file or ``gene_table`` does not exist.
     KeyError
         ``label_key`` is missing from a file's obs, or ``donor_key``, ``batch_key`` or a ``keep`` column from
         every file's obs. Checked before any file is processed.
     ValueError
-        Invalid parameters (``fractions``, ``max_cells``, a repeated or ``.h5mu`` file, ``out`` an existing
-        file, ``test_groups`` that are not groups of the files), checked before any file is processed; or
-        ``keep``, QC or the labels leave a file without cells or genes (the message names the file and step).
+        Checked before any file is processed: invalid parameters (wrong types, ``fractions``, ``max_cells``,
+        ``seed``, a repeated or ``.h5mu`` file, two files of the same name, ``out`` an existing file), a file
+        that is not an ``.h5ad`` or has no cells, ``keep`` or missing labels leaving a file without cells,
+        ``test_groups`` that are not split groups of the files (the message lists them) or that leave nothing
+        to split. While processing a file: ``X`` with NaN, infinite or negative values; QC leaving the file
+        without cells, genes, labelled cells or cells of a test group (the message names the file and step).
 
     Examples
     --------
@@ -255,6 +447,7 @@ def build(
     >>> bench.obs["split"].value_counts()  # doctest: +SKIP
     """
     files = _input_files(files)
+    _check_arguments(label_key, donor_key, batch_key, keep, aliases, qc, seed, out)
     if join not in {"inner", "outer"}:
         msg = f"join must be 'inner' or 'outer', got {join!r}."
         raise ValueError(msg)
@@ -263,12 +456,12 @@ def build(
     if isinstance(test_groups, str):
         msg = f"test_groups={test_groups!r} is a single string: pass a list, e.g. [{test_groups!r}]."
         raise ValueError(msg)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        msg = f"out={str(out)!r} is an existing file: pass a folder to write benchmark.h5ad and manifest.json into."
+    if test_groups is not None and (not isinstance(test_groups, Iterable) or isinstance(test_groups, Mapping)):
+        msg = f"test_groups={test_groups!r}: pass a list of groups, e.g. ['study1:donor3'], or None to draw them."
         raise ValueError(msg)
+    test_groups = None if test_groups is None else [str(group) for group in test_groups]
     qc = qc or QCThresholds()
-    if isinstance(gene_table, str) and gene_table == "auto":
-        gene_table = default_gene_table()
+    gene_table = _gene_table_path(gene_table)
     table = read_gene_table(gene_table) if gene_table is not None else None
     parameters = {
         "files": [Path(f).name for f in files],
@@ -276,21 +469,24 @@ def build(
         "donor_key": donor_key,
         "batch_key": batch_key,
         "keep": {k: list(map(str, v)) for k, v in (keep or {}).items()},
-        "gene_table": None if gene_table is None else Path(gene_table).name,
-        "gene_table_sha256": None if gene_table is None else _sha256(Path(gene_table)),
+        "gene_table": None if gene_table is None else gene_table.name,
+        "gene_table_sha256": None if gene_table is None else _sha256(gene_table),
         "aliases": dict(aliases or {}),
         "qc": asdict(qc),
         "join": join,
         "fractions": list(fractions),
-        "test_groups": None if test_groups is None else list(test_groups),
+        "test_groups": test_groups,
         "max_cells": max_cells,
     }
-    _check_inputs(files, label_key, donor_key, batch_key, keep, test_groups)
+    plan = _check_inputs(files, label_key, donor_key, batch_key, keep, test_groups)
     rng = np.random.default_rng(seed)
     parts, inputs, flags = {}, [], []
     for file in files:
         name = file.stem
+        planned_column, planned_unit, planned_groups = plan[name]
+        held_out = sorted(set(test_groups or ()) & planned_groups)
         adata = ad.read_h5ad(file)
+        _check_values(adata, file.name)
         entry: dict[str, object] = {
             "name": name,
             "path": file.name,
@@ -299,12 +495,6 @@ def build(
             "n_genes": adata.n_vars,
         }
         adata, entry["cells_removed_by_keep"] = _keep_cells(adata, keep)
-        if adata.n_obs == 0:
-            msg = (
-                f"{file.name}: the keep filter {dict(keep or {})} removed every cell. Check the values against "
-                f"the file's obs, or drop the filter for this file."
-            )
-            raise ValueError(msg)
         adata, entry["harmonization"] = harmonize_genes(adata, gene_table=table, aliases=aliases)
         kind, how = expression_kind(adata)
         entry["x_kind"], entry["x_kind_source"] = kind, how
@@ -313,19 +503,43 @@ def build(
         adata, entry["qc"] = quality_control(adata, qc, counts=kind == "counts")
         _check_survivors(adata, file.name, entry["qc"])
         if label_key is not None:
-            labels = adata.obs[label_key].astype(str).str.strip()
-            labelled = (adata.obs[label_key].notna() & ~labels.str.lower().isin(MISSING_VALUES)).to_numpy()
+            labelled = _labelled(adata.obs, label_key)
             entry["cells_without_label"] = int((~labelled).sum())
             adata = adata[labelled].copy()
             if adata.n_obs == 0:
-                msg = f"{file.name}: no cell left after QC has a label in {label_key!r}; check label_key."
+                msg = (
+                    f"{file.name}: QC removed every cell with a label in {label_key!r} (removed by "
+                    f"{_removals(entry['qc'])}). Relax these thresholds for this dataset."
+                )
                 raise ValueError(msg)
+        lost = sorted(set(held_out) - set(_file_groups(adata.obs, name, planned_column)))
+        if lost:
+            msg = (
+                f"{file.name}: QC removed every cell of test_groups {lost} (removed by {_removals(entry['qc'])}). "
+                "Relax these thresholds for this dataset, or hold out other groups."
+            )
+            raise ValueError(msg)
         if max_cells is not None and adata.n_obs > max_cells:
             adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
             entry["subsampled_to"] = max_cells
-        groups, unit = _file_groups(adata.obs, name, donor_key, batch_key)
+            lost = sorted(set(held_out) - set(_file_groups(adata.obs, name, planned_column)))
+            if lost:
+                msg = (
+                    f"{file.name}: max_cells={max_cells} drew no cell of test_groups {lost}. Raise max_cells, or "
+                    "hold out other groups."
+                )
+                raise ValueError(msg)
+        column, unit = _split_column(adata.obs, donor_key, batch_key)
+        groups = _file_groups(adata.obs, name, column)
+        lost = sorted(set(held_out) - set(groups))
+        if lost:
+            msg = (
+                f"{file.name}: after QC its cells are split by {unit}, not by {planned_unit}, so test_groups {lost} "
+                f"are not groups of it any more. Hold out groups of {unit}: {sorted(set(groups))[:20]}."
+            )
+            raise ValueError(msg)
         entry["split_unit"] = unit
-        if unit.startswith("file"):
+        if column is None:
             flags.append(f"{name}: no donor or batch column; the whole file (study) is one split group")
         adata.obs["split_group"] = groups.to_numpy()
         adata.obs["x_kind"] = kind
@@ -348,7 +562,7 @@ def build(
         split_unit = "groups"
     elif test_groups:
         msg = (
-            f"test_groups {list(test_groups)} cannot be held out: after QC and subsampling the dataset has a single "
+            f"test_groups {test_groups} cannot be held out: after QC and subsampling the dataset has a single "
             f"donor/batch group, {combined.obs['split_group'].iloc[0]!r}, so it is split by cells. Drop test_groups."
         )
         raise ValueError(msg)

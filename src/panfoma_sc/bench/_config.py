@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from numbers import Real
 from pathlib import Path
@@ -141,19 +141,35 @@ def load_config(path: str | Path) -> dict:
 
 
 def _parse(path: Path) -> object:
+    formats = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+    if path.suffix not in formats:
+        msg = f"Config {path.name!r}: use a .toml, .json or .yaml file."
+        raise ValueError(msg)
     text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
+    parse = json.loads if formats[path.suffix] == "JSON" else _parser(formats[path.suffix], path.name)
+    try:
+        return parse(text)
+    except Exception as err:  # tomllib, json and yaml each raise their own error type
+        msg = f"Config {path.name!r} is not valid {formats[path.suffix]}: {err}"
+        raise ValueError(msg) from None
 
-        return tomllib.loads(text)
-    if path.suffix == ".json":
-        return json.loads(text)
-    if path.suffix in {".yaml", ".yml"}:
-        import yaml
 
-        return yaml.safe_load(text)
-    msg = f"Config {path.name!r}: use a .toml, .json or .yaml file."
-    raise ValueError(msg)
+def _parser(kind: str, name: str) -> Callable[[str], object]:
+    """The TOML or YAML reader; a missing one is an ``ImportError`` that says what to install."""
+    try:
+        if kind == "YAML":
+            import yaml
+
+            return yaml.safe_load
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: tomllib's predecessor
+            import tomli as tomllib
+        return tomllib.loads
+    except ImportError:
+        package = "pyyaml" if kind == "YAML" else "tomli"
+        msg = f"Config {name!r}: reading {kind} needs {package} (pip install {package}); or write the config as .json."
+        raise ImportError(msg) from None
 
 
 def validate_config(config: Mapping, *, source: str = "config") -> None:
@@ -354,4 +370,29 @@ def _check_build_options(dataset: Mapping, where: str) -> None:
     test_groups = dataset.get("test_groups")
     if test_groups is not None and (isinstance(test_groups, str) or not isinstance(test_groups, list)):
         msg = f"{where}: test_groups must be a list, e.g. test_groups = [{str(test_groups)!r}]."
+        raise ValueError(msg)
+    for key, example in (("label_key", "cell_type"), ("donor_key", "donor"), ("batch_key", "batch")):
+        if key in dataset and (not isinstance(dataset[key], str) or not dataset[key]):
+            msg = f"{where}: {key} = {dataset[key]!r}: name one obs column as a string, e.g. {key} = {example!r}."
+            raise ValueError(msg)
+    if "gates" in dataset:
+        _check_gates(dataset["gates"], where)
+
+
+def _check_gates(gates: object, where: str) -> None:
+    """Refuse ``gates`` that are neither a known gate set nor a table ``{label: {marker: true/false}}``."""
+    from ._paired import GATE_SETS
+
+    rules = isinstance(gates, Mapping) and all(
+        isinstance(rule, Mapping) and rule and all(isinstance(v, bool) for v in rule.values())
+        for rule in gates.values()
+    )
+    if isinstance(gates, str) and gates not in GATE_SETS:
+        msg = f"{where}: unknown gate set gates = {gates!r}; available: {sorted(GATE_SETS)}, or give rules as a table."
+        raise ValueError(msg)
+    if not isinstance(gates, str) and not (rules and gates):
+        msg = (
+            f"{where}: gates = {gates!r}: name a gate set ({sorted(GATE_SETS)}) or give a table of rules "
+            "{label = {marker = true/false}}, e.g. gates = { B = { CD19 = true, CD3 = false } }."
+        )
         raise ValueError(msg)

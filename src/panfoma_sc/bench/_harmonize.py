@@ -43,8 +43,20 @@ def read_gene_table(path: str | Path) -> dict[str, str]:
     Returns
     -------
     The mapping (the first symbol wins where an ID occurs twice).
+
+    Raises
+    ------
+    ValueError
+        The first column holds no Ensembl gene ID (not such a table).
     """
     table = pd.read_csv(path, header=None, names=["ensembl_id", "symbol"], dtype=str).dropna()
+    if not table["ensembl_id"].str.strip().map(is_ensembl_id).any():
+        first = table.iloc[0].tolist() if len(table) else []
+        msg = (
+            f"gene_table {Path(path).name!r} holds no Ensembl gene ID in its first column (first row: {first}): "
+            "pass a headerless CSV of ensembl_id,symbol rows, e.g. ENSG00000141510,TP53."
+        )
+        raise ValueError(msg)
     keys = table["ensembl_id"].map(normalize_gene_name)
     table = table.assign(key=keys).drop_duplicates("key")
     return dict(zip(table["key"], table["symbol"].str.strip(), strict=True))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._baselines import MethodContext
-from ._build import build, read_manifest, write_manifest
+from ._build import _check_inputs, _input_files, build, read_manifest, write_manifest
 from ._config import DEFAULT_METHODS, load_config, validate_config
 from ._paired import build_paired
 from ._qc import QCThresholds
@@ -67,6 +67,27 @@ def _check_data(config: Mapping, folder: Path) -> None:
         raise FileNotFoundError(msg)
 
 
+def _check_datasets(config: Mapping, folder: Path) -> None:
+    """Check every ``.h5ad`` dataset's obs columns, labels and test groups, so that no mistake stops a long run."""
+    for dataset in config["datasets"]:
+        files = [folder / f for f in dataset["files"]]
+        if files[0].suffix == ".h5mu":
+            continue
+        try:
+            _check_inputs(
+                _input_files(files),
+                dataset.get("label_key"),
+                dataset.get("donor_key"),
+                dataset.get("batch_key"),
+                dataset.get("keep"),
+                dataset.get("test_groups"),
+            )
+        except (KeyError, ValueError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            msg = f"Dataset {dataset['name']!r}: {message} Nothing was run."
+            raise type(err)(msg) from None
+
+
 def _prepare_output(out: Path) -> None:
     """Create ``out`` and remove the outputs of an earlier run there (only the files a run writes)."""
     if out.exists() and not out.is_dir():
@@ -112,9 +133,10 @@ def _load_model(name: str):
 def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = None) -> pd.DataFrame:
     """Run a benchmark config and write its results into ``out``.
 
-    Before any work the config is checked (:func:`load_config`; a dict too) and every input file must be in the
-    data folder. The outputs of an earlier run in ``out`` (the files listed below, and only those) are removed
-    first, so the folder and its report show this run alone.
+    Before any work the config is checked (:func:`load_config`; a dict too), every input file must be in the
+    data folder, and each dataset's obs must hold its columns, labelled cells and ``test_groups``. The outputs of
+    an earlier run in ``out`` (the files listed below, and only those) are removed first, so the folder and its
+    report show this run alone.
 
     For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``) or, for a
     paired ``.h5mu`` file, :func:`build_paired`, then each task with its methods on the same cells and splits.
@@ -140,7 +162,9 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     Raises
     ------
     ValueError
-        The config is invalid, or ``out`` is a file.
+        The config is invalid, ``out`` is a file, or a dataset's cells or ``test_groups`` do not fit its files.
+    KeyError
+        A dataset's ``label_key``, ``donor_key``, ``batch_key`` or ``keep`` column is not in its files' obs.
     FileNotFoundError
         The data folder or an input file does not exist (all missing files are named).
 
@@ -158,6 +182,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     out = Path(out)
     folder = _data_folder(config)
     _check_data(config, folder)
+    _check_datasets(config, folder)
     _prepare_output(out)
     settings = config.get("run", {})
     seed = int(settings.get("seed", 0))

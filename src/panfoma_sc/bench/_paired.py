@@ -15,7 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ._build import MANIFEST_KEY, _sha256
+from .._arguments import is_integer
+from ._build import MANIFEST_KEY, _sha256, check_max_cells
 from ._gating import PBMC_CITESEQ_GATES, gate_cells
 from ._qc import QCThresholds, expression_kind, quality_control
 
@@ -67,6 +68,12 @@ def _gates(gates: str | Mapping) -> dict[str, dict[str, bool]]:
             msg = f"Unknown gate set {gates!r}; available: {sorted(GATE_SETS)}, or give the rules as a table."
             raise ValueError(msg)
         return GATE_SETS[gates]
+    if not isinstance(gates, Mapping) or not gates or not all(isinstance(r, Mapping) and r for r in gates.values()):
+        msg = (
+            f"gates={gates!r}: name a gate set ({sorted(GATE_SETS)}) or give rules {{label: {{marker: True/False}}}}, "
+            "e.g. {'B': {'CD19': True, 'CD3': False}}."
+        )
+        raise ValueError(msg)
     return {str(label): {str(m): bool(v) for m, v in rule.items()} for label, rule in gates.items()}
 
 
@@ -79,6 +86,15 @@ def _modality(mdata: MuData, name: str | None, candidates: tuple[str, ...], role
         msg = f"No {role} modality {name or candidates} in the file (modalities: {list(mdata.mod)}); name it."
         raise KeyError(msg)
     return found
+
+
+def _check_arguments(**names: object) -> None:
+    """Refuse column and modality names that are not non-empty strings (``protein`` may be ``None``)."""
+    examples = {"label_key": "gated_label", "batch_key": "batch", "rna": "rna", "protein": "prot"}
+    for name, value in names.items():
+        if (value is not None or name != "protein") and (not isinstance(value, str) or not value):
+            msg = f"{name}={value!r}: pass a name as a string, e.g. {name}={examples[name]!r}."
+            raise ValueError(msg)
 
 
 def build_paired(
@@ -132,6 +148,17 @@ def build_paired(
     ``x_kind`` (what the RNA holds) and ``dataset``; ``uns["bench_manifest"]`` holds the manifest as JSON
     (input with sha256, parameters, QC report, label counts, flags) in the layout of :func:`build`'s.
 
+    Raises
+    ------
+    FileNotFoundError
+        ``file`` does not exist.
+    KeyError
+        ``batch_key`` or a named modality is not in the file.
+    ValueError
+        Checked before the file is read: ``file`` is not an ``.h5mu``, or an argument has the wrong type or range
+        (names, ``gates``, ``qc``, ``max_cells``, ``seed``). After: the protein modality does not hold counts,
+        or the batches share no protein.
+
     Examples
     --------
     >>> mdata = pf.bench.build_paired("pbmc_citeseq_10x_5k_10k_400cells.h5mu")  # doctest: +SKIP
@@ -149,6 +176,17 @@ def build_paired(
     if not file.is_file():
         msg = f"Benchmark input {str(file)!r} does not exist."
         raise FileNotFoundError(msg)
+    if file.suffix != ".h5mu":
+        msg = f"{file.name} is not a paired .h5mu file: build_paired reads MuData files; use pf.bench.build for .h5ad."
+        raise ValueError(msg)
+    _check_arguments(label_key=label_key, batch_key=batch_key, rna=rna, protein=protein)
+    if qc is not None and not isinstance(qc, QCThresholds):
+        msg = f"qc={qc!r}: pass pf.bench.QCThresholds(...), e.g. QCThresholds(min_genes=50), or None for the defaults."
+        raise ValueError(msg)
+    check_max_cells(max_cells)
+    if not is_integer(seed) or seed < 0:
+        msg = f"seed={seed!r}: use an integer >= 0."
+        raise ValueError(msg)
     qc = qc or QCThresholds()
     rules = _gates(gates)
     source = md.read_h5mu(file)
