@@ -245,6 +245,8 @@ class PretrainingCorpus:
         self.batch_size = batch_size
         self.seed = seed
         self._data = [ad.read_h5ad(f, backed="r") for f in self.files]
+        # a backed adata.X is a new object on every access, which reads the file's whole indptr again: open it once
+        self._matrices = [a.X for a in self._data]
         self._matches = [match_genes(a, vocab, min_fraction=0.0) for a in self._data]
         self._keys = [cell_keys_from_names(a.obs_names) for a in self._data]
 
@@ -276,7 +278,7 @@ class PretrainingCorpus:
         """Read this rank's batches of ``epoch`` from position ``start`` on."""
         for file_index, rows in self.epoch_plan(epoch, rank=rank, world=world)[start:]:
             match = self._matches[file_index]
-            _, block = next(iter_row_blocks(self._data[file_index].X, len(rows), columns=match.columns, rows=rows))
+            _, block = next(iter_row_blocks(self._matrices[file_index], len(rows), columns=match.columns, rows=rows))
             yield CorpusBatch(file_index, block, match.gene_ids, self._keys[file_index][rows])
 
     def sample(self, max_cells_per_file: int, *, seed: int = 0, block: int = 512) -> Iterator[CorpusBatch]:
@@ -287,7 +289,8 @@ class PretrainingCorpus:
             match = self._matches[file_index]
             for start in range(0, len(rows), block):
                 chunk = rows[start : start + block]
-                _, matrix = next(iter_row_blocks(adata.X, len(chunk), columns=match.columns, rows=chunk))
+                matrix = self._matrices[file_index]
+                _, matrix = next(iter_row_blocks(matrix, len(chunk), columns=match.columns, rows=chunk))
                 yield CorpusBatch(file_index, matrix, match.gene_ids, self._keys[file_index][chunk])
 
     def close(self) -> None:
