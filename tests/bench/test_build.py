@@ -165,6 +165,8 @@ PANEL_QC = pf.bench.QCThresholds(min_genes=1, min_cells=1)
         ({"seed": "0"}, r"seed='0': use an integer >= 0"),
         ({"seed": -1}, r"seed=-1: use an integer >= 0"),
         ({"out": 5}, r"out=5: pass the folder"),
+        ({"layer": ["counts"]}, r"layer=\['counts'\]: name one layer as a string"),
+        ({"layer": ""}, r"layer='': name one layer"),
     ],
 )
 def test_build_parameters_are_refused_before_any_work(tmp_path, monkeypatch, option, message):
@@ -300,7 +302,10 @@ def test_bad_files_are_refused_before_any_work(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(-1.5, r"scaled.h5ad: X has negative values: it looks scaled"), (np.nan, r"scaled.h5ad: X holds NaN or infinite")],
+    [
+        (-1.5, r"scaled.h5ad: adata.X has negative values: it looks scaled.*pass the layer holding raw counts"),
+        (np.nan, r"scaled.h5ad: adata.X contains NaN or infinite values"),
+    ],
 )
 def test_scaled_or_nan_expression_is_refused_naming_the_file(tmp_path, value, message):
     adata = ad.read_h5ad(_toy_file(tmp_path))
@@ -308,3 +313,38 @@ def test_scaled_or_nan_expression_is_refused_naming_the_file(tmp_path, value, me
     adata.write_h5ad(tmp_path / "scaled.h5ad")
     with pytest.raises(ValueError, match=message):
         pf.bench.build([tmp_path / "scaled.h5ad"], label_key="cell_type", qc=PANEL_QC)
+
+
+def test_build_reads_the_expression_of_layer_and_runs_count_qc_on_it(tmp_path):
+    counts_path = _toy_file(tmp_path, donors=True)
+    adata = ad.read_h5ad(counts_path)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = np.log1p(adata.X / np.maximum(adata.X.sum(axis=1, keepdims=True), 1) * 1e4)
+    adata.write_h5ad(tmp_path / "lognorm.h5ad")
+    from_x = pf.bench.build([tmp_path / "lognorm.h5ad"], label_key="cell_type", qc=PANEL_QC)
+    assert set(from_x.obs["x_kind"]) == {"log"}
+    from_layer = pf.bench.build([tmp_path / "lognorm.h5ad"], label_key="cell_type", layer="counts", qc=PANEL_QC)
+    assert set(from_layer.obs["x_kind"]) == {"counts"}
+    assert not from_layer.layers
+    expected = pf.bench.build([counts_path], label_key="cell_type", qc=PANEL_QC)
+    np.testing.assert_array_equal(
+        np.asarray(from_layer.X.todense() if hasattr(from_layer.X, "todense") else from_layer.X),
+        np.asarray(expected.X.todense() if hasattr(expected.X, "todense") else expected.X),
+    )
+    manifest = pf.bench.read_manifest(from_layer)
+    assert manifest["parameters"]["layer"] == "counts"
+    assert not any("not raw counts" in flag for flag in manifest["flags"])
+
+
+def test_a_layer_missing_from_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    first = _toy_file(tmp_path, "first")
+    adata = ad.read_h5ad(first)
+    adata.layers["counts"] = adata.X.copy()
+    adata.write_h5ad(tmp_path / "with_layer.h5ad")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the layer was checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    with pytest.raises(KeyError, match=r"layer='counts' is not a layer of first.h5ad \(its layers: \[\]\)"):
+        pf.bench.build([tmp_path / "with_layer.h5ad", first], label_key="cell_type", layer="counts", qc=PANEL_QC)

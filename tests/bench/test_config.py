@@ -94,6 +94,13 @@ CASES = {
     ),
     "gates a number": (_set_dataset("gates", 5), r"gates = 5: name a gate set \(\['pbmc_citeseq'\]\) or give a table"),
     "gate rule not a table": (_set_dataset("gates", {"B": "CD19"}), r"gates = \{'B': 'CD19'\}: name a gate set"),
+    "layer as a list": (_set_dataset("layer", ["counts"]), r"dataset 'two': layer = \['counts'\]: name one layer"),
+    "h5ad options on a paired dataset": (
+        lambda c: c["datasets"].append(
+            {"name": "cite", "files": ["cite.h5mu"], "tasks": ["multiomics"], "layer": "counts", "keep": {}}
+        ),
+        r"dataset 'cite': \['keep', 'layer'\] apply to .h5ad datasets only",
+    ),
 }
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._arguments import is_integer
 from .._paths import check_h5ad_input
+from ..pp import check_expression
 from ._harmonize import default_gene_table, harmonize_genes, read_gene_table
 from ._qc import QCThresholds, expression_kind, quality_control
 from ._splits import MISSING_VALUES, group_column, split_cells, split_groups
@@ -102,6 +102,7 @@ def _check_arguments(
     donor_key: object,
     batch_key: object,
     keep: object,
+    layer: object,
     aliases: object,
     qc: object,
     seed: object,
@@ -113,6 +114,9 @@ def _check_arguments(
         if value is not None and (not isinstance(value, str) or not value):
             msg = f"{name}={value!r}: name one obs column as a string, e.g. {name}={examples[name]!r}, or pass None."
             raise ValueError(msg)
+    if layer is not None and (not isinstance(layer, str) or not layer):
+        msg = f"layer={layer!r}: name one layer as a string, e.g. layer='counts', or pass None to read X."
+        raise ValueError(msg)
     listed = (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)
     if keep is not None and (
         not isinstance(keep, Mapping) or not all(isinstance(v, listed) and len(v) for v in keep.values())
@@ -209,6 +213,7 @@ def _check_inputs(
     batch_key: str | None,
     keep: Mapping[str, Sequence[str]] | None,
     test_groups: Sequence[str] | None = None,
+    layer: str | None = None,
 ) -> dict[str, tuple[str | None, str, set[str]]]:
     """Refuse missing or unreadable files, obs columns, cells and test groups before any file is processed.
 
@@ -216,7 +221,8 @@ def _check_inputs(
     the ``keep`` columns of at least one (files without them fall back to other columns), so that a misspelt
     name is an error, not a silent fallback. Every file must keep cells with a label after ``keep``. Each of
     ``test_groups`` must be a split group of its file as the obs say before QC: ``"<file stem>:<value>"`` of the
-    donor or batch column the file is split by, or the file stem for a file without one.
+    donor or batch column the file is split by, or the file stem for a file without one. ``layer``, when given,
+    must be a layer of every file.
 
     Returns
     -------
@@ -233,7 +239,14 @@ def _check_inputs(
         backed = ad.read_h5ad(file, backed="r")
         shape = backed.shape
         observations[file] = backed.obs.copy()
+        layers = sorted(backed.layers.keys())
         backed.file.close()
+        if layer is not None and layer not in layers:
+            msg = (
+                f"layer={layer!r} is not a layer of {file.name} (its layers: {layers}). Name a layer every file has, "
+                "or pass layer=None to read X."
+            )
+            raise KeyError(msg)
         if 0 in shape:
             msg = (
                 f"{file.name} holds {shape[0]} cells x {shape[1]} genes: an input needs cells and genes; leave it out."
@@ -315,21 +328,31 @@ def _check_test_groups(
         raise ValueError(msg)
 
 
-def _check_values(adata: AnnData, name: str) -> None:
-    """Refuse an ``X`` that is missing, holds NaN or infinite values, or negative (scaled) values."""
-    if adata.X is None:
-        msg = f"{name} has no X matrix: save the expression (raw counts or log1p-normalized) in X."
-        raise ValueError(msg)
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if values.size and not np.isfinite(values).all():
-        msg = f"{name}: X holds NaN or infinite values. Fix or remove those entries (or cells) and save the file again."
-        raise ValueError(msg)
-    if values.size and values.min() < 0:
+def _expression_in_x(adata: AnnData, name: str, layer: str | None) -> AnnData:
+    """Refuse expression that cannot be benchmarked (see :func:`check_expression`); put ``layer`` in ``X``.
+
+    Cells without an expressed gene are accepted: QC removes them. With ``layer``, that layer becomes ``X`` and
+    the file's layers are dropped, so the benchmark dataset holds the chosen expression once.
+    """
+    try:
+        check_expression(adata, layer=layer, allow_empty_cells=True)
+    except (KeyError, ValueError) as err:
+        message = err.args[0] if err.args else str(err)
         msg = (
-            f"{name}: X has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). Save raw counts or "
-            "log1p-normalized values in X instead (e.g. from adata.layers['counts'] or adata.raw.to_adata())."
+            f"{name}: {message} pf.bench.build reads X, or the layer given as layer=: pass the layer holding raw "
+            "counts (e.g. layer='counts'), or save raw counts or log1p-normalized values in X."
         )
-        raise ValueError(msg)
+        raise ValueError(msg) from err
+    if layer is not None:
+        adata.X = adata.layers[layer]
+        for key in list(adata.layers):
+            del adata.layers[key]
+    return adata
+
+
+def _lost_groups(held_out: Sequence[str], obs: pd.DataFrame, name: str, column: str | None) -> list[str]:
+    """The test groups of file ``name`` that have no cell left in ``obs`` when split by ``column``."""
+    return sorted(set(held_out) - set(_file_groups(obs, name, column)))
 
 
 def _removals(report: Mapping[str, object]) -> str:
@@ -363,6 +386,7 @@ def build(
     donor_key: str | None = None,
     batch_key: str | None = None,
     keep: Mapping[str, Sequence[str]] | None = None,
+    layer: str | None = None,
     gene_table: str | Path | None = "auto",
     aliases: Mapping[str, str] | None = None,
     qc: QCThresholds | None = None,
@@ -398,6 +422,9 @@ def build(
         obs columns to try first for the split groups (see :data:`DONOR_COLUMNS`, :data:`BATCH_COLUMNS`).
     keep
         ``{obs column: values}``: keep only these cells, e.g. ``{"demuxlet_cls": ["SNG"]}``.
+    layer
+        Layer holding the expression to benchmark, in every file (e.g. ``"counts"`` when ``X`` is
+        log-normalized, so that the count-based QC runs); ``None`` reads ``X``. The dataset's ``X`` holds it.
     gene_table
         Headerless ``ensembl_id,symbol`` CSV; ``"auto"`` uses the GENCODE table of the dataset folder when
         there is one; ``None`` leaves Ensembl IDs unmapped.
@@ -431,15 +458,15 @@ def build(
     FileNotFoundError
         An input file or ``gene_table`` does not exist.
     KeyError
-        ``label_key`` is missing from a file's obs, or ``donor_key``, ``batch_key`` or a ``keep`` column from
-        every file's obs. Checked before any file is processed.
+        ``label_key`` is missing from a file's obs, ``layer`` from a file's layers, or ``donor_key``,
+        ``batch_key`` or a ``keep`` column from every file's obs. Checked before any file is processed.
     ValueError
         Checked before any file is processed: invalid parameters (wrong types, ``fractions``, ``max_cells``,
         ``seed``, a repeated or ``.h5mu`` file, two files of the same name, ``out`` an existing file), a file
         that is not an ``.h5ad`` or has no cells, ``keep`` or missing labels leaving a file without cells,
         ``test_groups`` that are not split groups of the files (the message lists them) or that leave nothing
-        to split. While processing a file: ``X`` with NaN, infinite or negative values; QC leaving the file
-        without cells, genes, labelled cells or cells of a test group (the message names the file and step).
+        to split. While processing a file: ``X`` (or ``layer``) with NaN, infinite or negative values; QC leaving
+        the file without cells, genes, labelled cells or cells of a test group (the message names file and step).
 
     Examples
     --------
@@ -447,7 +474,7 @@ def build(
     >>> bench.obs["split"].value_counts()  # doctest: +SKIP
     """
     files = _input_files(files)
-    _check_arguments(label_key, donor_key, batch_key, keep, aliases, qc, seed, out)
+    _check_arguments(label_key, donor_key, batch_key, keep, layer, aliases, qc, seed, out)
     if join not in {"inner", "outer"}:
         msg = f"join must be 'inner' or 'outer', got {join!r}."
         raise ValueError(msg)
@@ -469,6 +496,7 @@ def build(
         "donor_key": donor_key,
         "batch_key": batch_key,
         "keep": {k: list(map(str, v)) for k, v in (keep or {}).items()},
+        "layer": layer,
         "gene_table": None if gene_table is None else gene_table.name,
         "gene_table_sha256": None if gene_table is None else _sha256(gene_table),
         "aliases": dict(aliases or {}),
@@ -478,15 +506,14 @@ def build(
         "test_groups": test_groups,
         "max_cells": max_cells,
     }
-    plan = _check_inputs(files, label_key, donor_key, batch_key, keep, test_groups)
+    plan = _check_inputs(files, label_key, donor_key, batch_key, keep, test_groups, layer)
     rng = np.random.default_rng(seed)
     parts, inputs, flags = {}, [], []
     for file in files:
         name = file.stem
         planned_column, planned_unit, planned_groups = plan[name]
         held_out = sorted(set(test_groups or ()) & planned_groups)
-        adata = ad.read_h5ad(file)
-        _check_values(adata, file.name)
+        adata = _expression_in_x(ad.read_h5ad(file), file.name, layer)
         entry: dict[str, object] = {
             "name": name,
             "path": file.name,
@@ -512,7 +539,7 @@ def build(
                     f"{_removals(entry['qc'])}). Relax these thresholds for this dataset."
                 )
                 raise ValueError(msg)
-        lost = sorted(set(held_out) - set(_file_groups(adata.obs, name, planned_column)))
+        lost = _lost_groups(held_out, adata.obs, name, planned_column)
         if lost:
             msg = (
                 f"{file.name}: QC removed every cell of test_groups {lost} (removed by {_removals(entry['qc'])}). "
@@ -522,7 +549,7 @@ def build(
         if max_cells is not None and adata.n_obs > max_cells:
             adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
             entry["subsampled_to"] = max_cells
-            lost = sorted(set(held_out) - set(_file_groups(adata.obs, name, planned_column)))
+            lost = _lost_groups(held_out, adata.obs, name, planned_column)
             if lost:
                 msg = (
                     f"{file.name}: max_cells={max_cells} drew no cell of test_groups {lost}. Raise max_cells, or "

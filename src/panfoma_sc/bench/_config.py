@@ -69,6 +69,7 @@ DATASET_KEYS = frozenset(
         "batch_key",
         "donor_key",
         "keep",
+        "layer",
         "qc",
         "join",
         "fractions",
@@ -81,6 +82,8 @@ DATASET_KEYS = frozenset(
         "gates",
     }
 )
+#: Dataset keys of :func:`build` that :func:`build_paired` has no use for.
+PAIRED_IGNORED_KEYS = frozenset({"donor_key", "keep", "layer", "join", "fractions", "test_groups"})
 #: Dataset keys each built-in task cannot run without (the multi-omics task has defaults for both).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "annotation": ("label_key",),
@@ -96,7 +99,7 @@ def load_config(path: str | Path) -> dict:
     Layout: ``[run]`` (``seed``, ``model``, ``data_dir``, ``n_boot``), ``[methods]`` (method settings such
     as ``n_comps``, ``finetune_max_epochs``, ``integrate_max_steps``, ``joint_max_epochs``), ``[tasks.<task>]``
     (``methods`` to run) and one ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``,
-    ``label_key``, ``batch_key``, ``donor_key``, ``keep``, ``qc``, ``join``, ``fractions``, ``test_groups``,
+    ``label_key``, ``batch_key``, ``donor_key``, ``keep``, ``layer``, ``qc``, ``join``, ``fractions``, ``test_groups``,
     ``max_cells``, ``methods`` (a table ``{task = [methods]}``), ``umap``, ``cv``, ``note``, ``gates``).
     A task runs the methods its dataset lists, else those of ``[tasks.<task>]``, else its defaults; an empty
     list is refused (drop the task from the dataset's ``tasks`` instead). ``data_dir`` is relative to the
@@ -296,6 +299,7 @@ def _check_dataset(dataset: object, index: int, source: str) -> str:
         raise ValueError(msg)
     tasks = _check_tasks(dataset, where)
     _check_paired(files, tasks, where)
+    _check_paired_options(dataset, files, where)
     _check_dataset_methods(dataset, tasks, where)
     _check_build_options(dataset, where)
     for task in tasks:
@@ -327,6 +331,17 @@ def _check_paired(files: list, tasks: list[str], where: str) -> None:
     paired_tasks = set(tasks) & PAIRED_TASKS
     if paired_tasks and not all(paired):
         msg = f"{where}: the tasks {sorted(paired_tasks)} need one paired .h5mu file."
+        raise ValueError(msg)
+
+
+def _check_paired_options(dataset: Mapping, files: list, where: str) -> None:
+    """Refuse options of ``.h5ad`` builds in a paired ``.h5mu`` dataset, which :func:`build_paired` would ignore."""
+    ignored = sorted(PAIRED_IGNORED_KEYS & set(dataset))
+    if str(files[0]).endswith(".h5mu") and ignored:
+        msg = (
+            f"{where}: {ignored} apply to .h5ad datasets only; a paired .h5mu dataset is split by batch_key and reads "
+            "the RNA modality's X. Remove them from this dataset."
+        )
         raise ValueError(msg)
 
 
@@ -371,9 +386,11 @@ def _check_build_options(dataset: Mapping, where: str) -> None:
     if test_groups is not None and (isinstance(test_groups, str) or not isinstance(test_groups, list)):
         msg = f"{where}: test_groups must be a list, e.g. test_groups = [{str(test_groups)!r}]."
         raise ValueError(msg)
-    for key, example in (("label_key", "cell_type"), ("donor_key", "donor"), ("batch_key", "batch")):
+    named = (("label_key", "cell_type"), ("donor_key", "donor"), ("batch_key", "batch"), ("layer", "counts"))
+    for key, example in named:
         if key in dataset and (not isinstance(dataset[key], str) or not dataset[key]):
-            msg = f"{where}: {key} = {dataset[key]!r}: name one obs column as a string, e.g. {key} = {example!r}."
+            what = "layer" if key == "layer" else "obs column"
+            msg = f"{where}: {key} = {dataset[key]!r}: name one {what} as a string, e.g. {key} = {example!r}."
             raise ValueError(msg)
     if "gates" in dataset:
         _check_gates(dataset["gates"], where)

@@ -81,6 +81,7 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
                 dataset.get("batch_key"),
                 dataset.get("keep"),
                 dataset.get("test_groups"),
+                dataset.get("layer"),
             )
         except (KeyError, ValueError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -220,6 +221,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
                 donor_key=dataset.get("donor_key"),
                 batch_key=batch_key,
                 keep=dataset.get("keep"),
+                layer=dataset.get("layer"),
                 qc=QCThresholds(**dataset.get("qc", {})),
                 join=dataset.get("join", "inner"),
                 fractions=tuple(dataset.get("fractions", (0.6, 0.2, 0.2))),

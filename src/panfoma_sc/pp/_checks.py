@@ -39,6 +39,7 @@ def check_expression(
     layer: str | None = None,
     columns: np.ndarray | None = None,
     block_size: int = 2048,
+    allow_empty_cells: bool = False,
 ) -> ExpressionReport:
     """Check that expression values can be tokenized and say what they are.
 
@@ -55,6 +56,9 @@ def check_expression(
         Only these genes count (the genes matched to the vocabulary); default all.
     block_size
         Rows read at a time.
+    allow_empty_cells
+        Accept cells with no expressed gene (for callers that filter them out later, like
+        :func:`panfoma_sc.bench.build`'s QC); by default they are refused.
 
     Returns
     -------
@@ -64,7 +68,7 @@ def check_expression(
     ------
     ValueError
         No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); cells with no
-        expressed gene among ``columns``.
+        expressed gene among ``columns`` (unless ``allow_empty_cells``).
     """
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if adata.n_obs == 0:
@@ -96,7 +100,7 @@ def check_expression(
         nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
         empty_cells.extend(rows[nonzero == 0].tolist())
         max_expressed = max(max_expressed, int(nonzero.max(initial=0)))
-    if empty_cells:
+    if empty_cells and not allow_empty_cells:
         names = adata.obs_names[empty_cells[:5]].tolist()
         scope = "among the genes known to the model " if columns is not None else ""
         msg = (
