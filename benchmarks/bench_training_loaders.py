@@ -5,7 +5,10 @@ genes) is tiled to ``--cells`` rows and written once to a temporary CSR h5ad per
 then delivers batches of ``--batch-size`` cells as CSR rows of the genes matched to the vocabulary (what the
 trainer tokenizes), with no model. The cases:
 
-- ``ours``: ``PretrainingCorpus.batches`` (each batch = random rows of one file, sorted, read by fancy indexing).
+- ``ours``: ``PretrainingCorpus.batches`` with its defaults (each batch = random rows of one file, sorted; the
+  consecutive batches of a file read together, ``fetch_factor`` batches per read, with a boolean mask); ``one read
+  per batch`` reads each batch alone (as releases before block reading did, then with integer rows); ``ours b=16
+  f=64`` shuffles blocks of 16 rows in reads of 64 batches (``block_rows=16, cells_per_read=2048``).
 - ``anndata+DataLoader``: the backed ``X`` read with ``torch.utils.data.DataLoader`` over a ``BatchSampler`` of a
   ``RandomSampler`` (one batched read of random rows per batch).
 - ``scdataset``: ``scDataset`` with ``BlockShuffling(block_size)`` and ``fetch_factor`` (one read of
@@ -53,7 +56,10 @@ from scipy import sparse
 
 #: ``(name, loader, block_size, fetch_factor, fetch read)`` of every case, in table order
 CASES = [
-    ("ours", "ours", 1, 1, ""),
+    ("ours", "ours", 1, 64, ""),
+    ("ours, one read per batch", "ours", 1, 1, ""),
+    ("ours b=16 f=64", "ours", 16, 64, ""),
+    ("ours b=64 f=64", "ours", 64, 64, ""),
     ("anndata+DataLoader", "dataloader", 1, 1, ""),
     ("scdataset b=1 f=16", "scdataset", 1, 16, "mask"),
     ("scdataset b=16 f=16", "scdataset", 16, 16, "mask"),
@@ -120,6 +126,17 @@ class BackedRows:
         return sparse.csr_matrix(self._matrix[rows])[:, self.columns], rows
 
 
+def _corpus_options(case: dict, opts: dict) -> dict[str, int]:
+    """``PretrainingCorpus`` settings of an ``ours`` case."""
+    batch_size = opts["batch_size"]
+    return {
+        "batch_size": batch_size,
+        "seed": opts["seed"],
+        "block_rows": case["block"],
+        "cells_per_read": batch_size * case["fetch"],
+    }
+
+
 def loader_batches(case: dict, path: str, symbols: list[str], opts: dict):
     """An iterator over ``(csr_rows, file_rows)`` batches of ``case``, set up (file opened, genes matched)."""
     import torch
@@ -133,7 +150,7 @@ def loader_batches(case: dict, path: str, symbols: list[str], opts: dict):
     vocab = GeneVocabulary(symbols)
     batch_size, seed, workers = opts["batch_size"], opts["seed"], opts["workers"]
     if case["loader"] == "ours":
-        corpus = PretrainingCorpus([path], vocab, batch_size=batch_size, seed=seed)
+        corpus = PretrainingCorpus([path], vocab, **_corpus_options(case, opts))
         plan = corpus.epoch_plan(0)
         return ((batch.matrix, rows) for batch, (_, rows) in zip(corpus.batches(0), plan, strict=True))
 
@@ -198,7 +215,7 @@ def epoch_rows(case: dict, path: str, symbols: list[str], n_obs: int, opts: dict
 
     batch_size, seed = opts["batch_size"], opts["seed"]
     if case["loader"] == "ours":
-        corpus = PretrainingCorpus([path], GeneVocabulary(symbols), batch_size=batch_size, seed=seed)
+        corpus = PretrainingCorpus([path], GeneVocabulary(symbols), **_corpus_options(case, opts))
         plan = [rows for _, rows in corpus.epoch_plan(0)]
         corpus.close()
         return plan
@@ -355,8 +372,8 @@ def main() -> None:
             {
                 "file": compression,
                 "loader": name,
-                "block_size": case["block"] if case["loader"] == "scdataset" else None,
-                "fetch_factor": case["fetch"] if case["loader"] == "scdataset" else None,
+                "block_size": case["block"] if case["loader"] in ("scdataset", "ours") else None,
+                "fetch_factor": case["fetch"] if case["loader"] in ("scdataset", "ours") else None,
                 "cells_per_s": statistics.median(r["cells_per_s"] for r in runs),
                 "vs_ours": statistics.median(r["cells_per_s"] for r in runs)
                 / statistics.median(r["cells_per_s"] for r in ours)

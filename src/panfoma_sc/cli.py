@@ -263,6 +263,8 @@ def _training_config(args: argparse.Namespace, init_from: str | None) -> Trainin
         architecture=args.architecture,
         n_genes=args.n_genes,
         batch_size=args.batch_size,
+        block_rows=args.block_rows,
+        cells_per_read=args.cells_per_read,
         grad_accumulation=args.grad_accumulation,
         max_steps=args.steps,
         learning_rate=args.lr,
@@ -365,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--architecture", default="panfoma-tiny")
     pre.add_argument("--n-genes", type=int, default=256, help="genes per cell while training")
     pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument(
+        "--block-rows",
+        type=int,
+        default=1,
+        help="shuffle blocks of this many consecutive rows (1: single rows); 16 reads gzip files ~10x faster",
+    )
+    pre.add_argument("--cells-per-read", type=int, default=2048, help="cells read from a file at once, at most")
     pre.add_argument("--grad-accumulation", type=int, default=1)
     pre.add_argument("--steps", type=int, default=1000, help="optimizer steps (the LR schedule spans them)")
     pre.add_argument("--lr", type=float, default=1e-3)

@@ -51,6 +51,11 @@ def iter_row_blocks(
         selected = row_index[start : start + block_size]
         if selected.size and selected[-1] - selected[0] + 1 == selected.size:
             block = matrix[int(selected[0]) : int(selected[-1]) + 1]
+        elif selected.size > 1 and np.all(np.diff(selected) > 0):
+            # a boolean mask makes anndata read a backed matrix run by run (integer rows: one row at a time)
+            mask = np.zeros(n_rows, dtype=bool)
+            mask[selected] = True
+            block = matrix[mask]
         else:
             block = matrix[selected]
         if getattr(block, "dtype", None) == np.float16:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._arguments import is_integer
 from ..data.rows import expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
 from ..data.vocab import GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
@@ -224,9 +225,20 @@ class CorpusBatch:
 class PretrainingCorpus:
     """Streams shuffled batches of cells from backed ``.h5ad`` files.
 
-    Every epoch's batch list is a pure function of ``(seed, epoch)``: each file's rows are shuffled and cut
-    into batches, batches of all files are shuffled together, and rank ``r`` of ``world`` takes every
-    ``world``-th batch. A run can therefore resume at any ``(epoch, batch)`` position exactly.
+    Every epoch's batch list is a pure function of ``(seed, epoch)``, and rank ``r`` of ``world`` takes every
+    ``world``-th batch (the same number on every rank). A run can therefore resume at any ``(epoch, batch)``
+    position exactly.
+
+    With ``block_rows=1`` (the default) each file's rows are shuffled and cut into batches, and the batches of all
+    files are shuffled together. With ``block_rows > 1`` (block shuffling) each file's rows are cut into blocks of
+    that many consecutive rows; the blocks are shuffled, dealt into reads of about ``cells_per_read`` cells, and
+    each read's cells are shuffled and cut into batches; the reads of all files are shuffled together. Batches stay
+    nearly as mixed (a read draws on ``cells_per_read / block_rows`` blocks) while the file is read in runs of
+    rows: on a gzip-compressed file, where each random row decompresses its own chunk, about 10x faster
+    (Performance page, "Data loaders").
+
+    Either way, consecutive batches of one file are read together, up to ``cells_per_read`` cells at a time, as
+    one read of a backed file (a boolean row mask, read run by run); the batches are the same as read one by one.
 
     Parameters
     ----------
@@ -238,12 +250,31 @@ class PretrainingCorpus:
         Cells per batch (all from one file).
     seed
         Shuffling seed.
+    block_rows
+        Consecutive rows per shuffled block; 1 shuffles single rows (the plan of earlier releases).
+    cells_per_read
+        Cells read from a file at once, at most (and the size of a block-shuffled read).
     """
 
-    def __init__(self, files: Sequence[str | Path], vocab: GeneVocabulary, *, batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        vocab: GeneVocabulary,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        block_rows: int = 1,
+        cells_per_read: int = 2048,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("block_rows", block_rows), ("cells_per_read", cells_per_read)):
+            if not is_integer(value) or value < 1:
+                msg = f"{name}={value!r}: use an integer >= 1."
+                raise ValueError(msg)
         self.files = [Path(f) for f in files]
         self.batch_size = batch_size
         self.seed = seed
+        self.block_rows = int(block_rows)
+        self.cells_per_read = int(cells_per_read)
         self._data = [ad.read_h5ad(f, backed="r") for f in self.files]
         # a backed adata.X is a new object on every access, which reads the file's whole indptr again: open it once
         self._matrices = [a.X for a in self._data]
@@ -265,21 +296,61 @@ class PretrainingCorpus:
     def epoch_plan(self, epoch: int, *, rank: int = 0, world: int = 1) -> list[tuple[int, np.ndarray]]:
         """``(file_index, sorted_rows)`` batches of this rank for ``epoch``, equal in number on every rank."""
         rng = np.random.default_rng([self.seed, epoch])
-        plan = []
-        for index, adata in enumerate(self._data):
-            rows = rng.permutation(adata.n_obs)
-            plan.extend((index, np.sort(rows[s : s + self.batch_size])) for s in range(0, adata.n_obs, self.batch_size))
-        order = rng.permutation(len(plan))
-        plan = [plan[i] for i in order]
+        if self.block_rows == 1:
+            plan = []
+            for index, adata in enumerate(self._data):
+                rows = rng.permutation(adata.n_obs)
+                plan.extend(
+                    (index, np.sort(rows[s : s + self.batch_size])) for s in range(0, adata.n_obs, self.batch_size)
+                )
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+        else:
+            reads = self._block_reads(rng)
+            plan = [batch for i in rng.permutation(len(reads)) for batch in reads[i]]
         usable = len(plan) - len(plan) % world  # same number of steps on every rank
         return plan[rank:usable:world]
 
+    def _block_reads(self, rng: np.random.Generator) -> list[list[tuple[int, np.ndarray]]]:
+        """Every file's block-shuffled reads, each a list of ``(file_index, sorted_rows)`` batches."""
+        read_cells = max(1, self.cells_per_read // self.batch_size) * self.batch_size
+        reads = []
+        for index, adata in enumerate(self._data):
+            n_blocks = -(-adata.n_obs // self.block_rows)
+            order = (rng.permutation(n_blocks)[:, None] * self.block_rows + np.arange(self.block_rows)).ravel()
+            order = order[order < adata.n_obs]  # the last block may be short
+            for first in range(0, order.size, read_cells):
+                rows = rng.permutation(order[first : first + read_cells])
+                batches = range(0, rows.size, self.batch_size)
+                reads.append([(index, np.sort(rows[s : s + self.batch_size])) for s in batches])
+        return reads
+
     def batches(self, epoch: int, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[CorpusBatch]:
         """Read this rank's batches of ``epoch`` from position ``start`` on."""
-        for file_index, rows in self.epoch_plan(epoch, rank=rank, world=world)[start:]:
-            match = self._matches[file_index]
-            _, block = next(iter_row_blocks(self._matrices[file_index], len(rows), columns=match.columns, rows=rows))
-            yield CorpusBatch(file_index, block, match.gene_ids, self._keys[file_index][rows])
+        plan = self.epoch_plan(epoch, rank=rank, world=world)[start:]
+        position = 0
+        while position < len(plan):
+            file_index = plan[position][0]
+            group, cells = [], 0
+            while position < len(plan) and plan[position][0] == file_index:
+                rows = plan[position][1]
+                if group and cells + rows.size > self.cells_per_read:
+                    break
+                group.append(rows)
+                cells += rows.size
+                position += 1
+            yield from self._read_together(file_index, group)
+
+    def _read_together(self, file_index: int, group: list[np.ndarray]) -> Iterator[CorpusBatch]:
+        """The batches of ``group`` (sorted rows of one file each), from one read of their rows."""
+        match = self._matches[file_index]
+        together = np.unique(np.concatenate(group))
+        _, block = next(
+            iter_row_blocks(self._matrices[file_index], together.size, columns=match.columns, rows=together)
+        )
+        for rows in group:
+            yield CorpusBatch(
+                file_index, block[np.searchsorted(together, rows)], match.gene_ids, self._keys[file_index][rows]
+            )
 
     def sample(self, max_cells_per_file: int, *, seed: int = 0, block: int = 512) -> Iterator[CorpusBatch]:
         """Up to ``max_cells_per_file`` random cells of every file (seeded), in blocks of ``block`` rows."""

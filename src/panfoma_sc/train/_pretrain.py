@@ -51,6 +51,10 @@ class TrainingConfig:
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"d_model": 64}
     n_genes: int = 256  # genes per cell while training (inference may use more)
     batch_size: int = 32  # cells per micro-batch
+    # data loading: blocks of this many consecutive rows are shuffled (1: single rows, as panfoma-tiny was trained),
+    # and up to cells_per_read cells of a file are read at once (see PretrainingCorpus)
+    block_rows: int = 1
+    cells_per_read: int = 2048
     grad_accumulation: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
     learning_rate: float = 1e-3
@@ -94,6 +98,7 @@ class TrainingConfig:
             msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
         least = {"n_genes": 1, "batch_size": 1, "grad_accumulation": 1, "max_steps": 1, "log_every": 1}
+        least |= {"block_rows": 1, "cells_per_read": 1}
         least |= {"checkpoint_every": 1, "gene_init_steps": 1, "warmup_steps": 0}
         for name, minimum in least.items():
             value = getattr(self, name)
@@ -344,10 +349,12 @@ def check_resumable(out_dir: str | Path, config: TrainingConfig, files: Sequence
         return
     saved = json.loads(run_file.read_text())
     now = config.to_dict()
+    # a setting added after the run started reads back as its default, the value the run had in effect
+    then = {name: _as_json(getattr(TrainingConfig(), name)) for name in now} | saved["config"]
     changed = [
-        f"{name}: {saved['config'].get(name)!r} -> {value!r}"
+        f"{name}: {then.get(name)!r} -> {value!r}"
         for name, value in now.items()
-        if name not in RESUMABLE_CHANGES and _as_json(value) != saved["config"].get(name)
+        if name not in RESUMABLE_CHANGES and _as_json(value) != then.get(name)
     ]
     saved_files, new_files = [Path(f).name for f in saved.get("files", [])], [Path(f).name for f in files]
     if saved_files != new_files:
@@ -452,7 +459,14 @@ def pretrain(
             **({"value_encoding": config.value_encoding} | config.model_overrides), vocab_size=len(vocab)
         )
         network = PanFoMa(architecture).to(device)
-    corpus = PretrainingCorpus(files, vocab, batch_size=config.batch_size, seed=config.seed)
+    corpus = PretrainingCorpus(
+        files,
+        vocab,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        block_rows=config.block_rows,
+        cells_per_read=config.cells_per_read,
+    )
     state_path = out_dir / STATE_FILE
     resuming = resume and state_path.is_file()
     if config.gene_init != "random" and not resuming:
