@@ -149,9 +149,12 @@ def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` intra-op threads (None: torch's default, one per core)."""
+    """Use ``threads`` intra-op threads (None: torch's default, one per core), in panfoma-sc's runs too."""
     if threads:
+        import panfoma_sc as pf
+
         torch.set_num_threads(threads)
+        pf.settings.n_threads = threads
 
 
 def machine(device: str) -> dict[str, Any]:

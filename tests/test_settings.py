@@ -61,3 +61,54 @@ def test_an_empty_cache_or_data_dir_variable_counts_as_unset(monkeypatch, tmp_pa
     monkeypatch.setenv("PANFOMA_DATA_DIR", str(tmp_path / "data"))
     assert Settings().cache_dir == tmp_path / "cache"
     assert Settings().data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("n_threads", "variable", "expected"),
+    [(None, None, None), (None, "1", 1), (None, "4,2", 4), (None, "abc", None), (None, "0", None), (3, "1", 3)],
+)
+def test_threads_come_from_the_setting_else_omp_num_threads(monkeypatch, n_threads, variable, expected):
+    if variable is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", variable)
+    assert Settings(n_threads=n_threads).resolve_threads() == expected
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "2"])
+def test_a_thread_count_that_cannot_run_is_refused(value):
+    with pytest.raises(ValueError, match=rf"pf.settings.n_threads={value!r}: use an integer >= 1, or None"):
+        Settings(n_threads=value).resolve_threads()
+
+
+def test_embed_runs_with_omp_num_threads_even_after_another_library_changed_torch(
+    monkeypatch, pbmc68k, tiny_checkpoint
+):
+    """numba's OpenMP layer (sc.pp.neighbors, sc.tl.umap) sets torch's threads to every core; embed follows the user."""
+    import torch
+
+    import panfoma_sc as pf
+    from panfoma_sc.models import _pretrained
+
+    seen = []
+    original = _pretrained.cells_per_forward
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_pretrained, "cells_per_forward", recording)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what numba's OpenMP layer does on a 2-core machine
+    try:
+        pf.tl.embed(pbmc68k[:40].copy(), model=tiny_checkpoint, batch_size=16, progress=False)
+        assert seen
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2  # the caller's count is restored
+        monkeypatch.setattr(pf.settings, "n_threads", 2)
+        seen.clear()
+        pf.tl.embed(pbmc68k[:40].copy(), model=tiny_checkpoint, batch_size=16, progress=False)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

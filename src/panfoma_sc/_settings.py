@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PRECISIONS", "Settings", "settings"]
+from ._arguments import is_integer
+
+__all__ = ["PRECISIONS", "Settings", "settings", "torch_threads"]
 
 #: Accepted values of ``precision``: ``"auto"`` is bf16 autocast on CUDA and float32 elsewhere.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -78,6 +82,12 @@ class Settings:
         ``$XDG_CACHE_HOME/panfoma-sc``, else ``~/.cache/panfoma-sc``).
     data_dir
         Folder of real datasets for :mod:`panfoma_sc.datasets` (env ``PANFOMA_DATA_DIR``; unset or empty: none).
+    n_threads
+        CPU threads torch uses while panfoma-sc runs a model (embedding, fine-tuning, pretraining); ``None``
+        (default): ``$OMP_NUM_THREADS`` when it is set, else torch's own setting. The count is set for the run
+        and restored afterwards. Other libraries can change torch's count behind the user's back: numba's OpenMP
+        layer (used by ``sc.pp.neighbors`` and ``sc.tl.umap``) sets it to every core, ignoring
+        ``OMP_NUM_THREADS``.
     """
 
     device: str = "auto"
@@ -86,6 +96,7 @@ class Settings:
     prefetch: int | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
     data_dir: Path | None = field(default_factory=lambda: _env_path("PANFOMA_DATA_DIR"))
+    n_threads: int | None = None
 
     def resolve_device(self, device: str | None = None) -> str:
         """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved.
@@ -133,5 +144,38 @@ class Settings:
             raise ValueError(msg)
         return choice
 
+    def resolve_threads(self) -> int | None:
+        """Torch CPU threads to run models with.
+
+        :attr:`n_threads`, else ``$OMP_NUM_THREADS``, else ``None`` (leave torch's count as it is).
+        """
+        if self.n_threads is not None:
+            if not is_integer(self.n_threads) or self.n_threads < 1:
+                msg = f"pf.settings.n_threads={self.n_threads!r}: use an integer >= 1, or None."
+                raise ValueError(msg)
+            return int(self.n_threads)
+        value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP also accepts "4,2"
+        return int(value) if value.isdigit() and int(value) >= 1 else None
+
 
 settings = Settings()
+
+
+@contextmanager
+def torch_threads() -> Iterator[None]:
+    """Run the block with torch's CPU thread count at :meth:`Settings.resolve_threads`, restored afterwards."""
+    wanted = settings.resolve_threads()
+    if wanted is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    if wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

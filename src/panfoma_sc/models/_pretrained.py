@@ -12,7 +12,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .._settings import settings
+from .._settings import settings, torch_threads
 from ..data.prefetch import Prefetcher
 from ..data.tokenizer import TokenBatch, Tokenizer
 from ._checkpoint import HEADS_PREFIX, Checkpoint, read_checkpoint, sha256sum, write_checkpoint
@@ -322,6 +322,7 @@ class PretrainedModel:
             desc="predict",
         )
 
+    @torch_threads()
     def _map_blocks(
         self,
         transform,

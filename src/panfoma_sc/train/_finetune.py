@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._arguments import require_integer, require_number
-from .._settings import settings
+from .._settings import settings, torch_threads
 from ..data.rows import iter_row_blocks
 from ..data.tokenizer import sample_expression_targets
 from ..models._pretrained import CLASSIFIER_HEAD, PretrainedModel, tokens_to_torch
@@ -221,6 +221,7 @@ def _step_tokens(
     return tokens_to_torch(tokenizer(block, cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
 
 
+@torch_threads()
 def finetune_classifier(
     model: PretrainedModel,
     cells: CellRows,
@@ -498,6 +499,7 @@ class _IntegrationObjective(nn.Module):
         return loss_value, loss_mvc, loss_batch, batch_mmd(output.cell_embedding, batches)
 
 
+@torch_threads()
 def finetune_integration(
     model: PretrainedModel,
     cells: CellRows,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._settings import settings
+from .._settings import settings, torch_threads
 from ..data.features import append_feature_tokens
 from ..models._pretrained import PretrainedModel, tokens_to_torch
 from ..nn import BatchDiscriminator, PanFoMa, masked_bin_loss
@@ -97,6 +97,7 @@ class MultimodalEncoder:
         joint = append_feature_tokens(gene_tokens, feature_ids, features.bins[rows], pad_id=self.model.vocab.pad_id)
         return tokens_to_torch(joint, device)
 
+    @torch_threads()
     def embed(
         self,
         cells: CellRows,
@@ -148,6 +149,7 @@ class _JointObjective(nn.Module):
         return losses
 
 
+@torch_threads()
 def finetune_multimodal(
     model: PretrainedModel,
     cells: CellRows,

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._arguments import is_integer
-from .._settings import settings
+from .._settings import settings, torch_threads
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
 from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
@@ -373,6 +373,7 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+@torch_threads()
 def pretrain(
     files: Sequence[str | Path],
     out_dir: str | Path,
