@@ -8,7 +8,8 @@ trainer tokenizes), with no model. The cases:
 - ``ours``: ``PretrainingCorpus.batches`` with its defaults (each batch = random rows of one file, sorted; the
   consecutive batches of a file read together, ``fetch_factor`` batches per read, with a boolean mask); ``one read
   per batch`` reads each batch alone (as releases before block reading did, then with integer rows); ``ours b=16
-  f=64`` shuffles blocks of 16 rows in reads of 64 batches (``block_rows=16, cells_per_read=2048``).
+  f=64`` shuffles blocks of 16 rows in reads of 64 batches (``block_rows=16, cells_per_read=2048``), 4 reads
+  dealt in turn (``interleave=4``, the default).
 - ``anndata+DataLoader``: the backed ``X`` read with ``torch.utils.data.DataLoader`` over a ``BatchSampler`` of a
   ``RandomSampler`` (one batched read of random rows per batch).
 - ``scdataset``: ``scDataset`` with ``BlockShuffling(block_size)`` and ``fetch_factor`` (one read of
@@ -256,8 +257,13 @@ def randomness(batches: list[np.ndarray], type_codes: dict[str, np.ndarray], reg
 
 
 def whole_fetches(batches: int, case: dict) -> int:
-    """``batches`` rounded up to whole fetches of ``case``, so that every timed fetch is read in the timed window."""
-    return -(-batches // case["fetch"]) * case["fetch"]
+    """``batches`` rounded up to whole fetches of ``case``, so that every timed fetch is read in the timed window.
+
+    Our block-shuffled reads are made ``interleave`` (4) at a time and their batches dealt in turn, so a fetch
+    there is 4 reads.
+    """
+    unit = case["fetch"] * (4 if case["loader"] == "ours" and case["block"] > 1 else 1)
+    return -(-batches // unit) * unit
 
 
 def measure(case: dict, path: str, symbols: list[str], checks: dict, opts: dict) -> dict[str, Any]:

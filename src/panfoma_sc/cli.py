@@ -265,6 +265,7 @@ def _training_config(args: argparse.Namespace, init_from: str | None) -> Trainin
         batch_size=args.batch_size,
         block_rows=args.block_rows,
         cells_per_read=args.cells_per_read,
+        interleave=args.interleave,
         grad_accumulation=args.grad_accumulation,
         max_steps=args.steps,
         learning_rate=args.lr,
@@ -371,10 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-rows",
         type=int,
         default=1,
-        help="shuffle blocks of this many consecutive rows (1: single rows); 16 reads gzip files ~8x faster, "
-        "but each read's batches then come from one file in a row",
+        help="shuffle blocks of this many consecutive rows (1: single rows); 16 reads gzip files ~8x faster",
     )
     pre.add_argument("--cells-per-read", type=int, default=2048, help="cells read from a file at once, at most")
+    pre.add_argument(
+        "--interleave", type=int, default=4, help="with --block-rows > 1: reads whose batches are dealt in turn"
+    )
     pre.add_argument("--grad-accumulation", type=int, default=1)
     pre.add_argument("--steps", type=int, default=1000, help="optimizer steps (the LR schedule spans them)")
     pre.add_argument("--lr", type=float, default=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -85,14 +86,34 @@ def test_block_plans_cover_every_cell_once_in_reads_of_few_blocks(corpus_files, 
     # 256 cells: 4 whole reads of 4 batches, each drawn from 64 / 8 = 8 blocks of 8 rows
     ad.read_h5ad(corpus_files[0])[:256].copy().write_h5ad(tmp_path / "even.h5ad")
     even = PretrainingCorpus([tmp_path / "even.h5ad"], vocab, batch_size=16, block_rows=8, cells_per_read=64)
-    plan = even.epoch_plan(0)
-    reads = [np.concatenate([rows for _, rows in plan[s : s + 4]]) for s in range(0, 16, 4)]
+    plan = even.epoch_plan(0)  # the 4 reads' batches dealt in turn (interleave=4): read j is plan[j::4]
+    reads = [np.concatenate([rows for _, rows in plan[j::4]]) for j in range(4)]
     assert [np.unique(read // 8).size for read in reads] == [8, 8, 8, 8]
+    assert sorted(np.concatenate(reads).tolist()) == list(range(256))
     assert all(np.unique(rows // 8).size > 1 for _, rows in plan)  # cells of a read are shuffled among its batches
+    in_turn = PretrainingCorpus(
+        [tmp_path / "even.h5ad"], vocab, batch_size=16, block_rows=8, cells_per_read=64, interleave=1
+    ).epoch_plan(0)  # one read after the other
+    assert [np.unique(np.concatenate([r for _, r in in_turn[s : s + 4]]) // 8).size for s in range(0, 16, 4)] == [8] * 4
     # single-row shuffling spreads 64 cells over about 30 of the 8-row blocks
     single = PretrainingCorpus([tmp_path / "even.h5ad"], vocab, batch_size=16).epoch_plan(0)
     assert min(np.unique(np.concatenate([r for _, r in single[s : s + 4]]) // 8).size for s in range(0, 16, 4)) > 16
     even.close()
+
+
+def test_consecutive_block_batches_switch_between_files(corpus_files, vocab):
+    corpus = PretrainingCorpus(corpus_files, vocab, batch_size=16, block_rows=8, cells_per_read=64, interleave=4)
+    files = [file_index for file_index, _ in corpus.epoch_plan(0)]
+    one_read_at_a_time = PretrainingCorpus(
+        corpus_files, vocab, batch_size=16, block_rows=8, cells_per_read=64, interleave=1
+    )
+    files_in_turn = [file_index for file_index, _ in one_read_at_a_time.epoch_plan(0)]
+    corpus.close()
+    one_read_at_a_time.close()
+    switches = sum(a != b for a, b in itertools.pairwise(files))
+    switches_in_turn = sum(a != b for a, b in itertools.pairwise(files_in_turn))
+    assert switches_in_turn < 8  # 5 reads of the first file, 3 of the second, each read's batches in a row
+    assert switches > 2 * switches_in_turn
 
 
 @pytest.mark.parametrize("block_rows", [1, 8])
@@ -135,7 +156,8 @@ def test_consecutive_batches_of_a_file_are_read_together(corpus_files, vocab, mo
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"), [("block_rows", 0), ("cells_per_read", 0), ("block_rows", 2.5), ("batch_size", 0)]
+    ("setting", "value"),
+    [("block_rows", 0), ("cells_per_read", 0), ("block_rows", 2.5), ("batch_size", 0), ("interleave", 0)],
 )
 def test_corpus_settings_that_cannot_read_are_refused(corpus_files, vocab, setting, value):
     options = {"batch_size": 16, setting: value}
@@ -172,7 +194,7 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(corpus_
     pretrain(corpus_files, tmp_path, vocab=vocab, config=TrainingConfig(**(config.to_dict() | {"stop_after": 1})))
     run_file = tmp_path / "run.json"
     run = json.loads(run_file.read_text())
-    for name in ("block_rows", "cells_per_read"):  # as an older release wrote run.json
+    for name in ("block_rows", "cells_per_read", "interleave"):  # as an older release wrote run.json
         del run["config"][name]
     run_file.write_text(json.dumps(run))
     check_resumable(tmp_path, config, corpus_files)  # does not raise

@@ -230,15 +230,17 @@ class PretrainingCorpus:
     position exactly.
 
     With ``block_rows=1`` (the default) each file's rows are shuffled and cut into batches, and the batches of all
-    files are shuffled together. With ``block_rows > 1`` (block shuffling) each file's rows are cut into blocks of
-    that many consecutive rows; the blocks are shuffled, dealt into reads of about ``cells_per_read`` cells, and
-    each read's cells are shuffled and cut into batches; the reads of all files are shuffled together. Batches stay
-    nearly as mixed (a read draws on ``cells_per_read / block_rows`` blocks) while the file is read in runs of
-    rows: on a gzip-compressed file, where each random row decompresses its own chunk, about 10x faster
-    (Performance page, "Data loaders").
+    files are shuffled together; consecutive batches of one file are read together, up to ``cells_per_read`` cells
+    at a time, as one read of the backed file (a boolean row mask, read run by run).
 
-    Either way, consecutive batches of one file are read together, up to ``cells_per_read`` cells at a time, as
-    one read of a backed file (a boolean row mask, read run by run); the batches are the same as read one by one.
+    With ``block_rows > 1`` (block shuffling) each file's rows are cut into blocks of that many consecutive rows;
+    the blocks are shuffled and dealt into reads of ``cells_per_read`` cells, and each read's cells are shuffled
+    and cut into batches. The reads of all files are shuffled together and taken ``interleave`` at a time, their
+    batches dealt in turn, so that consecutive steps draw on ``interleave`` reads (often of as many files). Each
+    read is one read of the file (this rank's cells of it) and at most ``interleave`` reads are held in memory.
+    Batches stay nearly as mixed (a read draws on ``cells_per_read / block_rows`` blocks) while the file is read in
+    runs of rows: on a gzip-compressed file, where each random row decompresses its own chunk, about 8x faster
+    (Performance page, "Data loaders"). The batches are the same as read one by one.
 
     Parameters
     ----------
@@ -254,6 +256,8 @@ class PretrainingCorpus:
         Consecutive rows per shuffled block; 1 shuffles single rows (the plan of earlier releases).
     cells_per_read
         Cells read from a file at once, at most (and the size of a block-shuffled read).
+    interleave
+        Block-shuffled reads whose batches are dealt in turn (ignored with ``block_rows=1``).
     """
 
     def __init__(
@@ -265,8 +269,10 @@ class PretrainingCorpus:
         seed: int = 0,
         block_rows: int = 1,
         cells_per_read: int = 2048,
+        interleave: int = 4,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("block_rows", block_rows), ("cells_per_read", cells_per_read)):
+        sizes = {"batch_size": batch_size, "block_rows": block_rows, "cells_per_read": cells_per_read}
+        for name, value in (sizes | {"interleave": interleave}).items():
             if not is_integer(value) or value < 1:
                 msg = f"{name}={value!r}: use an integer >= 1."
                 raise ValueError(msg)
@@ -275,6 +281,7 @@ class PretrainingCorpus:
         self.seed = seed
         self.block_rows = int(block_rows)
         self.cells_per_read = int(cells_per_read)
+        self.interleave = int(interleave)
         self._data = [ad.read_h5ad(f, backed="r") for f in self.files]
         # a backed adata.X is a new object on every access, which reads the file's whole indptr again: open it once
         self._matrices = [a.X for a in self._data]
@@ -295,18 +302,26 @@ class PretrainingCorpus:
 
     def epoch_plan(self, epoch: int, *, rank: int = 0, world: int = 1) -> list[tuple[int, np.ndarray]]:
         """``(file_index, sorted_rows)`` batches of this rank for ``epoch``, equal in number on every rank."""
+        return [(file_index, rows) for file_index, rows, _ in self._plan(epoch, rank, world)]
+
+    def _plan(self, epoch: int, rank: int, world: int) -> list[tuple[int, np.ndarray, int]]:
+        """``(file_index, sorted_rows, read)`` batches of a rank; ``read`` numbers block-shuffled reads, else -1."""
         rng = np.random.default_rng([self.seed, epoch])
+        plan: list[tuple[int, np.ndarray, int]] = []
         if self.block_rows == 1:
-            plan = []
             for index, adata in enumerate(self._data):
                 rows = rng.permutation(adata.n_obs)
                 plan.extend(
-                    (index, np.sort(rows[s : s + self.batch_size])) for s in range(0, adata.n_obs, self.batch_size)
+                    (index, np.sort(rows[s : s + self.batch_size]), -1) for s in range(0, adata.n_obs, self.batch_size)
                 )
             plan = [plan[i] for i in rng.permutation(len(plan))]
         else:
             reads = self._block_reads(rng)
-            plan = [batch for i in rng.permutation(len(reads)) for batch in reads[i]]
+            order = rng.permutation(len(reads))
+            for first in range(0, order.size, self.interleave):
+                window = order[first : first + self.interleave]
+                for turn in range(max(len(reads[read]) for read in window)):
+                    plan.extend((*reads[read][turn], int(read)) for read in window if turn < len(reads[read]))
         usable = len(plan) - len(plan) % world  # same number of steps on every rank
         return plan[rank:usable:world]
 
@@ -326,7 +341,27 @@ class PretrainingCorpus:
 
     def batches(self, epoch: int, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[CorpusBatch]:
         """Read this rank's batches of ``epoch`` from position ``start`` on."""
-        plan = self.epoch_plan(epoch, rank=rank, world=world)[start:]
+        plan = self._plan(epoch, rank, world)[start:]
+        if self.block_rows == 1:
+            yield from self._single_row_batches(plan)
+            return
+        rows_of_read: dict[int, list[np.ndarray]] = {}
+        for _, rows, read in plan:
+            rows_of_read.setdefault(read, []).append(rows)
+        left = {read: len(batches) for read, batches in rows_of_read.items()}
+        held: dict[int, tuple[np.ndarray, sparse.csr_matrix]] = {}  # this rank's cells of the reads in turn
+        for file_index, rows, read in plan:
+            if read not in held:
+                together = np.unique(np.concatenate(rows_of_read.pop(read)))
+                held[read] = together, self._read(file_index, together)
+            together, block = held[read]
+            yield self._batch(file_index, rows, block[np.searchsorted(together, rows)])
+            left[read] -= 1
+            if not left[read]:
+                del held[read]
+
+    def _single_row_batches(self, plan: list[tuple[int, np.ndarray, int]]) -> Iterator[CorpusBatch]:
+        """The batches of a single-row plan, consecutive batches of a file read together (``cells_per_read``)."""
         position = 0
         while position < len(plan):
             file_index = plan[position][0]
@@ -338,19 +373,19 @@ class PretrainingCorpus:
                 group.append(rows)
                 cells += rows.size
                 position += 1
-            yield from self._read_together(file_index, group)
+            together = np.unique(np.concatenate(group))
+            block = self._read(file_index, together)
+            for rows in group:
+                yield self._batch(file_index, rows, block[np.searchsorted(together, rows)])
 
-    def _read_together(self, file_index: int, group: list[np.ndarray]) -> Iterator[CorpusBatch]:
-        """The batches of ``group`` (sorted rows of one file each), from one read of their rows."""
-        match = self._matches[file_index]
-        together = np.unique(np.concatenate(group))
-        _, block = next(
-            iter_row_blocks(self._matrices[file_index], together.size, columns=match.columns, rows=together)
-        )
-        for rows in group:
-            yield CorpusBatch(
-                file_index, block[np.searchsorted(together, rows)], match.gene_ids, self._keys[file_index][rows]
-            )
+    def _read(self, file_index: int, rows: np.ndarray) -> sparse.csr_matrix:
+        """Sorted ``rows`` of one file, on the genes matched to the vocabulary, in one read."""
+        columns = self._matches[file_index].columns
+        _, block = next(iter_row_blocks(self._matrices[file_index], rows.size, columns=columns, rows=rows))
+        return block
+
+    def _batch(self, file_index: int, rows: np.ndarray, matrix: sparse.csr_matrix) -> CorpusBatch:
+        return CorpusBatch(file_index, matrix, self._matches[file_index].gene_ids, self._keys[file_index][rows])
 
     def sample(self, max_cells_per_file: int, *, seed: int = 0, block: int = 512) -> Iterator[CorpusBatch]:
         """Up to ``max_cells_per_file`` random cells of every file (seeded), in blocks of ``block`` rows."""

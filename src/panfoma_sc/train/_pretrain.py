@@ -52,9 +52,11 @@ class TrainingConfig:
     n_genes: int = 256  # genes per cell while training (inference may use more)
     batch_size: int = 32  # cells per micro-batch
     # data loading: blocks of this many consecutive rows are shuffled (1: single rows, as panfoma-tiny was trained),
-    # and up to cells_per_read cells of a file are read at once (see PretrainingCorpus)
+    # up to cells_per_read cells of a file are read at once, and with blocks the batches of `interleave` reads are
+    # dealt in turn (see PretrainingCorpus)
     block_rows: int = 1
     cells_per_read: int = 2048
+    interleave: int = 4
     grad_accumulation: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
     learning_rate: float = 1e-3
@@ -98,7 +100,7 @@ class TrainingConfig:
             msg = f"gene_init must be one of {', '.join(map(repr, GENE_INITS))}, not {self.gene_init!r}."
             raise ValueError(msg)
         least = {"n_genes": 1, "batch_size": 1, "grad_accumulation": 1, "max_steps": 1, "log_every": 1}
-        least |= {"block_rows": 1, "cells_per_read": 1}
+        least |= {"block_rows": 1, "cells_per_read": 1, "interleave": 1}
         least |= {"checkpoint_every": 1, "gene_init_steps": 1, "warmup_steps": 0}
         for name, minimum in least.items():
             value = getattr(self, name)
@@ -467,6 +469,7 @@ def pretrain(
         seed=config.seed,
         block_rows=config.block_rows,
         cells_per_read=config.cells_per_read,
+        interleave=config.interleave,
     )
     state_path = out_dir / STATE_FILE
     resuming = resume and state_path.is_file()
