@@ -25,6 +25,24 @@ def test_default_model_is_bundled_and_loads_offline():
     assert bool(table.loc["panfoma-tiny", "available_offline"])
 
 
+def test_the_default_model_carries_its_model_card_held_out_table():
+    """``describe`` shows the held-out evaluation the model card reports, from the same CSV."""
+    import pandas as pd
+
+    table = pd.read_csv(Path(__file__).parents[2] / "docs" / "model_cards" / "panfoma-tiny-eval.csv")
+    metrics = pf.models.describe("panfoma-tiny")["metrics"]
+    assert set(metrics["held_out"]) == set(table["dataset"])
+    labels = {"trained": "PanFoMa trained", "random_weights": "PanFoMa random weights", "pca_hvg": "PCA(50) on HVGs"}
+    for dataset, scores in metrics["held_out"].items():
+        rows = table[table["dataset"] == dataset]
+        for key, label in labels.items():
+            row = rows[rows["method"].str.startswith(label)].iloc[0]
+            assert scores[key]["knn_accuracy"] == round(row["knn_accuracy"], 3)
+            assert scores[key]["avg_bio"] == round(row["avg_bio"], 3)
+            assert scores[key]["runs"] == row["runs"]
+    assert "evaluate_panfoma_tiny.py" in metrics["command"]
+
+
 def test_corrupted_copy_of_the_default_model_fails_its_checksum(tmp_path):
     entry = _builtin_entries()["panfoma-tiny"]
     model = pf.models.load("panfoma-tiny")

@@ -423,6 +423,9 @@ def available() -> pd.DataFrame:
 def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
     """Everything known about a checkpoint: config, parameter count, vocabulary size, training summary.
 
+    The checkpoint's provenance comes along, e.g. the bundled model's training data and its held-out evaluation
+    (``"metrics"``: kNN accuracy and AvgBIO of the trained network, random weights and PCA per dataset).
+
     An architecture name of :data:`panfoma_sc.nn.CONFIGS` with no registered checkpoint (e.g.
     ``"panfoma-base"``) is described too, with the parameter count for the default model's vocabulary.
 
