@@ -61,9 +61,10 @@ def _embed(args: argparse.Namespace) -> int:
     key = args.key_added or "X_panfoma"
     if rank == 0:
         adata.write_h5ad(args.output)
+    _leave_torchrun(world)  # before the summary line, which may meet a closed pipe
+    if rank == 0:
         processes = f" ({world} processes)" if world > 1 else ""
         print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}{processes}.")
-    _leave_torchrun(world)
     return EXIT_OK
 
 
