@@ -235,17 +235,49 @@ def _pretrain(args: argparse.Namespace) -> int:
         vocab = start.vocab
     elif resuming and vocab_file.is_file():  # the run's own vocabulary, as --min-cells and --gene-table made it
         vocab = GeneVocabulary.from_json(vocab_file.read_text())
-        logging.getLogger(__name__).info("Resuming with the run's %s (--min-cells, --gene-table unused).", vocab_file)
+        _warn_of_unused_vocabulary_options(out / VOCAB_OPTIONS_FILE, args.min_cells, args.gene_table)
     else:  # a new run or --restart: built from these files and options, never an earlier run's vocab.json
-        vocab = build_vocabulary(files, min_cells=args.min_cells, gene_table=args.gene_table)
+        min_cells = DEFAULT_MIN_CELLS if args.min_cells is None else args.min_cells
+        vocab = build_vocabulary(files, min_cells=min_cells, gene_table=args.gene_table)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             vocab_file.write_text(vocab.to_json())
+            options = {"min_cells": min_cells, "gene_table": args.gene_table}
+            (out / VOCAB_OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
     summary = pretrain(files, out, vocab=vocab, config=config, resume=not args.restart, progress=not args.quiet)
     finish_distributed()
     if rank == 0:
         print(json.dumps(summary, indent=2))
     return EXIT_OK
+
+
+#: the ``panfoma pretrain`` options its vocabulary was built with, beside ``vocab.json``
+VOCAB_OPTIONS_FILE = "vocab_options.json"
+#: ``panfoma pretrain --min-cells`` when not given
+DEFAULT_MIN_CELLS = 20
+
+
+def _warn_of_unused_vocabulary_options(saved: Path, min_cells: int | None, gene_table: str | None) -> None:
+    """Say so when a resumed run is given other ``--min-cells`` / ``--gene-table`` than it was started with.
+
+    ``None``: the option was not given.
+    """
+    log = logging.getLogger(__name__)
+    if not saved.is_file():  # a run of an earlier release
+        log.info("Resuming with the run's vocab.json (--min-cells, --gene-table unused).")
+        return
+    then = json.loads(saved.read_text())
+    changed = [
+        f"{flag} {now!r} (the run's: {then.get(key)!r})"
+        for flag, key, now in (("--min-cells", "min_cells", min_cells), ("--gene-table", "gene_table", gene_table))
+        if now is not None and now != then.get(key)
+    ]
+    if changed:
+        log.warning(
+            "Resuming keeps the run's vocabulary (vocab.json, the model's gene table), so %s has no effect. "
+            "Pass --restart to build a new vocabulary and start over.",
+            " and ".join(changed),
+        )
 
 
 #: ``TrainingConfig`` fields whose ``panfoma pretrain`` flag is not the field name with dashes
@@ -385,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--warmup", type=int, default=100)
     pre.add_argument("--checkpoint-every", type=int, default=100)
     pre.add_argument("--log-every", type=int, default=10)
-    pre.add_argument("--min-cells", type=int, default=20, help="vocabulary: genes expressed in >= this many cells")
+    pre.add_argument(
+        "--min-cells", type=int, help=f"vocabulary: genes expressed in >= this many cells (default {DEFAULT_MIN_CELLS})"
+    )
     pre.add_argument("--gene-table", help="headerless CSV ensembl_id,symbol to record Ensembl IDs in the vocabulary")
     pre.add_argument(
         "--mvc-genes",

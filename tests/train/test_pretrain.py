@@ -207,7 +207,7 @@ def test_an_empty_vocabulary_is_refused_with_the_reason(corpus_files, tmp_path, 
     assert not out.exists()
 
 
-def test_restart_rebuilds_the_vocabulary_and_resume_keeps_it(corpus_files, tmp_path):
+def test_restart_rebuilds_the_vocabulary_and_resume_keeps_it(corpus_files, tmp_path, caplog):
     from panfoma_sc.cli import EXIT_OK, main
     from panfoma_sc.models import read_checkpoint
 
@@ -225,10 +225,17 @@ def test_restart_rebuilds_the_vocabulary_and_resume_keeps_it(corpus_files, tmp_p
     strict, trained = symbols()
     assert 0 < len(strict) < len(loose)
     assert trained == strict
-    # resuming keeps the run's vocabulary (the model's gene table), whatever --min-cells says now
-    assert main([*args, "--steps", "2", "--min-cells", "1"]) == EXIT_OK
+    assert json.loads((out / "vocab_options.json").read_text()) == {"min_cells": 150, "gene_table": None}
+    # resuming keeps the run's vocabulary (the model's gene table), whatever --min-cells says now, and says so
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc.cli"):
+        assert main([*args, "--steps", "2", "--min-cells", "1"]) == EXIT_OK
     assert symbols() == (strict, strict)
     assert pd.read_csv(out / "history.csv")["step"].tolist() == [1, 2]
+    assert "--min-cells 1 (the run's: 150) has no effect. Pass --restart" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc.cli"):
+        assert main([*args, "--steps", "3"]) == EXIT_OK  # not given: nothing to say
+    assert "has no effect" not in caplog.text
 
 
 def test_resume_is_bit_identical(corpus_files, vocab, tmp_path):
