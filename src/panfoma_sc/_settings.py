@@ -164,17 +164,11 @@ settings = Settings()
 @contextmanager
 def torch_threads() -> Iterator[None]:
     """Run the block with torch's CPU thread count at :meth:`Settings.resolve_threads`, restored afterwards."""
-    wanted = settings.resolve_threads()
-    if wanted is None:
-        yield
-        return
     import torch
 
-    before = torch.get_num_threads()
-    if wanted == before:
-        yield
-        return
-    torch.set_num_threads(wanted)
+    wanted, before = settings.resolve_threads(), torch.get_num_threads()
+    if wanted is not None:
+        torch.set_num_threads(wanted)
     try:
         yield
     finally:
