@@ -193,6 +193,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         InvalidSettingError,
         build_vocabulary,
         check_resumable,
+        default_excluded_cells,
         default_pretraining_files,
         finish_distributed,
         init_distributed,
@@ -209,6 +210,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     if not files:
         msg = "No training files: pass .h5ad files and/or a --data-dir that holds some."
         raise ValueError(msg)
+    exclude_cells = default_excluded_cells(files) if args.data_dir else {}
+    for stem, columns in _parse_excluded_cells(args.exclude_cells).items():
+        exclude_cells.setdefault(stem, {}).update(columns)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         msg = f"--out {args.out!r} is a file: give a folder for the run (it is created when missing)."
@@ -221,7 +225,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         start = load(args.init_from)
         init_from = str(start.path)
     try:
-        config = _training_config(args, init_from)  # validates the settings before anything is written
+        config = _training_config(args, init_from, exclude_cells)  # validates the settings before anything is written
     except InvalidSettingError as err:
         flag = _PRETRAIN_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
         msg = f"{flag} must be {err.expected}, got {err.value!r}."
@@ -238,7 +242,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         _warn_of_unused_vocabulary_options(out / VOCAB_OPTIONS_FILE, args.min_cells, args.gene_table)
     else:  # a new run or --restart: built from these files and options, never an earlier run's vocab.json
         min_cells = DEFAULT_MIN_CELLS if args.min_cells is None else args.min_cells
-        vocab = build_vocabulary(files, min_cells=min_cells, gene_table=args.gene_table)
+        vocab = build_vocabulary(
+            files, min_cells=min_cells, gene_table=args.gene_table, exclude_cells=config.exclude_cells
+        )
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             vocab_file.write_text(vocab.to_json())
@@ -289,7 +295,25 @@ _PRETRAIN_FLAGS = {
 }
 
 
-def _training_config(args: argparse.Namespace, init_from: str | None) -> TrainingConfig:
+def _parse_excluded_cells(entries: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``--exclude-cells FILE:COLUMN=VALUE[,VALUE...]`` entries as ``{file: {column: values}}``."""
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for entry in entries:
+        stem, _, selection = entry.partition(":")
+        column, _, values = selection.partition("=")
+        if not (stem and column and values):
+            msg = (
+                f"--exclude-cells {entry!r}: write FILE:COLUMN=VALUE[,VALUE...], the file name without .h5ad, e.g. "
+                "--exclude-cells lung_celllines:batch=Drop-seq."
+            )
+            raise ValueError(msg)
+        parsed.setdefault(Path(stem).stem if stem.endswith(".h5ad") else stem, {})[column] = values.split(",")
+    return parsed
+
+
+def _training_config(
+    args: argparse.Namespace, init_from: str | None, exclude_cells: dict[str, dict[str, list[str]]]
+) -> TrainingConfig:
     from .train import TrainingConfig
 
     return TrainingConfig(
@@ -299,6 +323,7 @@ def _training_config(args: argparse.Namespace, init_from: str | None) -> Trainin
         block_rows=args.block_rows,
         cells_per_read=args.cells_per_read,
         interleave=args.interleave,
+        exclude_cells=exclude_cells,
         grad_accumulation=args.grad_accumulation,
         max_steps=args.steps,
         learning_rate=args.lr,
@@ -396,7 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = commands.add_parser("pretrain", help="pretrain a model on .h5ad files (torchrun for several processes)")
     pre.add_argument("files", nargs="*", help=".h5ad training files")
-    pre.add_argument("--data-dir", help="also use every file of this folder not held out for evaluation")
+    pre.add_argument(
+        "--data-dir",
+        help="also use every file of this folder not held out for evaluation (their evaluation cells left out)",
+    )
+    pre.add_argument(
+        "--exclude-cells",
+        action="append",
+        default=[],
+        metavar="FILE:COLUMN=VALUE[,VALUE]",
+        help="never train on the cells of FILE (name without .h5ad) with these obs[COLUMN] values; repeatable",
+    )
     pre.add_argument("--out", required=True, help="output folder (resumed when it holds state.pt)")
     pre.add_argument("--architecture", default="panfoma-tiny")
     pre.add_argument("--n-genes", type=int, default=256, help="genes per cell while training")

@@ -2,9 +2,11 @@
 
 from ._corpus import (
     EVALUATION_HOLDOUT,
+    EVALUATION_HOLDOUT_CELLS,
     PretrainingCorpus,
     build_vocabulary,
     check_training_files,
+    default_excluded_cells,
     default_pretraining_files,
 )
 from ._distributed import finish_distributed, init_distributed
@@ -15,6 +17,7 @@ from ._pretrain import InvalidSettingError, PretrainingObjective, TrainingConfig
 
 __all__ = [
     "EVALUATION_HOLDOUT",
+    "EVALUATION_HOLDOUT_CELLS",
     "CellRows",
     "FeatureTokens",
     "FineTuneConfig",
@@ -28,6 +31,7 @@ __all__ = [
     "check_training_files",
     "corpus_gene_contrastive",
     "corpus_gene_factors",
+    "default_excluded_cells",
     "default_pretraining_files",
     "finetune_classifier",
     "finetune_integration",

@@ -30,6 +30,7 @@ from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
+from ._held_out_cells import check_excluded_cells
 from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class TrainingConfig:
     block_rows: int = 1
     cells_per_read: int = 2048
     interleave: int = 4
+    # cells never trained on: {file name without .h5ad: {obs column: [values]}} (e.g. an evaluation's query batch)
+    exclude_cells: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
     grad_accumulation: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
     learning_rate: float = 1e-3
@@ -124,6 +127,7 @@ class TrainingConfig:
         ]
         for name, valid, expected in checks:
             _require(name, getattr(self, name), valid, expected)
+        self.exclude_cells = check_excluded_cells(self.exclude_cells)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -470,6 +474,7 @@ def pretrain(
         block_rows=config.block_rows,
         cells_per_read=config.cells_per_read,
         interleave=config.interleave,
+        exclude_cells=config.exclude_cells,
     )
     state_path = out_dir / STATE_FILE
     resuming = resume and state_path.is_file()
