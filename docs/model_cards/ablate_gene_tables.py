@@ -28,7 +28,7 @@ from sklearn.decomposition import TruncatedSVD
 import panfoma_sc as pf
 from panfoma_sc.data import Tokenizer
 from panfoma_sc.tl._embedding_job import EmbeddingJob
-from panfoma_sc.train import PretrainingCorpus, default_pretraining_files
+from panfoma_sc.train import PretrainingCorpus, default_excluded_cells, default_pretraining_files
 from panfoma_sc.train._gene_factors import idf_weights, loadings_from, token_gene_sets, top_right_singular_vectors
 
 #: dataset, label column, group column for folds (None = stratified folds)
@@ -47,7 +47,8 @@ WIDTH = 128
 
 
 def corpus_sets(model, tokenizer: Tokenizer) -> tuple[dict[bool, sparse.csr_matrix], np.ndarray]:
-    corpus = PretrainingCorpus(default_pretraining_files(pf.datasets.data_dir()), model.vocab, batch_size=32)
+    files = default_pretraining_files(pf.datasets.data_dir())
+    corpus = PretrainingCorpus(files, model.vocab, batch_size=32, exclude_cells=default_excluded_cells(files))
     bags = {False: [], True: []}
     files = []
     for batch in corpus.sample(CELLS_PER_FILE, seed=0):

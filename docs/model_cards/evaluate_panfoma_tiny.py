@@ -1,13 +1,20 @@
 """Held-out evaluation of a pretrained checkpoint (the panfoma-tiny model card table).
 
-Compares, on labelled datasets that pretraining never saw (``panfoma_sc.train.EVALUATION_HOLDOUT``):
-the trained checkpoint, the same network with random weights (scores averaged over several initialisations,
-with their standard deviation), and PCA(50) on log-normalized HVGs.
-Metrics: kNN (k=15) label transfer (folds by batch/donor where the data have one) and scib-metrics
-bio conservation (NMI, ARI, ASW_label, AvgBIO). With several ``--subsample-seeds``, every method is scored on
-each random subsample of ``--max-cells`` cells (datasets no larger than that are used whole, once), the table
-gives the mean and standard deviation over all runs, and a second table gives the trained-minus-random
-difference per subsample (paired: same cells), its mean and standard deviation.
+Compares, on labelled cells that pretraining never saw, the trained checkpoint, the same network with random
+weights (scores averaged over several initialisations, with their standard deviation), and PCA(50) on
+log-normalized HVGs. Two kinds of held-out data:
+
+- datasets held out whole (``panfoma_sc.train.EVALUATION_HOLDOUT``): kNN (k=15) label transfer with folds by
+  batch/donor where the data have one (stratified folds otherwise), bio conservation on all cells;
+- held-out batches of datasets whose other batch is pretraining data (``EVALUATION_HOLDOUT_CELLS``): the other
+  batch is the kNN reference (its labels were never used in pretraining), the held-out batch the query, and bio
+  conservation is scored on the query cells.
+
+Metrics: kNN accuracy and macro-F1, scib-metrics bio conservation (NMI, ARI, ASW_label, AvgBIO). With several
+``--subsample-seeds``, every method is scored on each random subsample of ``--max-cells`` cells (of the query and
+of the reference each; sets no larger than that are used whole, once), the table gives the mean and standard
+deviation over all runs, and a second table gives the trained-minus-random difference per subsample (paired:
+same cells), its mean and standard deviation.
 
 Usage (from the repository root)::
 
@@ -22,15 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import scanpy as sc
 
 import panfoma_sc as pf
+from panfoma_sc.train import EVALUATION_HOLDOUT_CELLS
 
-#: dataset, label column, group column for folds (None = stratified folds), whether X holds counts
+#: dataset, label column, group column for folds (None = stratified folds; unused for a dataset with held-out
+#: cells, whose query is its EVALUATION_HOLDOUT_CELLS), whether X holds counts
 DATASETS = [
     ("pbmc_sorted_9types_mudan_2115cells", "cell_type", None, True),
-    ("lung_celllines_3cl_celseq2_dropseq", "cell_line", "batch", True),
+    ("lung_celllines_3cl_celseq2_dropseq", "cell_line", None, True),
     ("pancreas_wang_xin_logexpr", "cell_type", None, False),
     ("melanoma_icb_tcells_19patients", "celltype", "patient", False),
 ]
@@ -44,6 +54,25 @@ def _load(name: str, label: str):
     return adata[adata.obs[label].notna()].copy()
 
 
+def _query_mask(name: str, adata) -> np.ndarray | None:
+    """The held-out (query) cells of a dataset whose other cells are pretraining data; ``None`` for the others."""
+    if name not in EVALUATION_HOLDOUT_CELLS:
+        return None
+    query = np.zeros(adata.n_obs, dtype=bool)
+    for column, values in EVALUATION_HOLDOUT_CELLS[name].items():
+        query |= adata.obs[column].astype(str).isin(values).to_numpy()
+    return query
+
+
+def _subsample(full, query: np.ndarray | None, max_cells: int, seed: int):
+    """Up to ``max_cells`` random cells of ``full`` (of its query and of its reference each, when it has a query)."""
+    parts = [full] if query is None else [full[query], full[~query]]
+    kept = [p if p.n_obs <= max_cells else sc.pp.sample(p, n=max_cells, rng=seed, copy=True) for p in parts]
+    if len(kept) == 1:
+        return kept[0].copy()
+    return full[full.obs_names.isin(np.concatenate([p.obs_names for p in kept]))].copy()
+
+
 def _random_weights_model(model: pf.models.PretrainedModel, folder: Path, seed: int) -> pf.models.PretrainedModel:
     import torch
 
@@ -55,9 +84,10 @@ def _random_weights_model(model: pf.models.PretrainedModel, folder: Path, seed: 
     return pf.models.PretrainedModel.from_file(path, name="random-weights")
 
 
-def _scores(embedding, labels, groups) -> dict[str, float]:
-    scores = {f"knn_{k}": v for k, v in pf.bench.knn_transfer(embedding, labels, groups=groups).items()}
-    return scores | pf.bench.bio_conservation(embedding, labels)
+def _scores(embedding, labels, groups, query) -> dict[str, float]:
+    knn = pf.bench.knn_transfer(embedding, labels, groups=groups, query=query)
+    scored = slice(None) if query is None else query
+    return {f"knn_{k}": v for k, v in knn.items()} | pf.bench.bio_conservation(embedding[scored], labels[scored])
 
 
 def _embeddings(adata, counts: bool, trained, random_models, args) -> dict[str, tuple[list, float]]:
@@ -116,22 +146,25 @@ def main() -> None:
             if args.datasets and name not in args.datasets:
                 continue
             full = _load(name, label)
-            seeds = args.subsample_seeds if full.n_obs > args.max_cells else args.subsample_seeds[:1]
+            full_query = _query_mask(name, full)
+            parts = [full.n_obs] if full_query is None else [full_query.sum(), (~full_query).sum()]
+            seeds = args.subsample_seeds if max(parts) > args.max_cells else args.subsample_seeds[:1]
             runs: dict[str, list[pd.DataFrame]] = {}
             seconds: dict[str, float] = {}
             for subsample in seeds:
-                adata = full
-                if full.n_obs > args.max_cells:
-                    adata = sc.pp.sample(full, n=args.max_cells, rng=subsample, copy=True)
+                adata = _subsample(full, full_query, args.max_cells, subsample)
+                query = _query_mask(name, adata)
                 labels = adata.obs[label].to_numpy()
                 groups = None if group is None else adata.obs[group].to_numpy()
                 for method, (embeddings, took) in _embeddings(adata, counts, trained, random_models, args).items():
-                    scores = pd.DataFrame([_scores(emb, labels, groups) for emb in embeddings])
+                    scores = pd.DataFrame([_scores(emb, labels, groups, query) for emb in embeddings])
                     runs.setdefault(method, []).append(scores.assign(subsample=subsample))
                     seconds[method] = took
             for method, frames in runs.items():
                 scores = pd.concat(frames)
-                row = {"dataset": name, "n_cells": min(full.n_obs, args.max_cells), "method": method}
+                n_query = min(parts[0], args.max_cells)
+                n_reference = min(parts[1], args.max_cells) if len(parts) > 1 else 0
+                row = {"dataset": name, "n_cells": n_query, "n_reference": n_reference, "method": method}
                 row |= {"runs": len(scores), "seconds": round(seconds[method], 1)}
                 row |= scores.drop(columns="subsample").mean().to_dict()
                 if len(scores) > 1:

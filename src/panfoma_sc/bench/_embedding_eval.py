@@ -54,9 +54,15 @@ def pca_embedding(adata: AnnData, *, n_comps: int = 50, n_top_genes: int = 2000,
 
 
 def knn_transfer(
-    embedding: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | None = None, k: int = 15, n_splits: int = 5
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    query: np.ndarray | None = None,
+    k: int = 15,
+    n_splits: int = 5,
 ) -> dict[str, float]:
-    """Cross-validated kNN label transfer.
+    """Cross-validated kNN label transfer, or transfer from a reference to a query.
 
     Parameters
     ----------
@@ -67,6 +73,9 @@ def knn_transfer(
     groups
         Donor/batch of each cell: folds never split a group (query cells come from unseen groups).
         Without it, stratified folds.
+    query
+        Boolean mask of the query cells: one fold, the classifier fitted on the other cells (the reference) and
+        scored on these (``groups`` and ``n_splits`` are then unused).
     k
         Neighbours.
     n_splits
@@ -74,11 +83,17 @@ def knn_transfer(
 
     Returns
     -------
-    ``accuracy`` and ``macro_f1`` over all held-out predictions.
+    ``accuracy`` and ``macro_f1`` over all held-out predictions (the query's, with ``query``).
     """
     labels = np.asarray(labels).astype(str)
     predicted = np.empty_like(labels)
-    if groups is not None:
+    if query is not None:
+        query = np.asarray(query, dtype=bool)
+        if query.shape != labels.shape or query.all() or not query.any():
+            msg = f"query must mark some but not all of the {labels.size} cells (a boolean mask); got {query.sum()}."
+            raise ValueError(msg)
+        folds = [(np.flatnonzero(~query), np.flatnonzero(query))]
+    elif groups is not None:
         groups = np.asarray(groups).astype(str)
         folds = GroupKFold(n_splits=min(n_splits, len(np.unique(groups)))).split(embedding, labels, groups)
     else:
@@ -87,9 +102,10 @@ def knn_transfer(
         classifier = KNeighborsClassifier(n_neighbors=min(k, len(train)), weights="distance")
         classifier.fit(embedding[train], labels[train])
         predicted[test] = classifier.predict(embedding[test])
+    scored = np.flatnonzero(query) if query is not None else np.arange(labels.size)
     return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro")),
+        "accuracy": float(accuracy_score(labels[scored], predicted[scored])),
+        "macro_f1": float(f1_score(labels[scored], predicted[scored], average="macro")),
     }
 
 
