@@ -25,8 +25,9 @@ from panfoma_sc.nn.baselines import build_baseline
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("panfoma", "full-attention", "unidirectional-mamba")
-#: Vocabulary size of the shipped panfoma-tiny checkpoint (only the embedding table depends on it).
-VOCAB_SIZE = 21303
+#: Vocabulary size of the shipped panfoma-tiny checkpoint, version 2.2 (only the embedding table depends on it;
+#: results written before 2026-11-29 used version 2.1's 21,303)
+VOCAB_SIZE = 24045
 #: Real data used by the end-to-end scripts (raw counts, all genes).
 PBMC3K = "pbmc3k_allgenes_celltypes.h5ad"
 

@@ -7,6 +7,7 @@ process (so peak memories do not mix); ratios are to PanFoMa in the same run.
 Usage::
 
     python benchmarks/bench_training.py --threads 1
+    python benchmarks/bench_training.py --threads 2 --batch-size 32 --activation-checkpointing
     python benchmarks/bench_training.py --device cuda --architecture panfoma-base --batch-size 32 --dtype bf16
 
 Prints a table and writes ``benchmarks/results/training-<architecture>-<device>.json``.
@@ -27,6 +28,8 @@ def measure_step(name: str, architecture: str, n_genes: int, batch_size: int, op
     _perf.set_threads(opts["threads"])
     config = _perf.config_for(architecture)
     model = _perf.build(name, config, device).train()
+    if opts.get("checkpointing"):
+        model.activation_checkpointing = True
     head = ValueHead(config).to(device)
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4)
     ids, bins, padding = _perf.random_tokens(config, batch_size, n_genes, device)
@@ -46,7 +49,7 @@ def measure_step(name: str, architecture: str, n_genes: int, batch_size: int, op
     with _perf.PeakMemory(device, baseline=baseline) as memory:
         seconds = _perf.median_seconds(step, repeats=opts["repeats"], device=device, warmup=1)
     return {
-        "model": name,
+        "model": name + (", activation checkpointing" if opts.get("checkpointing") else ""),
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds_per_step": seconds,
         "cells_per_s": batch_size / seconds,
@@ -58,6 +61,9 @@ def measure_step(name: str, architecture: str, n_genes: int, batch_size: int, op
 def main() -> None:
     parser = _perf.model_parser(__doc__.splitlines()[0], batch_size=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--activation-checkpointing", action="store_true", help="also PanFoMa with activation checkpointing"
+    )
     args = parser.parse_args()
     _perf.set_threads(args.threads)
     n_genes = args.n_genes or _perf.config_for(args.architecture).n_genes
@@ -66,6 +72,10 @@ def main() -> None:
         _perf.run_isolated(measure_step, name, args.architecture, n_genes, args.batch_size, opts)
         for name in _perf.MODELS
     ]
+    if args.activation_checkpointing:
+        checkpointed = opts | {"checkpointing": True}
+        shape = (args.architecture, n_genes, args.batch_size)
+        rows.append(_perf.run_isolated(measure_step, "panfoma", *shape, checkpointed))
     for row in rows:
         row["time_ratio_to_panfoma"] = row["seconds_per_step"] / rows[0]["seconds_per_step"]
         row["memory_ratio_to_panfoma"] = row["peak_increase_mib"] / max(rows[0]["peak_increase_mib"], 1e-9)
@@ -74,7 +84,8 @@ def main() -> None:
     columns = ["model", "seconds_per_step", "time_ratio_to_panfoma", "peak_increase_mib", "memory_ratio_to_panfoma"]
     table = _perf.print_table(rows, columns)
     _perf.write_json(
-        f"training-{args.architecture}-{args.device}",
+        f"training-{args.architecture}-{args.device}"
+        + (f"-checkpointing-{n_genes}genes" if args.activation_checkpointing else ""),
         {
             "architecture": args.architecture,
             "n_genes": n_genes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import PanFoMaConfig
 from .ssd import Mamba2
@@ -99,6 +100,8 @@ class LocalEncoder(nn.Module):
         self.cls = nn.Parameter(torch.randn(config.n_chunks, config.d_model, device=device, dtype=dtype) * 0.02)
         self.block = EncoderBlock(config, device=device, dtype=dtype)
         self.norm = nn.LayerNorm(config.d_model, device=device, dtype=dtype)
+        #: recompute each repeat's activations in the backward pass instead of keeping them (see PanFoMa)
+        self.activation_checkpointing = False
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode chunks.
@@ -120,9 +123,20 @@ class LocalEncoder(nn.Module):
         keep = torch.cat([padding_mask.new_zeros(batch, chunks, 1), padding_mask], dim=2)
         keep = ~keep.reshape(batch * chunks, length + 1)
         for _ in range(self.repeats):
-            x = self.block(x, keep)
+            x = checkpointed(self.block, x, keep, enabled=self.activation_checkpointing)
         x = self.norm(x).view(batch, chunks, length + 1, width)
         return x[:, :, 0], x[:, :, 1:]
+
+
+def checkpointed(module: nn.Module, *inputs: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """``module(*inputs)``, its activations recomputed in the backward pass instead of kept when ``enabled``.
+
+    Only while autograd records; ``torch.utils.checkpoint`` preserves the random state, so the gradients are the
+    same as without.
+    """
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, *inputs, use_reentrant=False)
+    return module(*inputs)
 
 
 def take_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

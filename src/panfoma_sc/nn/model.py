@@ -13,6 +13,7 @@ from .layers import (
     BidirectionalMambaLayer,
     LocalEncoder,
     TokenEmbedding,
+    checkpointed,
     reverse_valid_prefix,
     sort_by_global_score,
     take_tokens,
@@ -136,6 +137,19 @@ class PanFoMa(nn.Module):
         self.mvc_head = mvc_class(config, **factory_kwargs)
 
     @property
+    def activation_checkpointing(self) -> bool:
+        """Recompute the encoder repeats' and decoder layers' activations in the backward pass (default False).
+
+        Training then keeps only each layer's input instead of all its activations, for about one extra forward
+        pass of time; the gradients are unchanged and inference is unaffected.
+        """
+        return self.encoder.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enabled: bool) -> None:
+        self.encoder.activation_checkpointing = bool(enabled)
+
+    @property
     def mask_bin(self) -> int:
         """Value-bin index that marks a masked value."""
         return self.embedding.mask_bin
@@ -166,7 +180,7 @@ class PanFoMa(nn.Module):
         lengths = (~flat_padding).sum(1)  # (B,)
         reverse_index = reverse_valid_prefix(lengths, ordered.shape[1])
         for layer in self.decoder:
-            ordered = layer(ordered, reverse_index)
+            ordered = checkpointed(layer, ordered, reverse_index, enabled=self.activation_checkpointing)
         ordered = self.decoder_norm(ordered)
 
         valid = (torch.arange(ordered.shape[1], device=ordered.device) < lengths[:, None]).to(ordered.dtype)

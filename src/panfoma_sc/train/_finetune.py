@@ -209,6 +209,7 @@ def _split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
 
 def _fresh_network(model: PretrainedModel, device: str) -> PanFoMa:
     network = model.checkpoint.build_model(device)  # a new copy: the loaded model stays untouched
+    network.activation_checkpointing = settings.activation_checkpointing
     return network.train()
 
 

@@ -64,6 +64,7 @@ class FeatureTokens:
 
 def _multimodal_network(model: PretrainedModel, features: FeatureTokens, device: str) -> PanFoMa:
     network = model.checkpoint.build_model(device)  # a new copy: the loaded model stays untouched
+    network.activation_checkpointing = settings.activation_checkpointing
     gene_weight = network.embedding.gene.weight.detach()
     init = torch.randn(features.n_features, gene_weight.shape[1], device=gene_weight.device) * 0.02
     coded = np.flatnonzero(features.gene_ids >= 0)
