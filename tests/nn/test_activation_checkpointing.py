@@ -111,3 +111,18 @@ def test_pretraining_resumes_exactly_with_checkpointing_switched_on(tmp_path):
         np.testing.assert_array_equal(interrupted[key], straight[key], err_msg=key)
     with pytest.raises(ValueError, match=r"activation_checkpointing must be None, True or False"):
         TrainingConfig(activation_checkpointing="yes")
+
+
+def test_pretrain_cli_flag_is_recorded(tmp_path):
+    import json
+
+    import scanpy as sc
+
+    from panfoma_sc.cli import EXIT_OK, main
+
+    path = tmp_path / "cells.h5ad"
+    sc.datasets.pbmc68k_reduced().raw.to_adata()[:64].copy().write_h5ad(path)
+    args = ["pretrain", str(path), "--out", str(tmp_path / "run"), "--steps", "1", "--warmup", "0", "--quiet"]
+    args += ["--batch-size", "8", "--n-genes", "32", "--min-cells", "1", "--activation-checkpointing"]
+    assert main(args) == EXIT_OK
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["activation_checkpointing"] is True
