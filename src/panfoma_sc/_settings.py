@@ -91,8 +91,8 @@ class Settings:
     activation_checkpointing
         Fine-tuning (``pf.tl.annotate(method="finetune")``, ``pf.tl.integrate``, the joint multi-omics model) and
         pretraining recompute each layer's activations in the backward pass instead of keeping them: about a third
-        of the training memory for about 1.4x the time, the same gradients. Default False. A pretraining run's
-        own ``TrainingConfig.activation_checkpointing`` (``--activation-checkpointing``) overrides it.
+        of the training memory for up to 1.2x the time, the same gradients. Default False. A pretraining run's own
+        ``TrainingConfig.activation_checkpointing`` (``--activation-checkpointing``) overrides it.
     """
 
     device: str = "auto"

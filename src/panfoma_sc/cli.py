@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--activation-checkpointing",
         action="store_true",
-        help="recompute layer activations in the backward pass: about a third of the memory, 1.4x the time",
+        help="recompute layer activations in the backward pass: about a third of the memory, up to 1.2x the time",
     )
     pre.add_argument("--steps", type=int, default=1000, help="optimizer steps (the LR schedule spans them)")
     pre.add_argument("--lr", type=float, default=1e-3)

@@ -61,7 +61,7 @@ class TrainingConfig:
     # cells never trained on: {file name without .h5ad: {obs column: [values]}} (e.g. an evaluation's query batch)
     exclude_cells: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
     grad_accumulation: int = 1  # micro-batches per optimizer step
-    # recompute layer activations in the backward pass (about a third of the memory, 1.4x the time, the same
+    # recompute layer activations in the backward pass (about a third of the memory, up to 1.2x the time, the same
     # gradients); None: pf.settings.activation_checkpointing
     activation_checkpointing: bool | None = None
     max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
