@@ -320,6 +320,7 @@ def test_build_reads_the_expression_of_layer_and_runs_count_qc_on_it(tmp_path):
     adata = ad.read_h5ad(counts_path)
     adata.layers["counts"] = adata.X.copy()
     adata.X = np.log1p(adata.X / np.maximum(adata.X.sum(axis=1, keepdims=True), 1) * 1e4)
+    adata.uns["source"] = {"x_is_integer": "False"}  # the shared data's flag describes X, not the layer
     adata.write_h5ad(tmp_path / "lognorm.h5ad")
     from_x = pf.bench.build([tmp_path / "lognorm.h5ad"], label_key="cell_type", qc=PANEL_QC)
     assert set(from_x.obs["x_kind"]) == {"log"}

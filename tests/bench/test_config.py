@@ -99,7 +99,7 @@ CASES = {
         lambda c: c["datasets"].append(
             {"name": "cite", "files": ["cite.h5mu"], "tasks": ["multiomics"], "layer": "counts", "keep": {}}
         ),
-        r"dataset 'cite': \['keep', 'layer'\] apply to .h5ad datasets only",
+        r"dataset 'cite': \['keep'\] apply to .h5ad datasets only",
     ),
 }
 

@@ -78,6 +78,7 @@ def test_build_paired_gates_from_a_table_and_names_bad_input(citeseq_file):
         ({"qc": {"min_genes": 5}}, r"qc=\{'min_genes': 5\}: pass pf.bench.QCThresholds"),
         ({"max_cells": 0}, r"max_cells=0: use an integer >= 1"),
         ({"seed": "1"}, r"seed='1': use an integer >= 0"),
+        ({"layer": ["counts"]}, r"layer=\['counts'\]: name one layer of the RNA modality"),
     ],
 )
 def test_build_paired_refuses_bad_arguments_before_reading_the_file(citeseq_file, monkeypatch, option, message):
@@ -87,6 +88,34 @@ def test_build_paired_refuses_bad_arguments_before_reading_the_file(citeseq_file
     monkeypatch.setattr("mudata.read_h5mu", no_read)
     with pytest.raises(ValueError, match=message):
         pf.bench.build_paired(citeseq_file, **option)
+
+
+def test_build_paired_reads_counts_from_a_layer(citeseq_file, tmp_path):
+    """An RNA modality with log-normalized X and raw counts in a layer: layer='counts' benchmarks the counts."""
+    import mudata as md
+    import scanpy as sc
+
+    plain = pf.bench.build_paired(citeseq_file, max_cells=40)
+    source = md.read_h5mu(citeseq_file)
+    rna = source.mod["rna"]
+    rna.layers["counts"] = rna.X.copy()
+    sc.pp.normalize_total(rna, target_sum=1e4)
+    sc.pp.log1p(rna)
+    rna.uns["source"] = {**rna.uns.get("source", {}), "x_is_integer": "False"}  # describes X, as the data README does
+    logged = tmp_path / "logged.h5mu"
+    source.write(logged)
+
+    from_layer = pf.bench.build_paired(logged, layer="counts", max_cells=40)
+    assert (from_layer.obs_names == plain.obs_names).all()
+    assert (from_layer.obs["gated_label"] == plain.obs["gated_label"]).all()
+    assert abs(from_layer.mod["rna"].X - plain.mod["rna"].X).max() == 0
+    assert not from_layer.mod["rna"].layers
+    assert set(from_layer.obs["x_kind"]) == {"counts"}
+    assert pf.bench.read_manifest(from_layer)["parameters"]["layer"] == "counts"
+    from_x = pf.bench.build_paired(logged, max_cells=40)
+    assert set(from_x.obs["x_kind"]) == {"log"}  # count-based QC and models skipped
+    with pytest.raises(ValueError, match=r"logged.h5mu mod\['rna'\]: .*pf.bench.build_paired reads X, or the layer"):
+        pf.bench.build_paired(logged, layer="raw")
 
 
 def test_build_paired_refuses_an_h5ad_naming_build(citeseq_file):

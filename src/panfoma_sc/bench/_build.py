@@ -328,18 +328,19 @@ def _check_test_groups(
         raise ValueError(msg)
 
 
-def _expression_in_x(adata: AnnData, name: str, layer: str | None) -> AnnData:
+def _expression_in_x(adata: AnnData, name: str, layer: str | None, *, tool: str = "pf.bench.build") -> AnnData:
     """Refuse expression that cannot be benchmarked (see :func:`check_expression`); put ``layer`` in ``X``.
 
     Cells without an expressed gene are accepted: QC removes them. With ``layer``, that layer becomes ``X`` and
-    the file's layers are dropped, so the benchmark dataset holds the chosen expression once.
+    the file's layers are dropped, so the benchmark dataset holds the chosen expression once. ``tool`` names the
+    caller in the message.
     """
     try:
         check_expression(adata, layer=layer, allow_empty_cells=True)
     except (KeyError, ValueError) as err:
         message = err.args[0] if err.args else str(err)
         msg = (
-            f"{name}: {message} pf.bench.build reads X, or the layer given as layer=: pass the layer holding raw "
+            f"{name}: {message} {tool} reads X, or the layer given as layer=: pass the layer holding raw "
             "counts (e.g. layer='counts'), or save raw counts or log1p-normalized values in X."
         )
         raise ValueError(msg) from err
@@ -347,6 +348,9 @@ def _expression_in_x(adata: AnnData, name: str, layer: str | None) -> AnnData:
         adata.X = adata.layers[layer]
         for key in list(adata.layers):
             del adata.layers[key]
+        source = adata.uns.get("source")
+        if isinstance(source, dict):  # its x_is_integer describes the file's X, not this layer: the values decide
+            adata.uns["source"] = {key: value for key, value in source.items() if key != "x_is_integer"}
     return adata
 
 

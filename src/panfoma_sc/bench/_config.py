@@ -83,7 +83,7 @@ DATASET_KEYS = frozenset(
     }
 )
 #: Dataset keys of :func:`build` that :func:`build_paired` has no use for.
-PAIRED_IGNORED_KEYS = frozenset({"donor_key", "keep", "layer", "join", "fractions", "test_groups"})
+PAIRED_IGNORED_KEYS = frozenset({"donor_key", "keep", "join", "fractions", "test_groups"})
 #: Dataset keys each built-in task cannot run without (the multi-omics task has defaults for both).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "annotation": ("label_key",),
@@ -339,8 +339,8 @@ def _check_paired_options(dataset: Mapping, files: list, where: str) -> None:
     ignored = sorted(PAIRED_IGNORED_KEYS & set(dataset))
     if str(files[0]).endswith(".h5mu") and ignored:
         msg = (
-            f"{where}: {ignored} apply to .h5ad datasets only; a paired .h5mu dataset is split by batch_key and reads "
-            "the RNA modality's X. Remove them from this dataset."
+            f"{where}: {ignored} apply to .h5ad datasets only; a paired .h5mu dataset is split by batch_key. Remove "
+            "them from this dataset."
         )
         raise ValueError(msg)
 

@@ -205,6 +205,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
                     gates=dataset.get("gates", "pbmc_citeseq"),
                     label_key=label_key,
                     batch_key=batch_key,
+                    layer=dataset.get("layer"),
                     qc=QCThresholds(**dataset.get("qc", {})),
                     max_cells=dataset.get("max_cells"),
                     seed=seed,

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._arguments import is_integer
-from ._build import MANIFEST_KEY, _sha256, check_max_cells
+from ._build import MANIFEST_KEY, _expression_in_x, _sha256, check_max_cells
 from ._gating import PBMC_CITESEQ_GATES, gate_cells
 from ._qc import QCThresholds, expression_kind, quality_control
 
@@ -105,6 +105,7 @@ def build_paired(
     batch_key: str = "batch",
     rna: str = "rna",
     protein: str | None = None,
+    layer: str | None = None,
     qc: QCThresholds | None = None,
     max_cells: int | None = None,
     seed: int = 0,
@@ -134,6 +135,9 @@ def build_paired(
         The RNA modality.
     protein
         The protein modality; default the one named ``prot``, ``protein`` or ``adt``.
+    layer
+        Layer of the RNA modality to use as its expression (e.g. ``"counts"`` when its ``X`` holds log-normalized
+        values), so that count-based QC and count models run; default the RNA's ``X``.
     qc
         QC thresholds (default :class:`QCThresholds`).
     max_cells
@@ -156,7 +160,8 @@ def build_paired(
         ``batch_key`` or a named modality is not in the file.
     ValueError
         Checked before the file is read: ``file`` is not an ``.h5mu``, or an argument has the wrong type or range
-        (names, ``gates``, ``qc``, ``max_cells``, ``seed``). After: the protein modality does not hold counts,
+        (names, ``gates``, ``qc``, ``max_cells``, ``seed``). After: ``layer`` is not a layer of the RNA modality,
+        the RNA (or ``layer``) holds NaN, infinite or negative values, the protein modality does not hold counts,
         or the batches share no protein.
 
     Examples
@@ -180,6 +185,9 @@ def build_paired(
         msg = f"{file.name} is not a paired .h5mu file: build_paired reads MuData files; use pf.bench.build for .h5ad."
         raise ValueError(msg)
     _check_arguments(label_key=label_key, batch_key=batch_key, rna=rna, protein=protein)
+    if layer is not None and (not isinstance(layer, str) or not layer):
+        msg = f"layer={layer!r}: name one layer of the RNA modality as a string, e.g. layer='counts', or pass None."
+        raise ValueError(msg)
     if qc is not None and not isinstance(qc, QCThresholds):
         msg = f"qc={qc!r}: pass pf.bench.QCThresholds(...), e.g. QCThresholds(min_genes=50), or None for the defaults."
         raise ValueError(msg)
@@ -195,6 +203,7 @@ def build_paired(
     in_both = source.obs_names.isin(source.mod[rna_name].obs_names)
     paired = source.obs_names[in_both & source.obs_names.isin(source.mod[protein_name].obs_names)]
     rna_data = source.mod[rna_name][paired].copy()
+    rna_data = _expression_in_x(rna_data, f"{file.name} mod[{rna_name!r}]", layer, tool="pf.bench.build_paired")
     if batch_key in source.obs.columns:
         batch_values = source.obs.loc[paired, batch_key]
     elif batch_key in rna_data.obs.columns:
@@ -267,6 +276,7 @@ def build_paired(
             "label_key": label_key,
             "batch_key": batch_key,
             "gates": gates if isinstance(gates, str) else rules,
+            "layer": layer,
             "qc": asdict(qc),
             "max_cells": max_cells,
         },
