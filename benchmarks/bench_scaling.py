@@ -1,8 +1,9 @@
 """Scaling curves: time and memory against genes per cell, and against cells streamed from a backed h5ad.
 
-1. Genes per cell: one forward pass (``torch.inference_mode``) of PanFoMa and the two equal-size baselines
-   on random tokens, lengths ascending, each model in its own process. A model's longer lengths are skipped
-   once the predicted time (quadratic growth for full attention, linear otherwise) passes ``--budget-s``.
+1. Genes per cell: the median of ``--repeats`` forward passes (``torch.inference_mode``) of PanFoMa and the
+   two equal-size baselines on random tokens, lengths ascending, each model in its own process; on CUDA each
+   length first gets an untimed call (Triton compiles and autotunes per shape). A model's longer lengths are
+   skipped once the predicted time (quadratic growth for full attention, linear otherwise) passes ``--budget-s``.
 2. Cells: ``pf.tl.embed`` of a backed h5ad of ``n`` cells (pbmc3k rows tiled, written to ``--workdir``),
    each ``n`` in its own process; peak memory should not grow with ``n`` beyond the ``(n, d_model)``
    float32 result.
@@ -38,8 +39,13 @@ def genes_curve(name: str, architecture: str, lengths: list[int], opts: dict) ->
     rows, predicted = [], 0.0
     growth = 2 if name == "full-attention" else 1
     baseline = _perf.current_rss_mib()  # lengths ascend, so each length's peak is the process peak so far
+    # On CUDA every new shape (and dtype) pays for Triton compilation and autotuning, cuBLAS heuristics and
+    # allocator growth on its first call, so each length gets an untimed call; CPU kernels are not compiled per
+    # shape, and one warm-up at the first length is enough there. Warm-ups run under the timed autocast.
+    warm_each = device.startswith("cuda")
     with torch.inference_mode():
-        model(*_perf.random_tokens(config, 1, lengths[0], device))  # warm-up
+        with _perf.autocast(device, opts["dtype"]):
+            model(*_perf.random_tokens(config, opts["cells"], lengths[0], device))  # warm-up
         previous = None
         for length in lengths:
             if previous is not None:
@@ -49,7 +55,12 @@ def genes_curve(name: str, architecture: str, lengths: list[int], opts: dict) ->
                 continue
             tokens = _perf.random_tokens(config, opts["cells"], length, device)
             with _perf.PeakMemory(device, baseline=baseline) as memory, _perf.autocast(device, opts["dtype"]):
-                seconds = _perf.median_seconds(lambda tokens=tokens: model(*tokens), repeats=1, device=device, warmup=0)
+                seconds = _perf.median_seconds(
+                    lambda tokens=tokens: model(*tokens),
+                    repeats=opts["repeats"],
+                    device=device,
+                    warmup=int(warm_each),
+                )
             previous = {
                 "model": name,
                 "n_genes": length,
@@ -145,6 +156,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, nargs="+", default=[1024, 2048, 3072, 4096, 8192, 16384])
     parser.add_argument("--cells-per-batch", type=int, default=1, help="cells per forward pass of the genes curve")
     parser.add_argument("--budget-s", type=float, default=60.0, help="skip a length predicted to take longer")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed forwards per length of the genes curve (median reported)"
+    )
     parser.add_argument("--cells", type=int, nargs="*", default=[1000, 3000, 10000])
     parser.add_argument("--cells-n-genes", type=int, default=64, help="genes per cell of the cells curve")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -159,6 +173,7 @@ def main() -> None:
         "dtype": args.dtype,
         "threads": args.threads,
         "budget_s": args.budget_s,
+        "repeats": args.repeats,
         "cells": args.cells_per_batch,
         "cells_n_genes": args.cells_n_genes,
         "batch_size": args.batch_size,

@@ -54,5 +54,5 @@ step 60 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-
 step 75 "$PY" benchmarks/bench_loader.py --device cuda --cells 2700 --prefetch 0 1 2 --repeats 2
 # scaling: 1k..16k genes per cell (8 cells per forward), and 10k / 100k cells streamed from a backed h5ad
 step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
-    --cells-per-batch 8 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
+    --cells-per-batch 8 --repeats 3 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
 ls -la benchmarks/results/ | tee -a "$LOG"
