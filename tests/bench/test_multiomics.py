@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,8 +115,56 @@ def test_build_paired_reads_counts_from_a_layer(citeseq_file, tmp_path):
     assert pf.bench.read_manifest(from_layer)["parameters"]["layer"] == "counts"
     from_x = pf.bench.build_paired(logged, max_cells=40)
     assert set(from_x.obs["x_kind"]) == {"log"}  # count-based QC and models skipped
-    with pytest.raises(ValueError, match=r"logged.h5mu mod\['rna'\]: .*pf.bench.build_paired reads X, or the layer"):
+    with pytest.raises(
+        KeyError, match=r"layer='raw' is not a layer of logged.h5mu mod\['rna'\] \(its layers: \['counts'\]\)"
+    ):
         pf.bench.build_paired(logged, layer="raw")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"layer": "counts"},
+            r"Dataset 'citeseq': layer='counts' is not a layer of .*h5mu mod\['rna'\] \(its layers: \[\]\)",
+        ),
+        (
+            {"batch_key": "donor"},
+            r"Dataset 'citeseq': batch_key='donor' is neither a column of .*mod\['rna'\].obs \(\['batch'",
+        ),
+    ],
+)
+def test_a_paired_dataset_mistake_stops_the_run_before_any_work(
+    citeseq_file, tmp_path, monkeypatch, capsys, change, message
+):
+    """A paired dataset's layer and batch column are checked from the file's layout before any dataset is built."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a dataset was built or a model loaded before every dataset was checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._harness.build_paired", no_work)
+    monkeypatch.setattr("panfoma_sc.bench._harness._load_model", no_work)
+    monkeypatch.setattr("mudata.read_h5mu", no_work)
+    dataset = {"name": "citeseq", "files": [H5MU], "tasks": ["multiomics"], "methods": {"multiomics": ["rna_pca"]}}
+    config = {"run": {"data_dir": str(citeseq_file.parent)}, "datasets": [dataset | change]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert main(["bench", "run", str(path), "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_check_paired_input_accepts_what_build_paired_reads(citeseq_file):
+    from panfoma_sc.bench._paired import check_paired_input
+
+    for batch_key in ("batch", "tissue", "rna:batch", "prot:batch"):  # modality columns, plain or as mudata pulls them
+        check_paired_input(citeseq_file, batch_key=batch_key)
+    check_paired_input(citeseq_file, protein="prot")
+    with pytest.raises(KeyError, match=r"No protein modality adt in the file \(modalities: \['prot', 'rna'\]\)"):
+        check_paired_input(citeseq_file, protein="adt")
+    with pytest.raises(KeyError, match=r"No RNA modality RNA"):
+        check_paired_input(citeseq_file, rna="RNA")
 
 
 def test_build_paired_refuses_an_h5ad_naming_build(citeseq_file):

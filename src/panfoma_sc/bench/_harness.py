@@ -17,7 +17,7 @@ import pandas as pd
 from ._baselines import MethodContext
 from ._build import _check_inputs, _input_files, build, read_manifest, write_manifest
 from ._config import DEFAULT_METHODS, load_config, validate_config
-from ._paired import build_paired
+from ._paired import build_paired, check_paired_input
 from ._qc import QCThresholds
 from ._tasks import TASKS
 from ._timing import MEMORY_MEASURE
@@ -68,12 +68,18 @@ def _check_data(config: Mapping, folder: Path) -> None:
 
 
 def _check_datasets(config: Mapping, folder: Path) -> None:
-    """Check every ``.h5ad`` dataset's obs columns, labels and test groups, so that no mistake stops a long run."""
+    """Check every dataset's inputs from their obs and layout, so that no mistake stops a long run.
+
+    ``.h5ad`` datasets: obs columns, layer, labels and test groups; a paired ``.h5mu``: modalities, batch column
+    and RNA layer.
+    """
     for dataset in config["datasets"]:
         files = [folder / f for f in dataset["files"]]
-        if files[0].suffix == ".h5mu":
-            continue
         try:
+            if files[0].suffix == ".h5mu":
+                batch_key = dataset.get("batch_key") or "batch"
+                check_paired_input(files[0], batch_key=batch_key, layer=dataset.get("layer"))
+                continue
             _check_inputs(
                 _input_files(files),
                 dataset.get("label_key"),

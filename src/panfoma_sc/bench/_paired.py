@@ -77,15 +77,72 @@ def _gates(gates: str | Mapping) -> dict[str, dict[str, bool]]:
     return {str(label): {str(m): bool(v) for m, v in rule.items()} for label, rule in gates.items()}
 
 
-def _modality(mdata: MuData, name: str | None, candidates: tuple[str, ...], role: str) -> str:
-    if name is not None and name in mdata.mod:
+def _modality(modalities: list[str], name: str | None, candidates: tuple[str, ...], role: str) -> str:
+    """The modality called ``name``, else (``name`` None) the first of ``candidates`` present, case-insensitive."""
+    if name is not None and name in modalities:
         return name
-    lowered = {m.lower(): m for m in mdata.mod}
+    lowered = {m.lower(): m for m in modalities}
     found = None if name is not None else next((lowered[c] for c in candidates if c in lowered), None)
     if found is None:
-        msg = f"No {role} modality {name or candidates} in the file (modalities: {list(mdata.mod)}); name it."
+        msg = f"No {role} modality {name or candidates} in the file (modalities: {modalities}); name it."
         raise KeyError(msg)
     return found
+
+
+def _obs_columns(group) -> list[str]:
+    """Column names of the ``obs`` dataframe stored in an HDF5 group (anndata's ``column-order`` attribute)."""
+    if "obs" not in group:
+        return []
+    return [str(column) for column in np.atleast_1d(group["obs"].attrs.get("column-order", []))]
+
+
+def check_paired_input(
+    file: str | Path,
+    *,
+    batch_key: str = "batch",
+    rna: str = "rna",
+    protein: str | None = None,
+    layer: str | None = None,
+) -> None:
+    """Refuse a paired ``.h5mu`` whose modalities, batch column or RNA layer are missing, reading only its layout.
+
+    The checks of :func:`build_paired` that need no expression values, cheap enough to run on every dataset of a
+    benchmark config before anything is built.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``file`` does not exist.
+    KeyError
+        The RNA or protein modality, ``layer`` (in the RNA modality) or ``batch_key`` (in ``mdata.obs`` or the
+        RNA modality's ``obs``) is not in the file.
+    """
+    import h5py
+
+    file = Path(file)
+    if not file.is_file():
+        msg = f"Benchmark input {str(file)!r} does not exist."
+        raise FileNotFoundError(msg)
+    with h5py.File(file, "r") as handle:
+        modalities = list(handle["mod"]) if "mod" in handle else []
+        rna_name = _modality(modalities, rna, (), "RNA")
+        _modality(modalities, protein, _PROTEIN_NAMES, "protein")
+        rna_group = handle["mod"][rna_name]
+        layers = sorted(rna_group["layers"]) if "layers" in rna_group else []
+        rna_columns, columns = _obs_columns(rna_group), _obs_columns(handle)
+        prefixed = [f"{m}:{c}" for m in modalities for c in _obs_columns(handle["mod"][m])]  # mudata's pulled names
+    if layer is not None and layer not in layers:
+        msg = (
+            f"layer={layer!r} is not a layer of {file.name} mod[{rna_name!r}] (its layers: {layers}). Name the layer "
+            "that holds raw counts, or pass layer=None to read the modality's X."
+        )
+        raise KeyError(msg)
+    if batch_key not in {*columns, *rna_columns, *prefixed}:
+        msg = (
+            f"batch_key={batch_key!r} is neither a column of {file.name}'s mdata.obs ({columns}) nor of "
+            f"mod[{rna_name!r}].obs ({rna_columns}); name the column that holds each cell's batch."
+        )
+        raise KeyError(msg)
 
 
 def _check_arguments(**names: object) -> None:
@@ -157,12 +214,12 @@ def build_paired(
     FileNotFoundError
         ``file`` does not exist.
     KeyError
-        ``batch_key`` or a named modality is not in the file.
+        Checked from the file's layout before its data are read (:func:`check_paired_input`): ``batch_key``, a
+        modality or ``layer`` is not in the file.
     ValueError
         Checked before the file is read: ``file`` is not an ``.h5mu``, or an argument has the wrong type or range
-        (names, ``gates``, ``qc``, ``max_cells``, ``seed``). After: ``layer`` is not a layer of the RNA modality,
-        the RNA (or ``layer``) holds NaN, infinite or negative values, the protein modality does not hold counts,
-        or the batches share no protein.
+        (names, ``gates``, ``qc``, ``max_cells``, ``seed``). After: the RNA (or ``layer``) holds NaN, infinite or
+        negative values, the protein modality does not hold counts, or the batches share no protein.
 
     Examples
     --------
@@ -197,9 +254,10 @@ def build_paired(
         raise ValueError(msg)
     qc = qc or QCThresholds()
     rules = _gates(gates)
+    check_paired_input(file, batch_key=batch_key, rna=rna, protein=protein, layer=layer)
     source = md.read_h5mu(file)
-    rna_name = _modality(source, rna, (), "RNA")
-    protein_name = _modality(source, protein, _PROTEIN_NAMES, "protein")
+    rna_name = _modality(list(source.mod), rna, (), "RNA")
+    protein_name = _modality(list(source.mod), protein, _PROTEIN_NAMES, "protein")
     in_both = source.obs_names.isin(source.mod[rna_name].obs_names)
     paired = source.obs_names[in_both & source.obs_names.isin(source.mod[protein_name].obs_names)]
     rna_data = source.mod[rna_name][paired].copy()
