@@ -60,6 +60,26 @@ def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, 
     assert not list(tmp_path.glob("tuned*"))
 
 
+def test_annotate_never_writes_over_its_reference(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Two files and --labels-key: the second is not taken as the output (it is the reference the user meant)."""
+    query, reference = tmp_path / "query.h5ad", tmp_path / "reference.h5ad"
+    pbmc68k[:10].copy().write_h5ad(query)
+    pbmc68k[10:30].copy().write_h5ad(reference)
+    before = reference.read_bytes()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the tool ran although the command names no separate output")
+
+    monkeypatch.setattr("panfoma_sc.tl.annotate", no_work)
+    model = ["--model", str(tiny_checkpoint), "--quiet", "--method", "finetune"]
+    assert main(["annotate", str(query), str(reference), "--labels-key", "louvain", *model]) == EXIT_BAD_INPUT
+    assert "only two files were given" in capsys.readouterr().err
+    three = ["annotate", str(query), str(reference), str(reference), "--labels-key", "louvain", *model]
+    assert main(three) == EXIT_BAD_INPUT
+    assert "is the reference file: it would be overwritten" in capsys.readouterr().err
+    assert reference.read_bytes() == before
+
+
 def test_unreadable_inputs_exit_2_with_what_to_do(tmp_path, capsys):
     import h5py
 

@@ -95,6 +95,16 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from . import tl
 
+    if args.reference is None and args.labels_key is not None:
+        msg = (
+            f"--labels-key {args.labels_key} names a column of the reference, but only two files were given "
+            f"(query {args.query}, output {args.output}): pass QUERY REFERENCE OUTPUT, or drop --labels-key to "
+            "label with a fine-tuned --model's classes."
+        )
+        raise ValueError(msg)
+    if args.reference is not None and Path(args.output).resolve() == Path(args.reference).resolve():
+        msg = f"The output {args.output} is the reference file: it would be overwritten. Name another output file."
+        raise ValueError(msg)
     _check_paths([args.query, args.reference], [args.output], args.save_model)
     query = ad.read_h5ad(args.query)
     reference = ad.read_h5ad(args.reference) if args.reference else None

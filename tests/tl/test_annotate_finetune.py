@@ -57,6 +57,10 @@ def test_saved_classifier_predicts_the_same_and_registers(split, tiny_checkpoint
     loaded = pf.models.load("my-classifier")
     assert loaded.classes == sorted(reference.obs["cell_type"].astype(str).unique())
     again = pf.tl.annotate(query, None, model="my-classifier", method="finetune", progress=False, copy=True)
+    with pytest.raises(
+        ValueError, match=r"reference=None with a fine-tuned model needs method='finetune' \(got 'knn'\)"
+    ):
+        pf.tl.annotate(query, None, model="my-classifier", progress=False, copy=True)
     np.testing.assert_array_equal(again.obs["panfoma_label"], first.obs["panfoma_label"])
     np.testing.assert_allclose(again.obs["panfoma_label_confidence"], first.obs["panfoma_label_confidence"], atol=1e-6)
 
@@ -102,8 +106,10 @@ def test_linear_probe_comes_first_and_fine_tuning_is_kept_only_where_it_beats_it
 def test_reference_none_needs_a_classifier(split, tiny_checkpoint):
     _, query = split
     before = query.copy()
-    with pytest.raises(ValueError, match="fine-tuned classifier"):
+    with pytest.raises(ValueError, match=r"fine-tuned model's classes, and model .* has none"):
         pf.tl.annotate(query, None, model=tiny_checkpoint, method="finetune", progress=False)
+    with pytest.raises(ValueError, match=r"labels_key='cell_type' names a column of the reference, but reference=None"):
+        pf.tl.annotate(query, None, labels_key="cell_type", model=tiny_checkpoint, method="finetune", progress=False)
     with pytest.raises(ValueError, match="labels_key is required"):
         pf.tl.annotate(query, query, model=tiny_checkpoint, progress=False)
     assert_equal(query, before)

@@ -253,10 +253,23 @@ def annotate(
         "device": device,
     }
     if reference is None:
-        if method != "finetune" or pretrained.classes is None:
+        if labels_key is not None:
             msg = (
-                "reference=None needs method='finetune' and a model with a fine-tuned classifier "
-                f"(model {pretrained.name!r} has none). Pass a labelled reference and labels_key."
+                f"labels_key={labels_key!r} names a column of the reference, but reference=None: pass the labelled "
+                "reference (labels from its obs), or drop labels_key to label with a fine-tuned model's classes."
+            )
+            raise ValueError(msg)
+        if pretrained.classes is None:
+            msg = (
+                f"reference=None labels cells with a fine-tuned model's classes, and model {pretrained.name!r} has "
+                "none. Pass a labelled reference and labels_key, or a model saved by "
+                "pf.tl.annotate(..., method='finetune', save_model=...)."
+            )
+            raise ValueError(msg)
+        if method != "finetune":
+            msg = (
+                f"reference=None with a fine-tuned model needs method='finetune' (got {method!r}): the labels come "
+                f"from model {pretrained.name!r}'s classifier, and method='knn' needs a labelled reference."
             )
             raise ValueError(msg)
         query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
