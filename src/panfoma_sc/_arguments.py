@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -24,12 +25,14 @@ def require_integer(name: str, value: Any, minimum: int, *, allow_none: bool = F
 
 
 def require_number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
-    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # NaN != NaN
+    """Raise ``ValueError`` unless ``value`` is a finite number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if valid:
         valid = (value > low if low_open else value >= low) and (high is None or value <= high)
     if not valid:
         bound = f"> {low}" if low_open else f">= {low}"
-        expected = f"a number {bound}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high}]"
+        expected = (
+            f"a finite number {bound}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high}]"
+        )
         msg = f"{name} must be {expected}, got {value!r}."
         raise ValueError(msg)

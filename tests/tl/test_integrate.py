@@ -65,7 +65,11 @@ def test_save_model_in_a_missing_folder_is_refused_before_any_work(two_batches, 
     ("option", "message"),
     [
         ({"max_steps": 0}, "max_steps must be an integer >= 1 or None"),
-        ({"learning_rate": -1e-3}, "learning_rate must be a number > 0"),
+        ({"learning_rate": -1e-3}, "learning_rate must be a finite number > 0"),
+        ({"mmd_weight": float("nan")}, "mmd_weight must be a finite number >= 0, got nan"),
+        ({"adversarial_weight": float("inf")}, "adversarial_weight must be a finite number >= 0, got inf"),
+        ({"feature_weight": -1.0}, "feature_weight must be a finite number >= 0, got -1.0"),
+        ({"mmd_weight": "1"}, "mmd_weight must be a finite number >= 0, got '1'"),
     ],
 )
 def test_settings_that_cannot_fine_tune_are_refused_before_any_work(two_batches, tiny_checkpoint, option, message):

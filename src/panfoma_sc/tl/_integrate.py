@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anndata import AnnData
 
+from .._arguments import require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
@@ -203,12 +204,12 @@ def integrate(
     >>> sc.pp.neighbors(mdata, use_rep="X_panfoma_integrated")  # doctest: +SKIP
     """
     keys = embedding_keys(key_added, default_obsm="X_panfoma_integrated", default_uns="X_panfoma_integrated")
-    if adversarial_weight < 0 or mmd_weight < 0 or feature_weight < 0:
-        msg = (
-            "adversarial_weight, mmd_weight and feature_weight must be >= 0, got "
-            f"{adversarial_weight}, {mmd_weight} and {feature_weight}."
-        )
-        raise ValueError(msg)
+    for name, weight in (
+        ("adversarial_weight", adversarial_weight),
+        ("mmd_weight", mmd_weight),
+        ("feature_weight", feature_weight),
+    ):
+        require_number(name, weight, 0)
     if method not in ("joint", "late_fusion"):
         msg = f"method={method!r} is not available; use 'joint' or 'late_fusion' (with a MuData)."
         raise ValueError(msg)

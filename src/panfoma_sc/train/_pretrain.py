@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -117,6 +118,10 @@ class TrainingConfig:
         for name in ("mvc_genes", "stop_after"):
             value = getattr(self, name)
             _require(name, value, value is None or (is_integer(value) and value >= 1), "None or an integer >= 1")
+        for name in ("learning_rate", "weight_decay", "min_lr_ratio", "contrastive_weight", "contrastive_temperature"):
+            value = getattr(self, name)
+            finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            _require(name, value, finite, "a finite number")
         low, high = self.mask_ratio
         checks = [
             ("learning_rate", self.learning_rate >= 0, ">= 0"),
