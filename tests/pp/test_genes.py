@@ -150,3 +150,35 @@ def test_whole_transcriptome_is_not_warned_about(caplog: pytest.LogCaptureFixtur
         match_genes(_adata(SYMBOLS[:19]), vocab)
     assert "only 19 genes" in caplog.text
     assert "embed the object before gene filtering" in caplog.text
+
+
+def test_mouse_style_symbols_are_matched_with_a_warning(caplog: pytest.LogCaptureFixture):
+    """Mouse symbols match a human vocabulary by name (case ignored): say so, and what to do for mouse data."""
+    human = ["CD3E", "ACTB", "RPL13A", "C1ORF112", "GAPDH"]
+    vocab = GeneVocabulary.from_genes(human, [f"ENSG{i:011d}" for i in range(5)])
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match = match_genes(_adata(["Cd3e", "Actb", "Rpl13a", "Gapdh", "Xist"]), vocab)
+    assert match.n_matched == 4
+    assert "4 of the 4 matched genes in adata.var_names are written like mouse (or rat) symbols" in caplog.text
+    assert "human orthologs" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):  # human symbols, the C1orf112 family included
+        match_genes(_adata(["CD3E", "ACTB", "C1orf112", "Gapdh"]), vocab)
+    assert "mouse" not in caplog.text
+
+
+def test_a_model_name_stands_for_its_vocabulary_and_bad_arguments_are_named(vocab: GeneVocabulary):
+    from panfoma_sc.models import load
+
+    tiny = load("panfoma-tiny")
+    adata = _adata(["CD3E", "ACTB", "NOT_A_GENE"])
+    by_name, by_model = match_genes(adata, "panfoma-tiny"), match_genes(adata, tiny)
+    expected = match_genes(adata, tiny.vocab)
+    for match in (by_name, by_model):
+        np.testing.assert_array_equal(match.gene_ids, expected.gene_ids)
+    with pytest.raises(ValueError, match=r"vocab must be a model's vocabulary, .* got int"):
+        match_genes(adata, 3)
+    with pytest.raises(ValueError, match=r"min_fraction must be a number in \[0, 1\], got 2"):
+        match_genes(adata, vocab, min_fraction=2)
+    with pytest.raises(ValueError, match=r"adata has no genes \(0 columns in var\)"):
+        match_genes(adata[:, []].copy(), vocab)

@@ -49,6 +49,7 @@ def test_saved_classifier_predicts_the_same_and_registers(split, tiny_checkpoint
         model=tiny_checkpoint,
         method="finetune",
         max_epochs=1,
+        n_genes=32,  # not the base model's default (64): the saved model must keep it
         save_model=path,
         progress=False,
         copy=True,
@@ -56,6 +57,7 @@ def test_saved_classifier_predicts_the_same_and_registers(split, tiny_checkpoint
     pf.models.register("my-classifier", path)
     loaded = pf.models.load("my-classifier")
     assert loaded.classes == sorted(reference.obs["cell_type"].astype(str).unique())
+    assert loaded.config.n_genes == 32 != pf.models.load(tiny_checkpoint).config.n_genes
     again = pf.tl.annotate(query, None, model="my-classifier", method="finetune", progress=False, copy=True)
     with pytest.raises(
         ValueError, match=r"reference=None with a fine-tuned model needs method='finetune' \(got 'knn'\)"

@@ -121,6 +121,32 @@ def test_layer_and_backed_input(pbmc_sorted, tiny_checkpoint, tmp_path):
     backed = ad.read_h5ad(path, backed="r")
     result = pf.tl.embed(backed, tiny_checkpoint, progress=False, batch_size=8, copy=True)
     np.testing.assert_allclose(result.obsm["X_panfoma"], reference, atol=1e-5)
+    view = backed[:10]
+    np.testing.assert_allclose(_embed(view, tiny_checkpoint).obsm["X_panfoma"], reference[:10], atol=1e-5)
+
+
+def test_a_view_of_backed_data_is_refused_before_any_work_unless_copied(pbmc_sorted, tiny_checkpoint, tmp_path):
+    """anndata cannot write results into a backed view: say so (and how) before the model runs."""
+    path = tmp_path / "cells.h5ad"
+    pbmc_sorted[:30].copy().write_h5ad(path)
+    view = ad.read_h5ad(path, backed="r")[:12]
+    reference = pbmc_sorted[:30].copy()
+    reference.obs["batch"] = np.repeat(["a", "b"], 15)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran before the result target was checked")
+
+    message = r"adata is a view of a backed AnnData .* Pass copy=True .* adata.to_memory\(\)"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("panfoma_sc.tl._embedding_job.EmbeddingJob.prepare", no_work)
+        with pytest.raises(ValueError, match=message):
+            pf.tl.embed(view, tiny_checkpoint, progress=False)
+        with pytest.raises(ValueError, match=message):
+            pf.tl.annotate(view, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False)
+        with pytest.raises(ValueError, match=message):
+            pf.tl.integrate(view, "batch", model=tiny_checkpoint, progress=False)
+    assert "X_panfoma" not in view.obsm
+    view.file.close()
 
 
 def test_duplicate_gene_names_use_the_first_and_report(pbmc_sorted, tiny_checkpoint):

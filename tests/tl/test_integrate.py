@@ -17,7 +17,9 @@ def two_batches(pbmc_sorted):
 
 def test_integrate_writes_embedding_and_scanpy_runs_on_it(two_batches, tiny_checkpoint, tmp_path):
     path = tmp_path / "integrated.safetensors"
-    pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=3, save_model=path, progress=False)
+    # n_genes is not the base model's default (64): the saved model must embed with it
+    options = {"max_steps": 3, "n_genes": 32, "save_model": path, "progress": False}
+    pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, **options)
     embedding = two_batches.obsm["X_panfoma_integrated"]
     assert embedding.shape == (two_batches.n_obs, 32)
     assert embedding.dtype == np.float32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,19 +107,21 @@ class PretrainedModel:
         name: str,
         info: dict[str, Any] | None = None,
         heads: dict[str, torch.nn.Module] | None = None,
+        n_genes: int | None = None,
     ) -> PretrainedModel:
         """An in-memory model (e.g. fine-tuned) with no file yet: ``path`` and ``sha256`` stay ``None``.
 
-        :meth:`save` writes it as a checkpoint that :func:`panfoma_sc.models.register` accepts.
+        :meth:`save` writes it as a checkpoint that :func:`panfoma_sc.models.register` accepts. ``n_genes``
+        replaces the network config's genes per cell, the default of every later use (a fine-tuned model keeps
+        the genes per cell it was tuned with).
         """
+        config = network.config if n_genes is None else replace(network.config, n_genes=n_genes)
         state = {k: v.detach().to("cpu").clone() for k, v in network.state_dict().items()}
         for head_name, head in (heads or {}).items():
             state |= {
                 f"{HEADS_PREFIX}{head_name}.{k}": v.detach().to("cpu").clone() for k, v in head.state_dict().items()
             }
-        checkpoint = Checkpoint(
-            state_dict=state, config=network.config, vocab=vocab, info={"name": name, **(info or {})}
-        )
+        checkpoint = Checkpoint(state_dict=state, config=config, vocab=vocab, info={"name": name, **(info or {})})
         return cls(name=name, path=None, sha256=None, checkpoint=checkpoint)
 
     def save(self, path: str | Path, *, half_precision: bool = False) -> str:

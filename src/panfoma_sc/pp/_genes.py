@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._arguments import require_number
 from ..data.vocab import GeneVocabulary, ensembl_species_prefix
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class GeneMatch:
 
 def match_genes(
     adata: AnnData,
-    vocab: GeneVocabulary,
+    vocab: GeneVocabulary | str | Path,
     *,
     gene_symbols: str | None = None,
     min_fraction: float = 0.1,
@@ -81,7 +83,7 @@ def match_genes(
     adata
         Data whose ``var_names`` (or ``var[gene_symbols]``) name the genes.
     vocab
-        The model's vocabulary.
+        The model's vocabulary (``model.vocab``), or a model: loaded, registered name or checkpoint path.
     gene_symbols
         Column of ``adata.var`` holding gene symbols, when ``var_names`` are something else.
     min_fraction
@@ -98,8 +100,19 @@ def match_genes(
     KeyError
         ``gene_symbols`` is not a column of ``adata.var``.
     ValueError
-        No gene matches, or too few.
+        ``adata`` has no genes, no gene matches, or too few.
+
+    Examples
+    --------
+    >>> import panfoma_sc as pf
+    >>> match = pf.pp.match_genes(adata, "panfoma-tiny")  # doctest: +SKIP
+    >>> match.summary()["fraction_matched"]  # doctest: +SKIP
     """
+    vocab = _vocabulary(vocab)
+    require_number("min_fraction", min_fraction, 0, 1)
+    if adata.n_vars == 0:
+        msg = f"{adata_name} has no genes (0 columns in var): embed the object before its genes were filtered out."
+        raise ValueError(msg)
     if gene_symbols is None:
         names = pd.Index(adata.var_names).astype(str)
         source = f"{adata_name}.var_names"
@@ -139,6 +152,7 @@ def match_genes(
             "(or pass gene_symbols=...), or lower min_fraction if this is expected."
         )
         raise ValueError(msg)
+    _warn_if_mouse_symbols(names[use], source)
     if duplicated:
         logger.warning(
             "%d genes map to a vocabulary gene already used by an earlier column and are left out, e.g. %s. "
@@ -151,6 +165,48 @@ def match_genes(
     )
     _warn_if_gene_subset(adata, adata_name)
     return match
+
+
+def _vocabulary(vocab: object) -> GeneVocabulary:
+    """``vocab`` itself, or the vocabulary of a loaded model, a registered model name or a checkpoint path."""
+    if isinstance(vocab, GeneVocabulary):
+        return vocab
+    if isinstance(getattr(vocab, "vocab", None), GeneVocabulary):
+        return vocab.vocab
+    if isinstance(vocab, str | Path):
+        from ..models import load
+
+        return load(vocab).vocab
+    msg = (
+        f"vocab must be a model's vocabulary, a loaded model, a registered model name or a checkpoint path, got "
+        f"{type(vocab).__name__}: e.g. pf.pp.match_genes(adata, 'panfoma-tiny')."
+    )
+    raise ValueError(msg)
+
+
+#: a symbol written the mouse/rat way (``Cd3e``, ``Rpl13a``, ``H2-K1``): capital first letter, lower-case letters
+#: after it. Human symbols are upper case except the ``C1orf112`` family, which is left out.
+_MOUSE_STYLE = re.compile(r"^[A-Z][A-Za-z0-9.-]*[a-z]")
+_HUMAN_ORF = re.compile(r"^C\d+orf\d+$|^CXorf\d+$|^CYorf\d+$")
+
+
+def _warn_if_mouse_symbols(matched: pd.Index, source: str) -> None:
+    """Warn when most matched names are written like mouse symbols: they matched the human vocabulary by name."""
+    if matched.empty:
+        return
+    mouse_style = [n for n in matched if _MOUSE_STYLE.match(n) and not _HUMAN_ORF.match(n)]
+    if len(mouse_style) <= matched.size / 2:
+        return
+    logger.warning(
+        "%d of the %d matched genes in %s are written like mouse (or rat) symbols, e.g. %s, and the model's "
+        "vocabulary is human. They were matched by name with case ignored: right for orthologs that share their "
+        "symbol, missed or wrong for the others. For mouse data, map the genes to their human orthologs first "
+        "(e.g. with pybiomart) for a more faithful embedding; if these are human genes, ignore this warning.",
+        len(mouse_style),
+        matched.size,
+        source,
+        mouse_style[:3],
+    )
 
 
 def _warn_if_gene_subset(adata: AnnData, adata_name: str = "adata") -> None:

@@ -15,6 +15,7 @@ from .._arguments import require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
+from ._keys import check_result_target
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -236,6 +237,7 @@ def annotate(
     >>> query.obs[["panfoma_label", "panfoma_label_confidence"]].head()  # doctest: +SKIP
     """
     _check_arguments(adata, reference, method, n_neighbors, max_epochs, unknown_threshold)
+    check_result_target(adata, copy=copy)
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a non-empty string, got {key_added!r} (it names the obs column of the labels)."
         raise ValueError(msg)

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import embedding_keys
+from ._keys import check_result_target, embedding_keys
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -124,6 +124,7 @@ def embed(
             seed=seed,
             precision=precision,
         )
+    check_result_target(adata, copy=copy)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     job = EmbeddingJob.prepare(

@@ -13,7 +13,7 @@ from .._arguments import require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import embedding_keys
+from ._keys import check_result_target, embedding_keys
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -217,6 +217,7 @@ def integrate(
         _refuse_mudata_options(
             modality=modality, protein=protein, atac=atac, method=method, feature_weight=feature_weight
         )
+        check_result_target(adata, copy=copy)
     if save_model is not None and not is_mudata(adata):
         check_writable(save_model, "save_model", suffix=".safetensors")
     if is_mudata(adata):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["EmbeddingKeys", "embedding_keys"]
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys"]
 
 
 class EmbeddingKeys(NamedTuple):
@@ -24,3 +27,17 @@ def embedding_keys(
         msg = f"key_added must be a non-empty string or None, got {key_added!r}."
         raise ValueError(msg)
     return EmbeddingKeys(key_added, key_added)
+
+
+def check_result_target(adata: AnnData, *, copy: bool) -> None:
+    """Refuse to write results into a view of a backed AnnData, which anndata cannot turn into an actual object.
+
+    Called before any work, so that the error does not come after the model ran.
+    """
+    if not copy and adata.isbacked and adata.is_view:
+        msg = (
+            "adata is a view of a backed AnnData (e.g. backed[:1000]): results cannot be written into it. Pass "
+            "copy=True to get a new in-memory AnnData with the results, or load the rows first with "
+            "adata.to_memory()."
+        )
+        raise ValueError(msg)

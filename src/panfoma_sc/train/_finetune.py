@@ -341,7 +341,12 @@ def finetune_classifier(
         "fine_tuning": dataclass_dict(config),
     }
     tuned = PretrainedModel.from_network(
-        network.eval(), model.vocab, name=f"{model.name}-classifier", info=info, heads={CLASSIFIER_HEAD: head.eval()}
+        network.eval(),
+        model.vocab,
+        name=f"{model.name}-classifier",
+        info=info,
+        heads={CLASSIFIER_HEAD: head.eval()},
+        n_genes=model.tokenizer(config.n_genes).n_genes,
     )
     return tuned, pd.DataFrame(history)
 
@@ -620,6 +625,10 @@ def finetune_integration(
         "fine_tuning": dataclass_dict(config),
     }
     tuned = PretrainedModel.from_network(
-        objective.network.eval(), model.vocab, name=f"{model.name}-integrated", info=info
+        objective.network.eval(),
+        model.vocab,
+        name=f"{model.name}-integrated",
+        info=info,
+        n_genes=model.tokenizer(config.n_genes).n_genes,
     )
     return tuned, pd.DataFrame(history)
