@@ -7,6 +7,7 @@ import sys
 
 import anndata as ad
 import numpy as np
+import scanpy as sc
 
 from panfoma_sc.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
@@ -28,6 +29,19 @@ def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, ca
     code = main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint), "--layer", "nope"])
     assert code == EXIT_BAD_INPUT
     assert "Layer 'nope' not found" in capsys.readouterr().err
+
+
+def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path, capsys):
+    """The tools' Python-style hints (layer='counts') are worded as the command's options (--layer counts)."""
+    source = tmp_path / "scaled.h5ad"
+    scaled = pbmc68k[:10].copy()
+    sc.pp.scale(scaled)  # negative values
+    scaled.write_h5ad(source)
+    assert main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "has negative values" in err
+    assert "e.g. --layer counts or adata.raw.to_adata()" in err
+    assert "layer='counts'" not in err
     assert not (tmp_path / "out.h5ad").exists()
     assert main(["embed", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == EXIT_BAD_INPUT
     assert "missing.h5ad' does not exist" in capsys.readouterr().err

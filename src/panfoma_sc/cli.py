@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -572,12 +573,40 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"panfoma: error: {message}", file=sys.stderr)
+        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        print(f"panfoma: error: {_as_options(message, _command_options(parser, args))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
         print(f"panfoma: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _command_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The long options of the command that ran (``--layer``, ``--gene-symbols``, ...)."""
+    options = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and args.command in action.choices:
+            options |= set(action.choices[args.command]._option_string_actions)
+    return {option for option in options if option.startswith("--")}
+
+
+#: ``name='value'`` or ``name=value`` in a message written for Python callers
+_PYTHON_ARGUMENT = re.compile(r"\b([a-z][a-z_]*)=(?:'([^']*)'|([^\s,;)']+))")
+
+
+def _as_options(message: str, options: set[str]) -> str:
+    """Python-style hints of the tools' messages (``layer='counts'``) worded as this command's options."""
+
+    def option(match: re.Match) -> str:
+        flag = "--" + match.group(1).replace("_", "-")
+        if flag not in options:
+            return match.group(0)
+        value = match.group(2) if match.group(2) is not None else match.group(3).rstrip(".")
+        if value == "None":
+            return f"no {flag}"
+        return f"{flag} {value}" + match.group(0)[len(match.group(0).rstrip(".")) :]
+
+    return _PYTHON_ARGUMENT.sub(option, message)
 
 
 def _stdout_is_closed_pipe() -> bool:

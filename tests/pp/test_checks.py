@@ -106,6 +106,11 @@ def test_no_genes_raises():
         check_expression(AnnData(X=np.zeros((5, 0), dtype=np.float32)))
 
 
+def test_block_size_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match=r"block_size must be an integer >= 1, got 0"):
+        check_expression(AnnData(X=np.ones((5, 3), dtype=np.float32)), block_size=0)
+
+
 def test_input_left_untouched():
     values = _log_normalized(_counts())
     values[0, 0] = -1.0

@@ -143,6 +143,11 @@ def test_reference_problems_are_named_as_the_reference(split, tiny_checkpoint):
     reference.X[3, 0] = np.nan
     with pytest.raises(ValueError, match=r"reference\.X contains NaN"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
+    reference.X[3, 0] = -1.0
+    with pytest.raises(ValueError, match=r"e\.g\. reference_layer='counts' or reference\.raw\.to_adata\(\)"):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
+    with pytest.raises(ValueError, match=r"reference has no cells \(0 observations\)"):
+        pf.tl.annotate(query, reference[:0], labels_key="cell_type", model=tiny_checkpoint)
 
 
 def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_checkpoint):
@@ -157,6 +162,9 @@ def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_ch
     assert first_class not in set(blanks.cat.categories)
     codes = pf.tl.annotate(query, reference, labels_key="codes", **kwargs).obs["panfoma_label"]
     assert set(codes.cat.categories) <= {str(c) for c in range(9)} | {"Unknown"}
+    reference.obs["codes_with_nan"] = reference.obs["codes"].where(reference.obs["codes"] != 0)  # floats now
+    with_nan = pf.tl.annotate(query, reference, labels_key="codes_with_nan", **kwargs).obs["panfoma_label"]
+    assert set(with_nan.cat.categories) <= {str(c) for c in range(1, 9)} | {"Unknown"}
 
 
 def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_overwritten_column(

@@ -94,11 +94,14 @@ def test_a_per_cell_batch_column_is_warned_about(two_batches, tiny_checkpoint, c
 
 @pytest.mark.parametrize(
     ("options", "named"),
-    [({"protein": "prot"}, "protein"), ({"method": "late_fusion", "feature_weight": 2.0}, "method, feature_weight")],
+    [
+        ({"protein": "prot"}, "protein applies"),
+        ({"method": "late_fusion", "feature_weight": 2.0}, "method, feature_weight apply"),
+    ],
 )
 def test_mudata_options_with_an_anndata_are_refused(two_batches, tiny_checkpoint, options, named):
     before = two_batches.copy()
-    with pytest.raises(ValueError, match=f"{named} apply to a MuData only"):
+    with pytest.raises(ValueError, match=f"{named} to a MuData only"):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, progress=False, **options)
     with pytest.raises(ValueError, match="method='xyz' is not available"):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, method="xyz", progress=False)

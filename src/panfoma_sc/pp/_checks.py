@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
+from .._arguments import require_integer
 from ..data.rows import expression_matrix, iter_row_blocks
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def check_expression(
         No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); cells with no
         expressed gene among ``columns`` (unless ``allow_empty_cells``).
     """
+    require_integer("block_size", block_size, 1)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if adata.n_obs == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."

@@ -31,7 +31,12 @@ def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
     if labels_key not in reference.obs.columns:
         msg = f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)})."
         raise KeyError(msg)
+    if reference.n_obs == 0:
+        msg = "reference has no cells (0 observations): pass a labelled reference with cells of each type."
+        raise ValueError(msg)
     column = reference.obs[labels_key]
+    if pd.api.types.is_float_dtype(column) and bool(np.all(column.dropna() % 1 == 0)):
+        column = column.astype("Int64")  # integer labels that NaN made float: "3", not "3.0"
     labels = column.astype(object).astype(str)
     labels = labels.where(column.notna().to_numpy() & (labels.str.strip() != "").to_numpy())
     if labels.isna().all():
@@ -79,6 +84,7 @@ def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **option
         return EmbeddingJob.prepare(reference, pretrained, adata_name="reference", **options)
     except (KeyError, ValueError) as error:
         text = re.sub(r"\badata\b", "reference", str(error.args[0]) if error.args else str(error))
+        text = re.sub(r"\blayer=", "reference_layer=", text)  # the reference's layer argument
         if "gene_symbols=" in text:
             text += " gene_symbols names a column of both the query's and the reference's var."
         raise type(error)(text) from error

@@ -74,9 +74,10 @@ def _refuse_mudata_options(**options: object) -> None:
     """An AnnData with MuData-only options set: raise, rather than integrate the RNA alone without saying so."""
     given = [name for name, value in options.items() if value != _MUDATA_DEFAULTS[name]]
     if given:
+        verb, these = ("applies", "this option") if len(given) == 1 else ("apply", "these options")
         msg = (
-            f"{', '.join(given)} apply to a MuData only, and adata is an AnnData. Pass the MuData (e.g. "
-            "mudata.read_h5mu(...)) for a multi-omics embedding, or drop these options."
+            f"{', '.join(given)} {verb} to a MuData only, and adata is an AnnData. Pass the MuData (e.g. "
+            f"mudata.read_h5mu(...)) for a multi-omics embedding, or drop {these}."
         )
         raise ValueError(msg)
 
