@@ -55,4 +55,6 @@ step 75 "$PY" benchmarks/bench_loader.py --device cuda --cells 2700 --prefetch 0
 # scaling: 1k..16k genes per cell (8 cells per forward), and 10k / 100k cells streamed from a backed h5ad
 step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
     --cells-per-batch 8 --repeats 3 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
+# fine-tuning with and without activation checkpointing (pf.tl.integrate, pf.tl.annotate finetune)
+step 120 "$PY" benchmarks/bench_finetune_checkpointing.py --device cuda --rounds 1
 ls -la benchmarks/results/ | tee -a "$LOG"

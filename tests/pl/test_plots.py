@@ -82,6 +82,27 @@ def test_bad_basis_or_color_raise_and_leave_adata_untouched(labelled):
     assert_equal(labelled, before)
 
 
+def test_ax_genes_in_raw_and_a_missing_label_column(labelled):
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"ax= takes one panel, and this plot has 2: .* confidence=False"):
+        pf.pl.embedding(labelled, ax=ax, show=False)
+    assert pf.pl.embedding(labelled, ax=ax, confidence=False, show=False) is ax
+    full = labelled.copy()
+    labelled = labelled[:, labelled.var_names[:5]].copy()
+    labelled.raw = full
+    gene = full.var_names[10]
+    assert gene not in labelled.var_names
+    pf.pl.embedding(labelled, color=gene, show=False)  # scanpy reads it from .raw
+    with pytest.raises(KeyError, match=r"not found in adata.obs columns or adata.var_names"):
+        pf.pl.embedding(labelled, color=gene, use_raw=False, show=False)
+    del labelled.obs["panfoma_label"]
+    with pytest.raises(KeyError, match=r"no 'panfoma_label' column to colour by: run pf.tl.annotate"):
+        pf.pl.embedding(labelled, show=False)
+    plt.close("all")
+
+
 def test_training_curve_draws_every_loss_column():
     history = pd.DataFrame({"step": [1, 2, 3], "loss_value": [3.0, 2.0, 1.0], "loss_batch": [0.7, 0.7, 0.6]})
     ax = pf.pl.training_curve(history, smooth=1, show=False)

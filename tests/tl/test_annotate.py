@@ -180,6 +180,16 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
     assert "has a class named 'Unknown'" in text
     assert "n_neighbors=500, but the reference has 72 labelled cells" in text
     assert "adata.obs['cell_type'] exists and is not an earlier pf.tl.annotate result" in text
+    caplog.clear()
+    query.obs["panfoma_label_confidence"] = 1.0  # a column of the user's, and embed's record under "panfoma"
+    query.uns["panfoma"] = {"params": {"model": "panfoma-tiny"}}
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query, reference, labels_key="named", **kwargs)
+        pf.tl.annotate(query, reference, labels_key="named", key_added="panfoma", **kwargs)
+        pf.tl.annotate(query, reference, labels_key="named", key_added="panfoma", **kwargs)  # a rerun: no warning
+    assert caplog.text.count("not an earlier pf.tl.annotate result") == 2
+    assert "adata.obs['panfoma_label_confidence'] exists and is not" in caplog.text
+    assert "adata.uns['panfoma'] exists and is not" in caplog.text
     assert "share only" not in text
     caplog.clear()
     half = query.n_vars // 2

@@ -60,16 +60,30 @@ def embedding(
             "sc.pp.neighbors(adata, use_rep='X_panfoma'); sc.tl.umap(adata)."
         )
         raise KeyError(msg)
+    if color is None and label_key not in adata.obs.columns:
+        msg = (
+            f"adata.obs has no {label_key!r} column to colour by: run pf.tl.annotate(adata, reference, "
+            "labels_key=...) first, or pass color= (obs columns or genes)."
+        )
+        raise KeyError(msg)
     colors = [label_key] if color is None else ([color] if isinstance(color, str) else list(color))
-    missing = [c for c in colors if c not in adata.obs.columns and c not in adata.var_names]
+    genes = _plottable_genes(adata, kwargs)
+    missing = [c for c in colors if c not in adata.obs.columns and genes is not None and c not in genes]
     if missing:
-        msg = f"color {missing} not found in adata.obs columns or var_names."
+        where = "adata.var_names or adata.raw.var_names" if adata.raw is not None else "adata.var_names"
+        msg = f"color {missing} not found in adata.obs columns or {where}."
         raise KeyError(msg)
     panels: list[str] = []
     for name in colors:
         panels.append(name)
         if confidence and f"{name}_confidence" in adata.obs.columns:
             panels.append(f"{name}_confidence")
+    if kwargs.get("ax") is not None and len(panels) > 1:
+        msg = (
+            f"ax= takes one panel, and this plot has {len(panels)}: {panels}. Pass one color and confidence=False "
+            "to draw into ax, or leave ax out."
+        )
+        raise ValueError(msg)
     palette = kwargs.pop("palette", None)
     if palette is None and any("Unknown" in _categories(adata, c) for c in colors):
         palette = _palette_with_grey_unknown(adata, [c for c in colors if _categories(adata, c)])
@@ -77,6 +91,19 @@ def embedding(
     kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
     # ``basis`` as given, not ``key``: scanpy names saved files after it (``umap_walk.png``, not ``X_umap_walk.png``)
     return sc.pl.embedding(adata, basis=basis, color=panels, palette=palette, **kwargs)
+
+
+def _plottable_genes(adata: AnnData, kwargs: dict[str, Any]):
+    """Gene names scanpy can colour by: ``var_names``, and ``raw``'s unless ``use_raw=False``.
+
+    ``None`` (not checked here) when ``gene_symbols=`` names a var column.
+    """
+    if kwargs.get("gene_symbols") is not None:
+        return None
+    genes = adata.var_names
+    if adata.raw is not None and kwargs.get("use_raw") is not False:
+        genes = genes.union(adata.raw.var_names)
+    return genes
 
 
 def _categories(adata: AnnData, column: str) -> list[str]:

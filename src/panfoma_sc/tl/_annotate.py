@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,25 @@ def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
             UNKNOWN,
         )
     return labels
+
+
+def _warn_if_overwriting(adata: AnnData, key_added: str) -> None:
+    """Warn before replacing results that no earlier :func:`annotate` call (same ``key_added``) wrote."""
+    record = adata.uns.get(key_added)
+    params = record.get("params") if isinstance(record, Mapping) else None
+    if isinstance(params, Mapping) and params.get("method") in ("knn", "finetune"):
+        return  # an earlier annotation under this key: replacing it is what a rerun means
+    taken = [f"obs[{c!r}]" for c in (key_added, f"{key_added}_confidence") if c in adata.obs.columns]
+    taken += [f"uns[{key_added!r}]"] if key_added in adata.uns else []
+    if taken:
+        logger.warning(
+            "adata.%s exist%s and %s not an earlier pf.tl.annotate result: replaced. Pass another key_added to "
+            "keep %s.",
+            " and adata.".join(taken),
+            "s" if len(taken) == 1 else "",
+            "is" if len(taken) == 1 else "are",
+            "it" if len(taken) == 1 else "them",
+        )
 
 
 def _check_arguments(
@@ -300,12 +320,7 @@ def annotate(
                 n_neighbors,
                 reference_job.adata.n_obs,
             )
-    if key_added in adata.obs.columns and key_added not in adata.uns:
-        logger.warning(
-            "adata.obs[%r] exists and is not an earlier pf.tl.annotate result: it will be replaced. Pass another "
-            "key_added to keep it.",
-            key_added,
-        )
+    _warn_if_overwriting(adata, key_added)
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
