@@ -72,6 +72,22 @@ def test_negative_values_raise(to_matrix):
     assert "scale" in str(info.value)
 
 
+@pytest.mark.parametrize("max_value", [None, 10.0])
+def test_genes_scaled_to_unit_variance_without_centring_raise(max_value):
+    """sc.pp.scale(zero_center=False) leaves no negative value, but every gene's standard deviation is 1."""
+    import scanpy as sc
+
+    counts = np.random.default_rng(1).negative_binomial(1, 0.3, size=(200, 60)).astype(np.float32)
+    counts[:, 0] += 1
+    logged = AnnData(X=_log_normalized(counts))
+    check_expression(logged)  # natural log values: standard deviations differ from gene to gene
+    scaled = logged.copy()
+    sc.pp.scale(scaled, zero_center=False, max_value=max_value)
+    assert scaled.X.min() >= 0
+    with pytest.raises(ValueError, match=r"looks scaled per gene .* layer='counts' or adata.raw.to_adata\(\)"):
+        check_expression(scaled)
+
+
 def test_empty_cell_raises():
     counts = _counts()
     counts[7] = 0

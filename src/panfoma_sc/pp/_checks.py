@@ -19,6 +19,24 @@ __all__ = ["ExpressionReport", "check_expression"]
 _LOG_SCALE_MAX = 30.0
 
 
+def _unit_variance_genes(sums: np.ndarray | float, sums_of_squares: np.ndarray | float, n_cells: int) -> bool:
+    """Whether most varying genes have standard deviation 1 across cells: the mark of per-gene scaling.
+
+    Natural expression (counts, log values, TPM) has gene standard deviations spread over orders of magnitude (at
+    most 7% of genes within 5% of 1 in the shared datasets); after ``sc.pp.scale`` (with or without centring)
+    every gene that varies has 1, and still 62% of pbmc3k's after clipping at ``max_value=10``.
+    """
+    if n_cells < 10 or np.ndim(sums) == 0:
+        return False
+    mean = sums / n_cells
+    variance = np.maximum(sums_of_squares / n_cells - mean**2, 0.0)
+    std = np.sqrt(variance[variance > 1e-12])
+    if std.size < 10:
+        return False
+    near_one = (std > 0.95 * np.sqrt((n_cells - 1) / n_cells)) & (std < 1.05)
+    return bool(near_one.mean() > 0.5)
+
+
 @dataclass
 class ExpressionReport:
     """What :func:`check_expression` found."""
@@ -68,8 +86,9 @@ def check_expression(
     Raises
     ------
     ValueError
-        No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); cells with no
-        expressed gene among ``columns`` (unless ``allow_empty_cells``).
+        No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); genes scaled to unit
+        variance (``sc.pp.scale(zero_center=False)``); cells with no expressed gene among ``columns`` (unless
+        ``allow_empty_cells``).
     """
     require_integer("block_size", block_size, 1)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -84,6 +103,7 @@ def check_expression(
     max_value = 0.0
     empty_cells: list[int] = []
     max_expressed = 0
+    sums = sums_of_squares = 0.0  # per gene, for the unit-variance test below
     for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
         values = block.data
         if values.size and not np.all(np.isfinite(values)):
@@ -98,6 +118,8 @@ def check_expression(
         if values.size:
             max_value = max(max_value, float(values.max()))
             all_integer = all_integer and bool(np.all(values == np.round(values)))
+        sums = sums + np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+        sums_of_squares = sums_of_squares + np.asarray(block.multiply(block).sum(axis=0), dtype=np.float64).ravel()
         row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
         empty_cells.extend(rows[nonzero == 0].tolist())
@@ -108,6 +130,13 @@ def check_expression(
         msg = (
             f"{len(empty_cells)} cells have no expressed gene {scope}(e.g. {names}). Remove them first, "
             "e.g. sc.pp.filter_cells(adata, min_genes=1) on the model's genes, or subset adata."
+        )
+        raise ValueError(msg)
+    if not all_integer and _unit_variance_genes(sums, sums_of_squares, adata.n_obs):
+        msg = (
+            f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
+            "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
+            "counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
         )
         raise ValueError(msg)
     if all_integer:
