@@ -135,7 +135,7 @@ def test_build_paired_reads_counts_from_a_layer(citeseq_file, tmp_path):
     ],
 )
 def test_a_paired_dataset_mistake_stops_the_run_before_any_work(
-    citeseq_file, tmp_path, monkeypatch, capsys, change, message
+    citeseq_file, monkeypatch, refused_run, change, message
 ):
     """A paired dataset's layer and batch column are checked from the file's layout before any dataset is built."""
 
@@ -147,12 +147,7 @@ def test_a_paired_dataset_mistake_stops_the_run_before_any_work(
     monkeypatch.setattr("mudata.read_h5mu", no_work)
     dataset = {"name": "citeseq", "files": [H5MU], "tasks": ["multiomics"], "methods": {"multiomics": ["rna_pca"]}}
     config = {"run": {"data_dir": str(citeseq_file.parent)}, "datasets": [dataset | change]}
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(config))
-    out = tmp_path / "out"
-    assert main(["bench", "run", str(path), "--out", str(out)]) == 2
-    assert re.search(message, capsys.readouterr().err)
-    assert not out.exists()
+    assert re.search(message, refused_run(config))
 
 
 def test_check_paired_input_accepts_what_build_paired_reads(citeseq_file):
