@@ -160,9 +160,9 @@ def test_annotate_and_integrate_refuse_bad_keys_with_exit_2(pbmc_sorted, tiny_ch
     out = tmp_path / "out.h5ad"
     model = ["--model", str(tiny_checkpoint), "--quiet"]
     assert main(["annotate", str(source), str(source), str(out), "--labels-key", "nope", *model]) == EXIT_BAD_INPUT
-    assert "labels_key='nope'" in capsys.readouterr().err
+    assert "--labels-key nope is not a column of reference.obs" in capsys.readouterr().err  # named as the option
     assert main(["integrate", str(source), str(out), "--batch-key", "nope", *model]) == EXIT_BAD_INPUT
-    assert "batch_key='nope'" in capsys.readouterr().err
+    assert "--batch-key nope" in capsys.readouterr().err
     assert not out.exists()
 
 
