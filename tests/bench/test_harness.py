@@ -177,6 +177,36 @@ def test_a_run_removes_the_outputs_of_an_earlier_run_only(tmp_path, monkeypatch)
     assert "old" not in report
 
 
+def test_a_run_that_stops_leaves_the_earlier_run_as_it_was(tmp_path, monkeypatch):
+    """Outputs replace an earlier run's only when the run has finished; what a stopped run wrote is kept aside."""
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    out = tmp_path / "out"
+    pf.bench.run(_toy_config(tmp_path), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("report.md") in before
+
+    def stops_on_the_second_dataset(ctx, spec, methods):
+        if stops_on_the_second_dataset.calls:
+            raise ValueError("QC removed every cell of the second dataset")
+        stops_on_the_second_dataset.calls += 1
+        return _forgetful(ctx, spec, methods)
+
+    stops_on_the_second_dataset.calls = 0
+    monkeypatch.setitem(TASKS, "forgetful", stops_on_the_second_dataset)
+    config = _toy_config(tmp_path)
+    config["datasets"].append(config["datasets"][0] | {"name": "second"})
+    with pytest.raises(ValueError, match="QC removed every cell"):
+        pf.bench.run(config, out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    staging = tmp_path / ".out.partial"
+    assert (staging / "manifests" / "toy.json").is_file()  # the first dataset's outputs, kept aside
+    assert pd.read_csv(staging / "results.csv")["dataset"].unique().tolist() == ["toy"]
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    pf.bench.run(config, out)
+    assert not staging.exists()
+    assert (out / "manifests" / "second.json").is_file()
+
+
 def test_out_pointing_to_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(TASKS, "forgetful", _forgetful)
     path = tmp_path / "bench.json"

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -95,19 +96,43 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
             raise type(err)(msg) from None
 
 
-def _prepare_output(out: Path) -> None:
-    """Create ``out`` and remove the outputs of an earlier run there (only the files a run writes)."""
+def _prepare_output(out: Path) -> Path:
+    """Check ``out`` and create the staging folder the run writes into (``.<out name>.partial`` beside it).
+
+    ``out`` itself is not touched until the run has finished (:func:`_publish`), so a run that stops leaves an
+    earlier run's outputs there as they were.
+    """
     if out.exists() and not out.is_dir():
         msg = f"Output {str(out)!r} is a file: pass a folder (new or from an earlier run) to --out/out."
         raise ValueError(msg)
-    stale = [out / name for name in RUN_FILES if (out / name).is_file()]
-    stale += [path for pattern in RUN_FILE_PATTERNS for path in sorted(out.glob(pattern)) if path.is_file()]
+    staging = out.parent / f".{out.name}.partial"
+    if staging.exists():  # the leftovers of a run that stopped
+        shutil.rmtree(staging)
+    (staging / "manifests").mkdir(parents=True)
+    (staging / "figures").mkdir()
+    return staging
+
+
+def _run_outputs(folder: Path) -> list[Path]:
+    """The files a run writes that are in ``folder`` (and only those)."""
+    found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
+    return found + [path for pattern in RUN_FILE_PATTERNS for path in sorted(folder.glob(pattern)) if path.is_file()]
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Replace the outputs of an earlier run in ``out`` (only the files a run writes) with the finished run's."""
+    stale = _run_outputs(out) if out.is_dir() else []
     if stale:
-        logger.info("Removing %d outputs of an earlier run in %s.", len(stale), out)
+        logger.info("Replacing %d outputs of an earlier run in %s.", len(stale), out)
         for path in stale:
             path.unlink()
-    (out / "manifests").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    for path in _run_outputs(staging):
+        target = out / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+    for folder in ("manifests", "figures"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging)
 
 
 def _methods_of(config: Mapping, dataset: Mapping, task: str) -> list[str]:
@@ -141,9 +166,11 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     """Run a benchmark config and write its results into ``out``.
 
     Before any work the config is checked (:func:`load_config`; a dict too), every input file must be in the
-    data folder, and each dataset's obs must hold its columns, labelled cells and ``test_groups``. The outputs of
-    an earlier run in ``out`` (the files listed below, and only those) are removed first, so the folder and its
-    report show this run alone.
+    data folder, and each dataset's obs must hold its columns, labelled cells and ``test_groups``. The run writes
+    into a staging folder beside ``out`` (``.<name>.partial``); only when it has finished do its outputs replace
+    those of an earlier run in ``out`` (the files listed below, and only those), so the folder and its report
+    show this run alone, and a run that stops (an error, Ctrl-C) leaves ``out`` as it was, its partial results in
+    the staging folder.
 
     For each dataset: :func:`build` (harmonization, QC, donor splits; manifest in ``manifests/``) or, for a
     paired ``.h5mu`` file, :func:`build_paired`, then each task with its methods on the same cells and splits.
@@ -179,9 +206,6 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     --------
     >>> pf.bench.run("benchmarks/panfomabench.toml", "bench_out")  # doctest: +SKIP
     """
-    from ._figures import plot_umaps
-    from ._report import render_report
-
     if isinstance(config, Mapping):
         validate_config(config)
     else:
@@ -190,7 +214,23 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     folder = _data_folder(config)
     _check_data(config, folder)
     _check_datasets(config, folder)
-    _prepare_output(out)
+    staging = _prepare_output(out)
+    try:
+        results = _run_datasets(config, folder, staging, command)
+    except BaseException:
+        logger.error(
+            "The run stopped: %s is as it was; what this run wrote so far is in %s.", out.resolve(), staging.resolve()
+        )
+        raise
+    _publish(staging, out)
+    return results
+
+
+def _run_datasets(config: Mapping, folder: Path, out: Path, command: str | None) -> pd.DataFrame:
+    """Build and benchmark every dataset of ``config``, writing all outputs into ``out`` (the staging folder)."""
+    from ._figures import plot_umaps
+    from ._report import render_report
+
     settings = config.get("run", {})
     seed = int(settings.get("seed", 0))
     options = {**config.get("methods", {}), "seed": seed}
