@@ -175,6 +175,8 @@ def _bad_citeseq(citeseq, case):
         return citeseq, {"batch_key": "donor"}, KeyError, "batch_key='donor'"
     if case == "bad method":
         return citeseq, {"method": "wnn"}, ValueError, "method='wnn' is not available"
+    if case == "key named like a modality":
+        return citeseq, {"key_added": "prot"}, ValueError, r"key_added='prot' is the name of a modality"
     raise AssertionError(case)
 
 
@@ -191,6 +193,7 @@ CASES = [
     "single batch",
     "missing batch column",
     "bad method",
+    "key named like a modality",
 ]
 
 
@@ -203,7 +206,7 @@ def test_integrate_bad_mudata_raises_and_leaves_it_untouched(citeseq, tiny_check
     assert_mudata_equal(mdata, before)
 
 
-@pytest.mark.parametrize("case", ["missing modality", "protein passed as RNA"])
+@pytest.mark.parametrize("case", ["missing modality", "protein passed as RNA", "key named like a modality"])
 def test_embed_bad_mudata_raises_and_leaves_it_untouched(citeseq, tiny_checkpoint, case):
     mdata, kwargs, error, message = _bad_citeseq(citeseq, case)
     kwargs.pop("protein", None)

@@ -40,6 +40,16 @@ def _prepare_rna(mdata: MuData, modality: str, rows: np.ndarray | None, **job_kw
         raise type(error)(msg) from error
 
 
+def _refuse_modality_key(mdata: MuData, keys: EmbeddingKeys) -> None:
+    """A ``key_added`` named like a modality would replace mudata's own ``obsm[<modality>]`` (which cells it has)."""
+    if keys.obsm in mdata.mod:
+        msg = (
+            f"key_added={keys.obsm!r} is the name of a modality: mdata.obsm[{keys.obsm!r}] is mudata's record of "
+            "which cells that modality holds, and the result would replace it. Pass another key_added."
+        )
+        raise ValueError(msg)
+
+
 def embed_mudata(
     mdata: MuData,
     model: PretrainedModel,
@@ -53,6 +63,7 @@ def embed_mudata(
 ) -> MuData | None:
     """Embed the RNA modality; write ``mod[modality].obsm``/``uns`` and ``mdata.obsm``/``uns``."""
     find_modality(mdata, modality, role="modality")
+    _refuse_modality_key(mdata, keys)
     shared, rows = modality_rows(mdata, [modality], require_all=False)
     job = _prepare_rna(mdata, modality, None, model=model, device=device, **job_kwargs)
     embedding = job.run(device=device, progress=progress)
@@ -119,6 +130,7 @@ def integrate_mudata(
         msg = "save_model is not supported for MuData yet (the joint network has protein/ATAC tokens); pass None."
         raise ValueError(msg)
     find_modality(mdata, modality, role="modality")
+    _refuse_modality_key(mdata, keys)
     others = {
         "protein": find_modality(mdata, protein, role="protein", candidates=PROTEIN_NAMES),
         "atac": find_modality(mdata, atac, role="atac", candidates=ATAC_NAMES),
