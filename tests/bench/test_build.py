@@ -184,6 +184,10 @@ def test_build_refuses_repeated_paired_and_misplaced_inputs(tmp_path):
     path = _toy_file(tmp_path)
     with pytest.raises(ValueError, match=r"lists \['toy.h5ad'\] more than once"):
         pf.bench.build([path, tmp_path / "." / "toy.h5ad"], qc=PANEL_QC)
+    copy = tmp_path / "toy_copy.h5ad"
+    copy.write_bytes(path.read_bytes())  # the same cells under another name: donors would cross splits
+    with pytest.raises(ValueError, match=r"files \['toy.h5ad', 'toy_copy.h5ad'\] have the same content"):
+        pf.bench.build([path, copy], qc=PANEL_QC)
     with pytest.raises(ValueError, match=r"Pass its RNA modality saved as .h5ad"):
         pf.bench.build([tmp_path / "cite.h5mu"], qc=PANEL_QC)
     with pytest.raises(ValueError, match="is an existing file: pass a folder"):

@@ -150,6 +150,11 @@ def test_a_paired_dataset_mistake_stops_the_run_before_any_work(
     assert re.search(message, refused_run(config))
 
 
+def test_build_paired_names_the_qc_filter_that_removed_every_cell(citeseq_file):
+    with pytest.raises(ValueError, match=r"mod\['rna'\]: QC removed every cell \(\d+ cells; removed by .*min_genes"):
+        pf.bench.build_paired(citeseq_file, qc=pf.bench.QCThresholds(min_genes=10**6))
+
+
 def test_check_paired_input_accepts_what_build_paired_reads(citeseq_file):
     from panfoma_sc.bench._paired import check_paired_input
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +33,15 @@ MANIFEST_KEY = "bench_manifest"
 
 
 def _sha256(path: Path) -> str:
+    """The file's SHA-256, computed once per file version (the inputs are checked, then recorded)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -233,6 +241,16 @@ def _check_inputs(
     if missing:
         msg = f"Benchmark inputs {missing} do not exist: check the file names and folder."
         raise FileNotFoundError(msg)
+    by_content: dict[str, list[str]] = {}
+    for file in files:
+        by_content.setdefault(_sha256(file), []).append(file.name)
+    copies = [names for names in by_content.values() if len(names) > 1]
+    if copies:
+        msg = (
+            f"files {copies[0]} have the same content (same sha256): their cells would be counted twice and could "
+            "land in both training and test splits. List each dataset once."
+        )
+        raise ValueError(msg)
     observations: dict[Path, pd.DataFrame] = {}
     for file in files:
         check_h5ad_input(file)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._arguments import is_integer
-from ._build import MANIFEST_KEY, _expression_in_x, _sha256, check_max_cells
+from ._build import MANIFEST_KEY, _check_survivors, _expression_in_x, _sha256, check_max_cells
 from ._gating import PBMC_CITESEQ_GATES, gate_cells
 from ._qc import QCThresholds, expression_kind, quality_control
 
@@ -286,6 +286,7 @@ def build_paired(
     kind, how = expression_kind(rna_data)
     entry["x_kind"], entry["x_kind_source"] = kind, how
     rna_data, entry["qc"] = quality_control(rna_data, qc, counts=kind == "counts")
+    _check_survivors(rna_data, f"{file.name} mod[{rna_name!r}]", entry["qc"])
     cells = rna_data.obs_names
     protein_data = source.mod[protein_name][cells].copy()
     batches = batch_values.loc[cells].to_numpy()
