@@ -177,6 +177,22 @@ def test_a_run_removes_the_outputs_of_an_earlier_run_only(tmp_path, monkeypatch)
     assert "old" not in report
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("nope-model", r"\[run\] model = 'nope-model': Unknown model 'nope-model'\. Known models: .*Nothing was run"),
+        ("missing.safetensors", r"\[run\] model = 'missing.safetensors': 'missing.safetensors' is not a checkpoint"),
+    ],
+)
+def test_a_model_that_cannot_be_found_stops_the_run_before_any_work(tmp_path, monkeypatch, refused_run, model, message):
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    config = _toy_config(tmp_path, methods={"forgetful": ["panfoma_kept"]})
+    config["run"]["model"] = model
+    assert re.search(message, refused_run(config))
+    config["datasets"][0]["methods"] = {"forgetful": ["kept"]}  # no PanFoMa method: the model is not needed
+    pf.bench.run(config, tmp_path / "out")
+
+
 def test_a_run_that_stops_leaves_the_earlier_run_as_it_was(tmp_path, monkeypatch):
     """Outputs replace an earlier run's only when the run has finished; what a stopped run wrote is kept aside."""
     monkeypatch.setitem(TASKS, "forgetful", _forgetful)

@@ -96,6 +96,25 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
             raise type(err)(msg) from None
 
 
+def _check_model(config: Mapping) -> None:
+    """Refuse a ``[run] model`` that names no registered model or checkpoint file, when a PanFoMa method runs."""
+    methods = {m for d in config["datasets"] for t in d.get("tasks", []) for m in _methods_of(config, d, t)}
+    if not any(method.startswith("panfoma") for method in methods):
+        return
+    from ..models._registry import _resolve
+
+    name = config.get("run", {}).get("model", "panfoma-tiny")
+    try:
+        target = _resolve(name)
+        if isinstance(target, Path) and not target.is_file():
+            msg = f"{str(target)!r} is not a checkpoint file."
+            raise FileNotFoundError(msg)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        msg = f"[run] model = {name!r}: {message} Nothing was run."
+        raise type(err)(msg) from None
+
+
 def _prepare_output(out: Path) -> Path:
     """Check ``out`` and create the staging folder the run writes into (``.<out name>.partial`` beside it).
 
@@ -198,9 +217,11 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     ValueError
         The config is invalid, ``out`` is a file, or a dataset's cells or ``test_groups`` do not fit its files.
     KeyError
-        A dataset's ``label_key``, ``donor_key``, ``batch_key`` or ``keep`` column is not in its files' obs.
+        A dataset's ``label_key``, ``donor_key``, ``batch_key`` or ``keep`` column is not in its files' obs, or
+        (when a PanFoMa method runs) ``[run] model`` is not a registered model.
     FileNotFoundError
-        The data folder or an input file does not exist (all missing files are named).
+        The data folder, an input file or the ``[run] model`` checkpoint file does not exist (all missing input
+        files are named).
 
     Examples
     --------
@@ -214,6 +235,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     folder = _data_folder(config)
     _check_data(config, folder)
     _check_datasets(config, folder)
+    _check_model(config)
     staging = _prepare_output(out)
     try:
         results = _run_datasets(config, folder, staging, command)
