@@ -29,6 +29,9 @@ def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, ca
     code = main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint), "--layer", "nope"])
     assert code == EXIT_BAD_INPUT
     assert "Layer 'nope' not found" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+    assert main(["embed", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == EXIT_BAD_INPUT
+    assert "missing.h5ad' does not exist" in capsys.readouterr().err
 
 
 def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path, capsys):
@@ -42,9 +45,15 @@ def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path,
     assert "has negative values" in err
     assert "e.g. --layer counts or adata.raw.to_adata()" in err
     assert "layer='counts'" not in err
-    assert not (tmp_path / "out.h5ad").exists()
-    assert main(["embed", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == EXIT_BAD_INPUT
-    assert "missing.h5ad' does not exist" in capsys.readouterr().err
+
+
+def test_python_hints_become_options_switches_included():
+    from panfoma_sc.cli import _as_options
+
+    options = {"--restart", "--layer", "--n-genes"}
+    message = "Start over with restart=True, pass layer=None or n_genes=64. Keep seed=3 (no such option)."
+    expected = "Start over with --restart, pass no --layer or --n-genes 64. Keep seed=3 (no such option)."
+    assert _as_options(message, options) == expected
 
 
 def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):

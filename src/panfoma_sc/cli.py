@@ -601,10 +601,14 @@ def _as_options(message: str, options: set[str]) -> str:
         flag = "--" + match.group(1).replace("_", "-")
         if flag not in options:
             return match.group(0)
+        text = match.group(0)
+        end = text[len(text.rstrip(".")) :]  # a sentence's full stop after an unquoted value stays
         value = match.group(2) if match.group(2) is not None else match.group(3).rstrip(".")
-        if value == "None":
-            return f"no {flag}"
-        return f"{flag} {value}" + match.group(0)[len(match.group(0).rstrip(".")) :]
+        if value in ("None", "False"):
+            return f"no {flag}{end}"
+        if value == "True":  # a switch
+            return f"{flag}{end}"
+        return f"{flag} {value}{end}"
 
     return _PYTHON_ARGUMENT.sub(option, message)
 
