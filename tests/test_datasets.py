@@ -27,6 +27,19 @@ def test_a_dataset_is_found_with_or_without_its_extension(data_folder):
     assert pf.datasets.load("tiny").shape == (3, 2)
 
 
+def test_an_h5mu_dataset_loads_as_mudata(data_folder):
+    md = pytest.importorskip("mudata", reason="MuData datasets need the multiomics extra")
+    rna = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    md.MuData({"rna": rna, "prot": rna.copy()}).write(data_folder / "paired.h5mu")
+    assert pf.datasets.available() == ["paired", "tiny"]
+    loaded = pf.datasets.load("paired")
+    assert isinstance(loaded, md.MuData)
+    assert sorted(loaded.mod) == ["prot", "rna"]
+    backed = pf.datasets.load("paired.h5mu", backed=True)
+    assert backed.isbacked
+    backed.file.close()
+
+
 @pytest.mark.parametrize("name", ["../secret", "../secret.h5ad", "..", "sub/tiny", "sub\\tiny", "", "/etc/passwd"])
 def test_names_that_leave_the_dataset_folder_are_refused(data_folder, name):
     with pytest.raises(ValueError, match=r"is not a file name in the dataset folder.*pf\.datasets\.available\(\)"):

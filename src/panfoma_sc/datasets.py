@@ -6,10 +6,14 @@ The folder holds ``.h5ad`` / ``.h5mu`` files and a README describing them; nothi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 
 from ._settings import settings
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 __all__ = ["available", "data_dir", "load", "path"]
 
@@ -93,8 +97,8 @@ def _check_plain_name(name: str) -> None:
         raise ValueError(msg)
 
 
-def load(name: str, *, backed: bool = False) -> ad.AnnData:
-    """Read a dataset as AnnData.
+def load(name: str, *, backed: bool = False) -> ad.AnnData | MuData:
+    """Read a dataset: an AnnData, or a MuData for an ``.h5mu`` file.
 
     Parameters
     ----------
@@ -106,9 +110,18 @@ def load(name: str, *, backed: bool = False) -> ad.AnnData:
     Returns
     -------
     The dataset.
+
+    Raises
+    ------
+    ImportError
+        An ``.h5mu`` dataset without ``mudata`` installed (the ``multiomics`` extra).
     """
     file = path(name)
     if file.suffix == ".h5mu":
-        msg = f"{file.name} is a MuData file: read it with mudata.read_h5mu."
-        raise ValueError(msg)
+        try:
+            import mudata
+        except ImportError as err:
+            msg = f"{file.name} is a MuData file: reading it needs mudata: pip install 'panfoma-sc[multiomics]'."
+            raise ImportError(msg) from err
+        return mudata.read_h5mu(file, backed="r" if backed else False)
     return ad.read_h5ad(file, backed="r" if backed else None)
