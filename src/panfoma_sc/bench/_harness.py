@@ -124,7 +124,8 @@ def _prepare_output(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         msg = f"Output {str(out)!r} is a file: pass a folder (new or from an earlier run) to --out/out."
         raise ValueError(msg)
-    staging = out.parent / f".{out.name}.partial"
+    resolved = out.resolve()  # "." has no name of its own
+    staging = resolved.parent / f".{resolved.name}.partial"
     if staging.exists():  # the leftovers of a run that stopped
         shutil.rmtree(staging)
     (staging / "manifests").mkdir(parents=True)
