@@ -5,11 +5,13 @@ import http.server
 import json
 import re
 import shutil
+import socket
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from safetensors.numpy import save_file
 
 import panfoma_sc as pf
@@ -159,6 +161,46 @@ def test_download_with_wrong_checksum_fails_clearly(tiny_checkpoint, http_server
     pf.models.register("remote", f"{base_url}/remote.safetensors", sha256="0" * 64)
     with pytest.raises(ValueError, match="Checksum mismatch downloading 'remote'"):
         pf.models.load("remote")
+
+
+def test_a_cache_folder_that_cannot_hold_the_download_is_not_called_a_checksum_mismatch(tiny_checkpoint, http_server):
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    blocker = pf.settings.cache_dir / "checkpoints"
+    blocker.write_text("")  # a file where the download folder belongs
+    with pytest.raises(ValueError, match=r"cache folder .*PANFOMA_CACHE_DIR.*holds a file where the folder") as error:
+        pf.models.load("remote")
+    assert str(blocker) in str(error.value)
+    assert "Checksum mismatch" not in str(error.value)
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("failure", ["not found", "no server"])
+def test_a_failed_download_names_the_model_the_url_and_the_fixes(tiny_checkpoint, http_server, failure, capsys):
+    from panfoma_sc.cli import EXIT_FAILURE, main
+
+    _, base_url, _ = http_server
+    if failure == "no server":
+        base_url = f"http://127.0.0.1:{_unused_port()}"
+    url = f"{base_url}/missing.safetensors"
+    digest = sha256sum(tiny_checkpoint)
+    pf.models.register("remote", url, sha256=digest)
+    reason = "404" if failure == "not found" else "Connection refused|Max retries"
+    expected = (
+        rf"Downloading model 'remote' from {re.escape(url)} failed: .*({reason}).*\. Check the URL and the network "
+        rf"connection .* pf\.models\.register\('remote', 'path/to/model\.safetensors', sha256='{digest}'"
+    )
+    with pytest.raises(ConnectionError, match=expected) as error:
+        pf.models.load("remote")
+    assert isinstance(error.value.__cause__, requests.RequestException)  # the original error stays attached
+    assert main(["models", "describe", "remote"]) == EXIT_FAILURE
+    assert re.search(rf"panfoma: failed: ConnectionError: {expected}", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -339,6 +340,80 @@ def test_resuming_with_other_settings_or_files_is_refused(corpus_files, vocab, t
         corpus_files, tmp_path, vocab=vocab, config=_config(batch_size=8), resume=False, progress=False
     )
     assert restarted["steps"] == 6
+
+
+def test_the_settings_mismatch_error_says_how_to_start_over_in_python_and_on_the_command_line(
+    corpus_files, vocab, tmp_path, capsys
+):
+    from panfoma_sc.cli import EXIT_BAD_INPUT, main
+
+    run = {"config": _config(batch_size=16).to_dict(), "files": [str(f) for f in corpus_files]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "state.pt").write_bytes(b"")  # a resumable run, as far as the check is concerned
+    python = r"batch_size: 16 -> 8.*start over with resume=False \(--restart on the command line\), or use another"
+    with pytest.raises(ValueError, match=python):
+        pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(batch_size=8), progress=False)
+    assert main(["pretrain", *map(str, corpus_files), "--out", str(tmp_path), "--batch-size", "8"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "start over with resume=False (--restart on the command line), or use another output folder." in err
+    assert "restart=True" not in err
+    assert "--restart True" not in err
+
+
+def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(corpus_files, vocab, tmp_path):
+    from panfoma_sc.train._pretrain import _lr_lambda
+
+    schedule = {"warmup_steps": 1, "learning_rate": 1e-3, "batch_size": 8}
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=3, **schedule), progress=False)
+    longer = _config(max_steps=5, **schedule)
+    assert pretrain(corpus_files, tmp_path, vocab=vocab, config=longer, progress=False)["steps"] == 5
+    lr = pd.read_csv(tmp_path / "history.csv")["lr"].to_numpy()
+    # steps 1-3 trained on the 3-step schedule; steps 4 and 5 on the 5-step one, from where the run is
+    factor = _lr_lambda(longer)
+    np.testing.assert_allclose(lr[3:], [1e-3 * factor(3), 1e-3 * factor(4)], rtol=1e-12)
+    np.testing.assert_allclose(lr, [1e-3, 1e-3, 5.5e-4, 5.5e-4, 1e-3 * (0.1 + 0.45 * (1 - 0.5**0.5))], rtol=1e-12)
+    assert (np.diff(lr) <= 0).all()  # after the warm-up the rate never rises again
+
+
+def test_a_file_without_vocabulary_genes_is_named_and_nothing_is_written(corpus_files, vocab, tmp_path, capsys):
+    from panfoma_sc.cli import EXIT_BAD_INPUT, main
+    from panfoma_sc.train import PretrainingCorpus
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    human = shutil.copy(corpus_files[0], data_dir / "human.h5ad")
+    mouse = ad.read_h5ad(corpus_files[1])
+    mouse.var_names = [f"ENSMUSG{i:011d}" for i in range(mouse.n_vars)]  # mouse Ensembl IDs: no vocabulary gene
+    mouse.write_h5ad(data_dir / "mouse.h5ad")
+    files = [human, data_dir / "mouse.h5ad"]
+    pattern = (
+        r"Training file '[^']*mouse\.h5ad': none of its 765 genes \(var_names, e\.g\. \['ENSMUSG00000000000'.* is in "
+        r"the run's vocabulary.*Remove the file from the corpus .* or map its genes"
+    )
+    out = tmp_path / "cli"
+    args = ["pretrain", "--data-dir", str(data_dir), "--out", str(out), "--min-cells", "1", "--quiet"]
+    assert main(args) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+    assert "embed" not in err
+    assert "gene_symbols" not in err  # an option of pf.tl.embed, not of pretraining
+    assert not out.exists()
+    # a new start in the folder of an earlier run leaves that run's files as they were
+    out.mkdir()
+    earlier = {name: f"earlier {name}" for name in ("run.json", "vocab.json", "vocab_options.json", "state.pt")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    assert main([*args, "--restart"]) == EXIT_BAD_INPUT
+    assert re.search(pattern, capsys.readouterr().err)
+    assert {path.name: path.read_text() for path in out.iterdir()} == earlier
+    with pytest.raises(ValueError, match=pattern):
+        build_vocabulary(files, min_cells=1)
+    # the Python API, with a vocabulary built elsewhere
+    with pytest.raises(ValueError, match=pattern):
+        pretrain(files, tmp_path / "api", vocab=vocab, config=_config(), progress=False)
+    assert not (tmp_path / "api").exists()
+    with pytest.raises(ValueError, match=pattern):
+        PretrainingCorpus(files, vocab, batch_size=8)
 
 
 def test_loss_goes_down_and_both_objectives_are_logged(corpus_files, vocab, tmp_path):

@@ -186,14 +186,19 @@ def _cache_folder(*parts: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise _cache_error(root, err) from err
+        raise _cache_error(root, err, folder) from err
     return folder
 
 
-def _cache_error(root: Path, err: OSError) -> ValueError:
-    """``err`` retold as a bad setting: which cache folder (and which setting) is at fault, and how to fix it."""
+def _cache_error(root: Path, err: OSError, folder: Path | None = None) -> ValueError:
+    """``err`` retold as a bad setting: which cache folder (and which setting) is at fault, and how to fix it.
+
+    ``folder``: the folder inside ``root`` that was being created, if any.
+    """
     if root.exists() and not root.is_dir():
         problem = "is a file, not a folder"
+    elif folder is not None and folder != root and folder.exists() and not folder.is_dir():
+        problem = f"holds a file where the folder {str(folder)!r} belongs (move or delete that file)"
     else:
         problem = f"cannot be created or written to ({err.strerror or err})"
     msg = (
@@ -213,14 +218,12 @@ def _locate(entry: RegistryEntry) -> Path:
     if target.is_file() and sha256sum(target) == entry.sha256:
         return target  # offline once cached
     import pooch
+    import requests
 
+    folder = _cache_folder(target.parent.name)  # outside the try: a bad cache folder is not a bad download
     try:
         fetched = pooch.retrieve(
-            entry.url,
-            known_hash=f"sha256:{entry.sha256}",
-            fname=target.name,
-            path=_cache_folder(target.parent.name),
-            progressbar=False,
+            entry.url, known_hash=f"sha256:{entry.sha256}", fname=target.name, path=folder, progressbar=False
         )
     except ValueError as err:  # pooch's hash mismatch
         msg = (
@@ -228,7 +231,23 @@ def _locate(entry: RegistryEntry) -> Path:
             f"({err}) The server's file changed or the transfer was corrupted; try again, or check the URL."
         )
         raise ValueError(msg) from err
+    except requests.RequestException as err:  # server down, refused, timed out, 404, ...
+        raise ConnectionError(_download_error_message(entry, err)) from err
+    except OSError as err:
+        if err.filename is not None:  # writing the download into the cache folder failed (disk full, permissions)
+            raise _cache_error(Path(settings.cache_dir), err) from err
+        raise ConnectionError(_download_error_message(entry, err)) from err
     return Path(fetched)
+
+
+def _download_error_message(entry: RegistryEntry, err: Exception) -> str:
+    """Why downloading ``entry`` failed (``err``, in one line) and the two ways out: fix the URL, or a local file."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return (
+        f"Downloading model {entry.name!r} from {entry.url} failed: {reason}. Check the URL and the network "
+        "connection and try again, or download the file yourself and register the local copy: "
+        f"pf.models.register({entry.name!r}, 'path/to/model.safetensors', sha256={entry.sha256!r}, overwrite=True)."
+    )
 
 
 def _missing_file_message(entry: RegistryEntry, path: Path) -> str:

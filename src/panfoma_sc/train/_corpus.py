@@ -121,6 +121,44 @@ def check_training_files(
     return reports
 
 
+def check_vocabulary_genes(files: Sequence[str | Path], vocab: GeneVocabulary) -> None:
+    """Refuse training files none of whose genes is in ``vocab``: none of their cells could be trained on.
+
+    Only each file's ``var_names`` are read.
+
+    Parameters
+    ----------
+    files
+        Training ``.h5ad`` files.
+    vocab
+        The run's vocabulary.
+
+    Raises
+    ------
+    ValueError
+        A file has no gene of ``vocab``; the message names the file and says how to fix it.
+    """
+    for file in files:
+        adata = ad.read_h5ad(file, backed="r")
+        try:
+            _require_vocabulary_genes(file, pd.Index(adata.var_names).astype(str), vocab)
+        finally:
+            adata.file.close()
+
+
+def _require_vocabulary_genes(file: str | Path, names: pd.Index, vocab: GeneVocabulary) -> None:
+    """A ``ValueError`` naming ``file`` when none of its gene ``names`` is in ``vocab``."""
+    if len(names) and (vocab.lookup(names) >= 0).any():
+        return
+    msg = (
+        f"Training file {str(file)!r}: none of its {len(names)} genes (var_names, e.g. {names[:3].tolist()}) is "
+        "in the run's vocabulary, so none of its cells can be trained on. Remove the file from the corpus (the "
+        "files passed, or the --data-dir folder), or map its genes: write it again with gene symbols of the "
+        "vocabulary's species as var_names (another species' genes mapped to their orthologs first)."
+    )
+    raise ValueError(msg)
+
+
 def _cells_to_check(adata: ad.AnnData, max_cells: int) -> ad.AnnData:
     """Up to ``max_cells`` cells of backed ``adata`` in memory (sparse), read as contiguous runs of rows."""
     matrix = expression_matrix(adata)
@@ -177,7 +215,8 @@ def build_vocabulary(
     ------
     ValueError
         A file fails :func:`check_training_files`, or no gene is left (no gene symbols among the names, no gene
-        expressed, or none in ``min_cells`` cells); the message says which.
+        expressed, or none in ``min_cells`` cells), or a file has none of the vocabulary's genes; the message
+        says which.
     """
     check_training_files(files)
     exclude_cells = _check_excluded_files(exclude_cells or {}, files)
@@ -185,9 +224,11 @@ def build_vocabulary(
     spelling: dict[str, str] = {}
     spike_ins: set[str] = set()
     n_names, n_symbols, n_cells = 0, 0, 0
+    names_of_files: list[pd.Index] = []
     for file in files:
         adata = ad.read_h5ad(file, backed="r")
         names = pd.Index(adata.var_names).astype(str)
+        names_of_files.append(names)
         counts = np.zeros(adata.n_vars, dtype=np.int64)
         rows = training_rows(adata, exclude_cells.get(Path(file).stem), file=file)
         for _, block in iter_row_blocks(adata.X, block_size, rows=rows):
@@ -236,8 +277,11 @@ def build_vocabulary(
         ensembl_ids = [first_id.get(k, "") for k in keys]
     if spike_ins:
         logger.info("Vocabulary: %d ERCC spike-in controls left out (not genes).", len(spike_ins))
+    vocab = GeneVocabulary(symbols, ensembl_ids)
+    for file, names in zip(files, names_of_files, strict=True):  # a file the vocabulary leaves out cannot train
+        _require_vocabulary_genes(file, names, vocab)
     logger.info("Vocabulary: %d genes expressed in >= %d cells.", len(symbols), min_cells)
-    return GeneVocabulary(symbols, ensembl_ids)
+    return vocab
 
 
 @dataclass
@@ -317,6 +361,12 @@ class PretrainingCorpus:
         self._data = [ad.read_h5ad(f, backed="r") for f in self.files]
         # a backed adata.X is a new object on every access, which reads the file's whole indptr again: open it once
         self._matrices = [a.X for a in self._data]
+        try:
+            for file, adata in zip(self.files, self._data, strict=True):
+                _require_vocabulary_genes(file, pd.Index(adata.var_names).astype(str), vocab)
+        except ValueError:
+            self.close()
+            raise
         self._matches = [match_genes(a, vocab, min_fraction=0.0) for a in self._data]
         self._keys = [cell_keys_from_names(a.obs_names) for a in self._data]
         exclude_cells = _check_excluded_files(exclude_cells or {}, self.files)

@@ -29,7 +29,7 @@ from ..data.vocab import GeneVocabulary
 from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
-from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files
+from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files, check_vocabulary_genes
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._held_out_cells import check_excluded_cells
 from ._masking import mask_values
@@ -221,6 +221,18 @@ def _lr_lambda(config: TrainingConfig):
     return factor
 
 
+def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainingConfig, step: int) -> None:
+    """Set the learning rates of a resumed run to its schedule's at ``step``, under the current ``config``.
+
+    The saved optimizer holds the rate the saved run's schedule gave for ``step``; a run resumed with another
+    ``max_steps`` (a resumable change) follows the new schedule from where it is instead.
+    """
+    factor = _lr_lambda(config)(step)
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+
+
 def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
 
@@ -381,8 +393,8 @@ def check_resumable(out_dir: str | Path, config: TrainingConfig, files: Sequence
     if changed:
         msg = (
             f"{str(out_dir)!r} holds a run started with other settings, so it cannot be resumed exactly: "
-            f"{'; '.join(changed)}. Pass the settings it was started with (run.json lists them), or start over "
-            "with --restart (restart=True: resume=False), or use another output folder."
+            f"{'; '.join(changed)}. Pass the settings it was started with (run.json lists them), start over "
+            "with resume=False (--restart on the command line), or use another output folder."
         )
         raise ValueError(msg)
 
@@ -438,8 +450,9 @@ def pretrain(
     Raises
     ------
     ValueError
-        ``vocab`` is empty, a file fails :func:`~panfoma_sc.train.check_training_files`, or ``out_dir`` holds a
-        run started with other files or settings (see :func:`check_resumable`).
+        ``vocab`` is empty, a file fails :func:`~panfoma_sc.train.check_training_files` or has none of the
+        vocabulary's genes, or ``out_dir`` holds a run started with other files or settings (see
+        :func:`check_resumable`).
     """
     config = config or TrainingConfig()
     out_dir = Path(out_dir)
@@ -453,6 +466,7 @@ def pretrain(
     if resume:
         check_resumable(out_dir, config, files)
     check_training_files(files)
+    check_vocabulary_genes(files, vocab)  # before run.json is written
     if config.warmup_steps > config.max_steps:
         logger.warning(
             "The warm-up (warmup_steps=%d, --warmup) is longer than the run (max_steps=%d, --steps): the learning "
@@ -517,6 +531,7 @@ def pretrain(
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from the state of older runs
+        _follow_schedule(optimizer, scheduler, config, step)
         logger.info("Resuming at step %d (epoch %d, batch %d).", step, epoch, position)
     trained = objective
     if world > 1:
@@ -597,7 +612,7 @@ def pretrain(
                 running[name] += float(loss.detach()) / config.grad_accumulation
             running["cells"] += len(tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
-        lr = scheduler.get_last_lr()[0]  # the rate of this step: scheduler.step() sets the next one
+        lr = optimizer.param_groups[0]["lr"]  # the rate of this step: scheduler.step() sets the next one
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
