@@ -289,6 +289,22 @@ def test_names_that_would_read_as_paths_are_refused(tiny_checkpoint, name):
     assert not (pf.settings.cache_dir / "registry.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (" panfoma-tiny", "leading or trailing spaces or non-printing characters"),
+        ("mine\nother", "leading or trailing spaces or non-printing characters"),
+        ("PANFOMA-TINY", r"'PANFOMA-TINY' is \(or reads as\) the built-in model name 'panfoma-tiny'"),
+        ("panfoma-tiny", r"is \(or reads as\) the built-in model name"),
+    ],
+)
+def test_names_that_would_read_as_another_model_are_refused(tiny_checkpoint, name, message):
+    with pytest.raises(ValueError, match=message):
+        pf.models.register(name, tiny_checkpoint)
+    assert not (pf.settings.cache_dir / "registry.json").exists()
+    assert pf.models.register("Mine-2", tiny_checkpoint).name == "Mine-2"  # capitals alone are fine
+
+
 def test_loading_a_folder_says_it_is_a_folder(tiny_checkpoint, tmp_path):
     shutil.copy(tiny_checkpoint, tmp_path / "mine.safetensors")
     with pytest.raises(FileNotFoundError, match=r"is a folder: pass the path of a \.safetensors .*mine\.safetensors"):

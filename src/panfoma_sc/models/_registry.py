@@ -367,12 +367,22 @@ def register(
 
 
 def _check_name(name: str) -> None:
-    """Refuse names that are empty, built in, or look like file paths (they would shadow files in :func:`load`)."""
+    """Refuse names that are empty, padded or unprintable, built in (any case), or look like file paths.
+
+    Such names would shadow files in :func:`load`, or read as another model in listings.
+    """
     if not isinstance(name, str) or not name.strip():
         msg = f"A model name must be a non-empty string, got {name!r}: choose a name such as 'my-model'."
         raise ValueError(msg)
-    if name in _builtin_entries():
-        msg = f"{name!r} is a built-in model name; choose another name."
+    if name != name.strip() or not name.isprintable():
+        msg = (
+            f"Model name {name!r} has leading or trailing spaces or non-printing characters, so it would look like "
+            "another name in listings; choose a plain name such as 'my-model'."
+        )
+        raise ValueError(msg)
+    builtin = {known.casefold(): known for known in _builtin_entries()}
+    if name.casefold() in builtin:
+        msg = f"{name!r} is (or reads as) the built-in model name {builtin[name.casefold()]!r}; choose another name."
         raise ValueError(msg)
     if _looks_like_path(name) or "://" in name:
         msg = (
