@@ -51,6 +51,56 @@ def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
     return sums.masked_fill(~causal, -math.inf)
 
 
+def _pairwise_log_decays(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``cumsum_i - cumsum_j`` for every pair of steps of a chunk, from the cumulated log decays as a float32 pair.
+
+    Shape ``(..., q)`` in, ``(..., q, q)`` out; entries on and below the diagonal are ``<= 0`` (up to rounding).
+    """
+    pairwise = high.unsqueeze(-1) - high.unsqueeze(-2)
+    return pairwise.add_(low.unsqueeze(-1)).sub_(low.unsqueeze(-2))
+
+
+class _WithinChunks(torch.autograd.Function):
+    """The scan's within-chunk term, ``y = (exp(clamp(pairwise)) * tril(scores)) @ x``, saving only its inputs.
+
+    The ``(q x q)`` decay and weight matrices per head are the scan's largest intermediates: letting autograd save
+    them (the decays, their ``exp`` and the weights) made them most of a training step's memory. Here the backward
+    pass rebuilds them from the chunk's cumulated log decays instead, one block at a time.
+
+    Shapes: ``high``, ``low`` ``(b, g, r, c, q)``; ``scores`` ``(b, g, c, q, q)``; ``x`` ``(b, g, r, c, q, p)``.
+    """
+
+    @staticmethod
+    def forward(ctx, high, low, scores, x):
+        causal = torch.ones(scores.shape[-2:], dtype=scores.dtype, device=scores.device).tril_()
+        causal_scores = (scores * causal).unsqueeze(2)  # (b, g, 1, c, q, q), 0 for j > i
+        # decay(j->i) (C_i . B_j), built in place in the decay buffer
+        weights = _pairwise_log_decays(high, low).clamp_(_LOG_DECAY_FLOOR, 0.0).exp_().mul_(causal_scores)
+        ctx.save_for_backward(high, low, scores, x)
+        return weights @ x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        high, low, scores, x = ctx.saved_tensors
+        grad_y = grad_y.to(x.dtype)  # under autocast the forward's product may have been lower precision
+        causal = torch.ones(scores.shape[-2:], dtype=scores.dtype, device=scores.device).tril_()
+        causal_scores = (scores * causal).unsqueeze(2)
+        pairwise = _pairwise_log_decays(high, low)
+        # clamp passes the gradient only where it did not clip
+        clipped = (pairwise < _LOG_DECAY_FLOOR).logical_or_(pairwise > 0.0)
+        decays = pairwise.clamp_(_LOG_DECAY_FLOOR, 0.0).exp_()
+        grad_weights = grad_y @ x.transpose(-1, -2)
+        grad_weights.mul_(decays)  # now the gradient of the causal scores, per head
+        grad_scores = grad_weights.sum(dim=2) * causal
+        weights = decays.mul_(causal_scores)
+        grad_x = weights.transpose(-1, -2) @ grad_y
+        # d weights / d pairwise = weights, zero where the clamp clipped
+        grad_pairwise = grad_weights.mul_(causal_scores).masked_fill_(clipped, 0.0)
+        grad_high = grad_pairwise.sum(dim=-1) - grad_pairwise.sum(dim=-2)
+        return grad_high, grad_high.clone(), grad_scores, grad_x
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -116,13 +166,7 @@ def ssd_scan(
 
     # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) decay(j->i) x_j
     scores = C.permute(0, 3, 1, 2, 4) @ B.permute(0, 3, 1, 4, 2)  # (b, g, c, q, q)
-    causal = torch.ones(chunk_size, chunk_size, dtype=x.dtype, device=x.device).tril_()
-    pairwise = high.unsqueeze(-1) - high.unsqueeze(-2)  # (b, g, r, c, q, q), <= 0 on and below the diagonal
-    pairwise = pairwise.add_(low.unsqueeze(-1)).sub_(low.unsqueeze(-2)).clamp_(_LOG_DECAY_FLOOR, 0.0)
-    causal_scores = (scores * causal).unsqueeze(2)  # (b, g, 1, c, q, q), 0 for j > i
-    # decay(j->i) (C_i . B_j); without autograd the buffer (the scan's largest intermediate) is reused
-    weights = torch.exp(pairwise) * causal_scores if torch.is_grad_enabled() else pairwise.exp_().mul_(causal_scores)
-    y_within = weights @ x_dt.permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, q, p)
+    y_within = _WithinChunks.apply(high, low, scores, x_dt.permute(0, 3, 4, 1, 2, 5))  # (b, g, r, c, q, p)
 
     # 2. state at the end of each chunk, from that chunk's inputs only: (b, c, g, r*p, n)
     decay_to_end = torch.exp(cumsum[..., -1:] - cumsum).to(x.dtype).permute(0, 3, 4, 1, 2).contiguous()
@@ -313,12 +357,56 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
     Equals ``nn.Conv1d(channels, channels, k, groups=channels, padding=k - 1)`` applied to the channels-first
     transpose and cut to ``length`` steps (``weight`` ``(channels, 1, k)``, ``bias`` ``(channels,)``), computed as
-    ``k`` shifted multiply-adds in the steps-first layout, so the input and output need no transposed copies.
+    ``k`` shifted multiply-adds in the steps-first layout, so the input and output need no transposed copies. The
+    backward pass is written out the same way (:class:`_CausalDepthwiseConv`).
     """
-    width = weight.shape[-1]
-    # (k, channels), tap k-1 on the current step; in x's dtype, as conv1d runs under autocast
-    taps = weight.reshape(weight.shape[0], width).t().to(x.dtype).contiguous()
-    out = x * taps[width - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, taps[width - 1])
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    return _CausalDepthwiseConv.apply(x, weight, bias)
+
+
+def _shifted_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``bias + sum_s taps[k - 1 - s] * x[:, t - s]`` over shifts ``s < k`` (steps before the start are zero)."""
+    width = taps.shape[0]
+    out = torch.addcmul(bias, x, taps[width - 1])
     for shift in range(1, width):  # shifts past the sequence's end touch empty slices
         out[:, shift:].addcmul_(x[:, :-shift], taps[width - 1 - shift])
     return out
+
+
+class _CausalDepthwiseConv(torch.autograd.Function):
+    """:func:`causal_depthwise_conv` with its gradients as shifted multiply-adds too.
+
+    Left to autograd, the forward pass's in-place updates of shifted slices cost a full copy of the gradient per tap
+    in the backward pass (autograd's ``CopySlices``), about a quarter of a training step of the decoder on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        width = weight.shape[-1]
+        # (k, channels), tap k-1 on the current step; in x's dtype, as conv1d runs under autocast
+        taps = weight.reshape(weight.shape[0], width).t().to(x.dtype).contiguous()
+        ctx.save_for_backward(x, taps)
+        ctx.weight_shape, ctx.weight_dtype, ctx.bias_dtype = weight.shape, weight.dtype, bias.dtype
+        return _shifted_taps(x, taps, bias.to(x.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, taps = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)
+        width = taps.shape[0]
+        grad_x = grad_bias = grad_weight = None
+        if ctx.needs_input_grad[0]:  # the transposed (anti-causal) convolution of the gradient
+            grad_x = grad_out * taps[width - 1]
+            for shift in range(1, width):
+                grad_x[:, :-shift].addcmul_(grad_out[:, shift:], taps[width - 1 - shift])
+        if ctx.needs_input_grad[1]:
+            steps = x.shape[1]
+            grad_taps = torch.stack(
+                [(grad_out[:, shift:] * x[:, : max(steps - shift, 0)]).sum(dim=(0, 1)) for shift in range(width)]
+            )  # row s: the tap applied to the step s before
+            grad_weight = grad_taps.flip(0).t().reshape(ctx.weight_shape).to(ctx.weight_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=(0, 1)).to(ctx.bias_dtype)
+        return grad_x, grad_weight, grad_bias
