@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from panfoma_sc.nn.ssd import Mamba2, causal_depthwise_conv, mamba_ssm_kernels, ssd_recurrence, ssd_scan
+from panfoma_sc.nn.ssd import GatedRMSNorm, Mamba2, causal_depthwise_conv, mamba_ssm_kernels, ssd_recurrence, ssd_scan
 
 HEADS = 4
 HEAD_DIM = 3
@@ -111,6 +111,38 @@ def test_ssd_scan_gradients_where_decays_reach_the_floor():
     expected = torch.autograd.grad(ssd_recurrence(*inputs).sum(), inputs)
     for name, mine, reference in zip(["x", "dt", "A", "B", "C"], got, expected, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def _gated_rms_norm_by_autograd(x, z, weight, group_size, eps):
+    # the norm's formula in plain differentiable operations (norm after gate, per group)
+    grouped = (x * torch.nn.functional.silu(z)).unflatten(-1, (-1, group_size))
+    return (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * weight
+
+
+@pytest.mark.parametrize("group_size", [12, 4])
+def test_gated_rms_norm_gradients_equal_autograd(group_size: int):
+    torch.manual_seed(2)
+    norm = GatedRMSNorm(12, group_size=group_size, dtype=torch.float64)
+    torch.nn.init.normal_(norm.weight)
+    x, z = (torch.randn(3, 5, 12, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    upstream = torch.randn(3, 5, 12, dtype=torch.float64)
+    inputs = [x, z, norm.weight]
+    got = torch.autograd.grad((norm(x, z) * upstream).sum(), inputs)
+    expected_out = _gated_rms_norm_by_autograd(x, z, norm.weight, group_size, norm.eps)
+    expected = torch.autograd.grad((expected_out * upstream).sum(), inputs)
+    torch.testing.assert_close(norm(x, z), expected_out, rtol=1e-12, atol=1e-12)
+    for name, mine, reference in zip(["x", "z", "weight"], got, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10, msg=name)
+    assert torch.autograd.gradcheck(norm, (x, z))
+
+
+def test_gated_rms_norm_keeps_low_precision_inputs_dtype():
+    norm = GatedRMSNorm(8, group_size=8, dtype=torch.bfloat16)
+    x, z = (torch.randn(2, 3, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    out = norm(x, z)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert x.grad.dtype == z.grad.dtype == norm.weight.grad.dtype == torch.bfloat16
 
 
 def test_ssd_scan_groups_must_divide_heads():

@@ -219,11 +219,64 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` gated by ``z``; both ``(..., dim)``."""
-        # Gate, normalize and scale in float32 with one final cast, as mamba_ssm's kernel and ``rms_norm_ref`` do.
-        gated = x.float() * F.silu(z.float())
-        grouped = gated.unflatten(-1, (-1, self.group_size))
-        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
+        # Gate, normalize and scale in float32 (float64 input: float64) with one final cast, as mamba_ssm's kernel and
+        # ``rms_norm_ref`` do.
+        return _GatedRMSNormFunction.apply(x, z, self.weight, self.group_size, self.eps)
+
+
+def _norm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The norm's working precision: float32, or float64 for float64 input."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _gate_and_normalize(
+    x: torch.Tensor, z: torch.Tensor, group_size: int, eps: float, inv_rms: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``silu(z)``, and ``x * silu(z)`` normalized by its RMS per group of ``group_size`` channels.
+
+    In float32 at least (float64 stays float64). Returns the gate, the normalized values ``(..., groups,
+    group_size)`` and ``1 / rms`` ``(..., groups, 1)`` (computed unless given).
+    """
+    compute = _norm_dtype(x)
+    gate = F.silu(z.to(compute))
+    normed = (x.to(compute) * gate).unflatten(-1, (-1, group_size))
+    if inv_rms is None:
+        inv_rms = torch.rsqrt(normed.square().mean(-1, keepdim=True).add_(eps))
+    return gate, normed.mul_(inv_rms), inv_rms
+
+
+class _GatedRMSNormFunction(torch.autograd.Function):
+    """:class:`GatedRMSNorm`'s computation, saving ``x``, ``z`` and ``1 / rms`` for a backward pass written out.
+
+    Left to autograd, the gate, the gated values, the normalized values and their scaled copy were each kept per
+    block; the backward pass rebuilds them from the inputs instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, weight, group_size, eps):
+        _, normed, inv_rms = _gate_and_normalize(x, z, group_size, eps)
+        ctx.save_for_backward(x, z, weight, inv_rms)
+        ctx.group_size, ctx.eps = group_size, eps
+        return (normed.flatten(-2) * weight.to(normed.dtype)).to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, z, weight, inv_rms = ctx.saved_tensors
+        gate, normed, _ = _gate_and_normalize(x, z, ctx.group_size, ctx.eps, inv_rms)
+        grad_out = grad_out.to(normed.dtype)
+        grad_weight = (grad_out * normed.flatten(-2)).flatten(0, -2).sum(0).to(weight.dtype)
+        grad_normed = (grad_out * weight.to(normed.dtype)).unflatten(-1, (-1, ctx.group_size))
+        # RMS norm: d gated = (d normed - normed * mean(d normed * normed)) / rms, per group
+        projection = (grad_normed * normed).mean(-1, keepdim=True)
+        grad_gated = grad_normed.sub_(normed.mul_(projection)).mul_(inv_rms).flatten(-2)
+        grad_x = (grad_gated * gate).to(x.dtype)
+        # d silu(z) / dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
+        z_wide = z.to(normed.dtype)
+        sigmoid = torch.sigmoid(z_wide)
+        silu_slope = (1.0 - sigmoid).mul_(z_wide).add_(1.0).mul_(sigmoid)
+        grad_z = grad_gated.mul_(x.to(normed.dtype)).mul_(silu_slope).to(z.dtype)
+        return grad_x, grad_z, grad_weight, None, None
 
 
 @functools.cache
