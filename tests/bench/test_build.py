@@ -353,3 +353,26 @@ def test_a_layer_missing_from_a_file_is_refused_before_any_work(tmp_path, monkey
     monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
     with pytest.raises(KeyError, match=r"layer='counts' is not a layer of first.h5ad \(its layers: \[\]\)"):
         pf.bench.build([tmp_path / "with_layer.h5ad", first], label_key="cell_type", layer="counts", qc=PANEL_QC)
+
+
+def test_build_replaces_an_earlier_build_whole_or_not_at_all(tmp_path, monkeypatch, caplog):
+    path = _data_file("pancreas_3batches_beta_ductal.h5ad")
+    options = {"label_key": "cell_type", "qc": pf.bench.QCThresholds(min_genes=50), "max_cells": 40, "out": tmp_path}
+    pf.bench.build([path], seed=1, **options)
+    before = {name: (tmp_path / name).read_bytes() for name in ("benchmark.h5ad", "manifest.json")}
+
+    def failing_manifest(*args, **kwargs):
+        raise OSError("disk full")
+
+    # the manifest's write fails after the new h5ad was written: the earlier build stays, both files of it
+    monkeypatch.setattr("panfoma_sc.bench._build.write_manifest", failing_manifest)
+    with pytest.raises(OSError, match="disk full"):
+        pf.bench.build([path], seed=2, **options)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmark.h5ad", "manifest.json"]
+
+    monkeypatch.undo()
+    with caplog.at_level("WARNING", logger="panfoma_sc.bench._build"):
+        pf.bench.build([path], seed=2, **options)
+    assert "Replacing the earlier benchmark build" in caplog.text
+    assert pf.bench.read_manifest(tmp_path / "manifest.json")["seed"] == 2

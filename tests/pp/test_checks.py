@@ -72,7 +72,7 @@ def test_negative_values_raise(to_matrix):
     assert "scale" in str(info.value)
 
 
-@pytest.mark.parametrize("max_value", [None, 10.0])
+@pytest.mark.parametrize("max_value", [None, 10.0, 5.0, 2.0])
 def test_genes_scaled_to_unit_variance_without_centring_raise(max_value):
     """sc.pp.scale(zero_center=False) leaves no negative value, but every gene's standard deviation is 1."""
     import scanpy as sc
@@ -86,6 +86,19 @@ def test_genes_scaled_to_unit_variance_without_centring_raise(max_value):
     assert scaled.X.min() >= 0
     with pytest.raises(ValueError, match=r"looks scaled per gene .* layer='counts' or adata.raw.to_adata\(\)"):
         check_expression(scaled)
+    with pytest.raises(ValueError, match=r"looks scaled per gene"):
+        check_expression(scaled, block_size=7)  # the per-gene statistics add up across row blocks
+
+
+def test_clipped_scaling_names_the_common_maximum():
+    import scanpy as sc
+
+    counts = np.random.default_rng(2).negative_binomial(1, 0.3, size=(200, 60)).astype(np.float32)
+    clipped = AnnData(X=_log_normalized(counts))
+    sc.pp.scale(clipped, zero_center=False, max_value=2.0)
+    assert 0.1 < np.mean(clipped.X == 2.0) < 0.5  # clipped in part: the genes still vary
+    with pytest.raises(ValueError, match=r"scaled per gene and clipped .*same maximum, 2,"):
+        check_expression(clipped)
 
 
 def test_empty_cell_raises():

@@ -625,11 +625,30 @@ def build(
     for flag in flags:
         logger.warning(flag)
     if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        combined.write_h5ad(folder / "benchmark.h5ad", compression="gzip")
-        write_manifest(manifest, folder / "manifest.json")
+        _write_build(combined, manifest, Path(out))
     return combined
+
+
+def _write_build(combined: AnnData, manifest: dict, folder: Path) -> None:
+    """Write ``benchmark.h5ad`` and ``manifest.json`` into ``folder``, both or neither.
+
+    Each is written beside its final name first and moved into place only when both are complete, so a failed write
+    leaves an earlier build in ``folder`` as it was; replacing one is logged.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = {"benchmark.h5ad": folder / "benchmark.h5ad", "manifest.json": folder / "manifest.json"}
+    staged = {name: folder / f".{name}.partial" for name in targets}
+    try:
+        combined.write_h5ad(staged["benchmark.h5ad"], compression="gzip")
+        write_manifest(manifest, staged["manifest.json"])
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
+    if any(path.exists() for path in targets.values()):
+        logger.warning("Replacing the earlier benchmark build in %s.", folder)
+    for name, target in targets.items():
+        os.replace(staged[name], target)
 
 
 def _manifest(

@@ -37,6 +37,30 @@ def _unit_variance_genes(sums: np.ndarray | float, sums_of_squares: np.ndarray |
     return bool(near_one.mean() > 0.5)
 
 
+def _clipped_at_one_maximum(gene_maxima: np.ndarray | float, varying: np.ndarray | None) -> bool:
+    """Whether most varying genes reach exactly the same maximum: per-gene scaling clipped at ``max_value``.
+
+    In every shared dataset (counts, log values, TPM) one gene holds the overall maximum; after
+    ``sc.pp.scale(zero_center=False, max_value=...)`` 79% (``max_value=10``) to all (5 and below) of pbmc3k's
+    varying genes do.
+    """
+    if np.ndim(gene_maxima) == 0 or varying is None:
+        return False
+    maxima = gene_maxima[varying]
+    if maxima.size < 10:
+        return False
+    at_maximum = maxima == maxima.max()
+    return bool(at_maximum.sum() >= 10 and at_maximum.mean() > 0.5)
+
+
+def _varying_genes(sums: np.ndarray | float, sums_of_squares: np.ndarray | float, n_cells: int) -> np.ndarray | None:
+    """Mask of the genes whose values vary across cells (``None`` when there are no per-gene sums)."""
+    if np.ndim(sums) == 0:
+        return None
+    mean = sums / n_cells
+    return np.maximum(sums_of_squares / n_cells - mean**2, 0.0) > 1e-12
+
+
 @dataclass
 class ExpressionReport:
     """What :func:`check_expression` found."""
@@ -87,8 +111,8 @@ def check_expression(
     ------
     ValueError
         No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); genes scaled to unit
-        variance (``sc.pp.scale(zero_center=False)``); cells with no expressed gene among ``columns`` (unless
-        ``allow_empty_cells``).
+        variance (``sc.pp.scale(zero_center=False)``), also when clipped (``max_value``); cells with no expressed
+        gene among ``columns`` (unless ``allow_empty_cells``).
     """
     require_integer("block_size", block_size, 1)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -103,7 +127,7 @@ def check_expression(
     max_value = 0.0
     empty_cells: list[int] = []
     max_expressed = 0
-    sums = sums_of_squares = 0.0  # per gene, for the unit-variance test below
+    sums = sums_of_squares = gene_maxima = 0.0  # per gene, for the scaling tests below
     for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
         values = block.data
         if values.size and not np.all(np.isfinite(values)):
@@ -120,6 +144,7 @@ def check_expression(
             all_integer = all_integer and bool(np.all(values == np.round(values)))
         sums = sums + np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
         sums_of_squares = sums_of_squares + np.asarray(block.multiply(block).sum(axis=0), dtype=np.float64).ravel()
+        gene_maxima = np.maximum(gene_maxima, block.max(axis=0).toarray().ravel())
         row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
         empty_cells.extend(rows[nonzero == 0].tolist())
@@ -137,6 +162,14 @@ def check_expression(
             f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
             "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
             "counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
+        )
+        raise ValueError(msg)
+    if not all_integer and _clipped_at_one_maximum(gene_maxima, _varying_genes(sums, sums_of_squares, adata.n_obs)):
+        msg = (
+            f"{where} looks scaled per gene and clipped (as by sc.pp.scale(zero_center=False, max_value=...)): most "
+            f"genes reach exactly the same maximum, {max_value:.4g}, which changes the order of genes within a cell "
+            "that PanFoMa reads. Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or "
+            "adata.raw.to_adata()."
         )
         raise ValueError(msg)
     if all_integer:
