@@ -126,3 +126,59 @@ def test_scanpy_can_plot_after_embed(pbmc68k, tiny_checkpoint):
     sc.pp.neighbors(adata, use_rep="X_panfoma", n_neighbors=5)
     sc.tl.umap(adata, random_state=0)
     assert pf.pl.embedding(adata, color="bulk_labels", show=False) is not None
+
+
+def test_unknown_grey_keeps_each_panels_categories_distinct_and_other_columns_colours(labelled):
+    # a second column sharing category names must not make two labels of the first column one colour
+    labelled.obs["truth"] = pd.Categorical(np.resize(["T", "B", "NK", "Mono"], labelled.n_obs))
+    labelled.uns["truth_colors"] = np.array(["#111111", "#222222", "#333333", "#444444"], dtype=object)
+    pf.pl.embedding(labelled, color=["panfoma_label", "truth"], confidence=False, show=False)
+    label_colors = list(labelled.uns["panfoma_label_colors"])
+    assert len(set(label_colors)) == 3
+    assert label_colors[2].startswith("#d9d9d9")
+    assert list(labelled.uns["truth_colors"]) == ["#111111", "#222222", "#333333", "#444444"]  # the user's, kept
+
+
+def test_unknown_grey_keeps_the_users_colours_of_the_label_column(labelled):
+    labelled.uns["panfoma_label_colors"] = np.array(["#aa0000", "#00aa00", "#0000aa"], dtype=object)
+    pf.pl.embedding(labelled, confidence=False, show=False)
+    assert [c[:7] for c in labelled.uns["panfoma_label_colors"]] == ["#aa0000", "#00aa00", "#d9d9d9"]
+
+
+def test_many_categories_with_unknown_get_as_many_colours_as_scanpy_gives(labelled):
+    names = [f"type{i}" for i in range(30)]
+    labelled.obs["panfoma_label"] = pd.Categorical(
+        np.resize([*names, "Unknown"], labelled.n_obs), categories=[*names, "Unknown"]
+    )
+    reference = labelled.copy()
+    pf.pl.embedding(labelled, confidence=False, show=False)
+    sc.pl.embedding(reference, basis="umap", color="panfoma_label", show=False)
+    ours, scanpys = list(labelled.uns["panfoma_label_colors"]), list(reference.uns["panfoma_label_colors"])
+    assert len(set(ours)) == 31
+    assert ours[:30] == scanpys[:30]  # scanpy's own choice of colours, "Unknown" aside
+
+
+def test_a_failed_plot_leaves_the_colours_as_they_were(labelled):
+    before = labelled.copy()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - scanpy's own error for a bad keyword
+        pf.pl.embedding(labelled, show=False, not_a_scanpy_option=1)
+    assert_equal(labelled, before)
+
+
+def test_empty_selection_or_no_colour_is_refused(labelled):
+    with pytest.raises(ValueError, match=r"no cells to plot"):
+        pf.pl.embedding(labelled[labelled.obs["panfoma_label"] == "nope"], show=False)
+    with pytest.raises(ValueError, match=r"color=\[\] names nothing"):
+        pf.pl.embedding(labelled, color=[], show=False)
+
+
+def test_training_curve_takes_one_column_name_and_checks_smooth():
+    history = pd.DataFrame({"step": np.arange(30), "loss_value": np.linspace(2, 1, 30), "loss_mvc": 1.0})
+    ax = pf.pl.training_curve(history, columns="loss_value", show=False)
+    assert [line.get_label() for line in ax.get_lines()] == ["loss_value"]
+    for smooth in (2.5, 0, -5):
+        with pytest.raises(ValueError, match=r"smooth must be an integer >= 1"):
+            pf.pl.training_curve(history, smooth=smooth, show=False)
+    history["loss_text"] = "high"
+    with pytest.raises(ValueError, match=r"\['loss_text'\] are not numeric"):
+        pf.pl.training_curve(history, columns=["loss_text"], show=False)

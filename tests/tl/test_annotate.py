@@ -167,6 +167,18 @@ def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_ch
     assert set(with_nan.cat.categories) <= {str(c) for c in range(1, 9)} | {"Unknown"}
 
 
+def test_labels_keep_the_references_class_order(split, tiny_checkpoint):
+    reference, query = split
+    kwargs = {"model": tiny_checkpoint, "progress": False, "unknown_threshold": 0, "copy": True}
+    reversed_types = list(reference.obs["cell_type"].cat.categories)[::-1]
+    reference.obs["reordered"] = reference.obs["cell_type"].cat.set_categories(["unused", *reversed_types])
+    labels = pf.tl.annotate(query, reference, labels_key="reordered", **kwargs).obs["panfoma_label"]
+    assert list(labels.cat.categories) == [*reversed_types, "Unknown"]
+    reference.obs["numbers"] = reference.obs["cell_type"].cat.codes.astype(int) * 5  # 0, 5, 10, ..., 40
+    numbers = pf.tl.annotate(query, reference, labels_key="numbers", **kwargs).obs["panfoma_label"]
+    assert list(numbers.cat.categories) == [str(5 * i) for i in range(len(reversed_types))] + ["Unknown"]
+
+
 def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_overwritten_column(
     split, tiny_checkpoint, caplog
 ):

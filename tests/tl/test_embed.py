@@ -296,3 +296,17 @@ def test_n_genes_far_above_every_cells_expressed_genes_is_warned_about(pbmc_sort
     with caplog.at_level("WARNING", logger="panfoma_sc"):
         _embed(adata, tiny_checkpoint, n_genes=32)
     assert "filler" not in caplog.text
+
+
+def test_replacing_a_result_no_panfoma_tool_wrote_is_warned_about(pbmc68k, tiny_checkpoint, caplog):
+    adata = pbmc68k[:40].copy()
+    adata.obsm["X_mine"] = np.zeros((adata.n_obs, 3))
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_mine", progress=False, n_genes=32)
+    assert "pf.tl.embed replaces adata.obsm['X_mine'], which no panfoma tool wrote" in caplog.text
+    assert adata.obsm["X_mine"].shape[1] == 32
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):  # a rerun replaces its own result silently
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_mine", progress=False, n_genes=32)
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_pf", progress=False, n_genes=32, copy=True)
+    assert "no panfoma tool wrote" not in caplog.text

@@ -108,3 +108,12 @@ def test_mudata_options_with_an_anndata_are_refused(two_batches, tiny_checkpoint
     with pytest.raises(ValueError, match=r"max_steps must be an integer >= 1 or None, got 1\.5"):
         pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1.5, progress=False)
     assert_equal(two_batches, before)
+
+
+def test_replacing_a_result_no_panfoma_tool_wrote_is_warned_about(two_batches, tiny_checkpoint, caplog):
+    adata = two_batches[:60].copy()
+    adata.uns["X_harmony"] = {"mine": 1}
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.integrate(adata, "batch", model=tiny_checkpoint, max_steps=1, key_added="X_harmony", progress=False)
+    assert "pf.tl.integrate replaces adata.uns['X_harmony'], which no panfoma tool wrote" in caplog.text
+    assert "panfoma_sc_version" in adata.uns["X_harmony"]["params"]

@@ -66,7 +66,13 @@ def embedding(
             "labels_key=...) first, or pass color= (obs columns or genes)."
         )
         raise KeyError(msg)
+    if adata.n_obs == 0:
+        msg = "adata has no cells to plot (0 observations). Check the selection that produced it."
+        raise ValueError(msg)
     colors = [label_key] if color is None else ([color] if isinstance(color, str) else list(color))
+    if not colors:
+        msg = f"color=[] names nothing to colour by: pass obs columns or genes, or leave it out for {label_key!r}."
+        raise ValueError(msg)
     genes = _plottable_genes(adata, kwargs)
     missing = [c for c in colors if c not in adata.obs.columns and genes is not None and c not in genes]
     if missing:
@@ -84,13 +90,22 @@ def embedding(
             "to draw into ax, or leave ax out."
         )
         raise ValueError(msg)
-    palette = kwargs.pop("palette", None)
-    if palette is None and any("Unknown" in _categories(adata, c) for c in colors):
-        palette = _palette_with_grey_unknown(adata, [c for c in colors if _categories(adata, c)])
+    # "Unknown" grey: through each such column's own uns colours, which scanpy reads, so other columns keep theirs
+    greyed = {} if kwargs.get("palette") is not None else _colors_with_grey_unknown(adata, colors)
     kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels])
     kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
-    # ``basis`` as given, not ``key``: scanpy names saved files after it (``umap_walk.png``, not ``X_umap_walk.png``)
-    return sc.pl.embedding(adata, basis=basis, color=panels, palette=palette, **kwargs)
+    before = {key: adata.uns[key] for key in greyed if key in adata.uns}
+    adata.uns.update(greyed)
+    try:
+        # ``basis`` as given, not ``key``: scanpy names saved files after it (``umap_walk.png``, not ``X_umap_...``)
+        return sc.pl.embedding(adata, basis=basis, color=panels, **kwargs)
+    except BaseException:
+        for key in greyed:  # a failed plot leaves adata as it was
+            if key in before:
+                adata.uns[key] = before[key]
+            else:
+                del adata.uns[key]
+        raise
 
 
 def _plottable_genes(adata: AnnData, kwargs: dict[str, Any]):
@@ -122,15 +137,38 @@ def _categories(adata: AnnData, column: str) -> list[str]:
     return list(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else []
 
 
-def _palette_with_grey_unknown(adata: AnnData, columns: list[str]) -> dict[str, str]:
-    """Scanpy's default category colours, with ``"Unknown"`` light grey."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+def _colors_with_grey_unknown(adata: AnnData, columns: list[str]) -> dict[str, list[str]]:
+    """``uns`` colours for each column among ``columns`` with an ``"Unknown"`` category, that one light grey.
 
-    palette: dict[str, str] = {}
-    for column in columns:
-        categories = [c for c in _categories(adata, column) if c != "Unknown"]
-        cmap = colormaps["tab20"] if len(categories) > 10 else colormaps["tab10"]
-        palette |= {c: to_hex(cmap(i % cmap.N)) for i, c in enumerate(categories)}
-    palette["Unknown"] = "#d9d9d9"
-    return palette
+    A column's valid colours in ``adata.uns`` are kept; otherwise it gets scanpy's default colours for its number
+    of categories (matplotlib's colour cycle, then scanpy's 20, 28 and 102-colour palettes).
+    """
+    from matplotlib.colors import is_color_like
+
+    greyed: dict[str, list[str]] = {}
+    for column in dict.fromkeys(columns):
+        categories = _categories(adata, column)
+        if "Unknown" not in categories:
+            continue
+        existing = adata.uns.get(f"{column}_colors")
+        valid = existing is not None and len(existing) == len(categories) and all(map(is_color_like, existing))
+        colors = [str(c) for c in existing] if valid else _default_colors(len(categories))
+        colors[categories.index("Unknown")] = _UNKNOWN_GREY
+        greyed[f"{column}_colors"] = colors
+    return greyed
+
+
+_UNKNOWN_GREY = "#d9d9d9"
+
+
+def _default_colors(n: int) -> list[str]:
+    """The colours scanpy gives ``n`` categories by default."""
+    from matplotlib import rcParams
+    from matplotlib.colors import to_hex
+    from scanpy.plotting import palettes
+
+    cycle = [to_hex(c) for c in rcParams["axes.prop_cycle"].by_key().get("color", [])]
+    for palette in (cycle, palettes.default_20, palettes.default_28, palettes.default_102):
+        if n <= len(palette):
+            return [to_hex(c) for c in palette[:n]]
+    return ["#808080"] * n  # scanpy, too, draws more than 102 categories in grey

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from .._arguments import require_integer
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -17,7 +20,7 @@ __all__ = ["training_curve"]
 def training_curve(
     history: pd.DataFrame | str | Path,
     *,
-    columns: tuple[str, ...] | None = None,
+    columns: str | Sequence[str] | None = None,
     smooth: int = 20,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -31,9 +34,9 @@ def training_curve(
     history
         The run's ``history.csv`` (its path, the run's output folder, or a DataFrame) with a ``step`` column.
     columns
-        Loss columns to draw (default: every ``loss_*`` column, e.g. value, MVC, contrastive, batch).
+        Loss column or columns to draw (default: every ``loss_*`` column, e.g. value, MVC, contrastive, batch).
     smooth
-        Rolling-mean window in logged steps (1 = raw).
+        Rolling-mean window in logged steps, an integer >= 1 (1 = raw).
     ax
         Axes to draw into.
     show
@@ -58,6 +61,8 @@ def training_curve(
     import matplotlib.pyplot as plt
     from scanpy.plotting._utils import savefig_or_show  # scanpy's own file naming, as sc.pl.* and pl.embedding
 
+    require_integer("smooth", smooth, 1)
+    columns = (columns,) if isinstance(columns, str) else None if columns is None else tuple(columns)
     if isinstance(history, str | Path):
         path = Path(history)
         path = path / "history.csv" if path.is_dir() else path
@@ -79,13 +84,17 @@ def training_curve(
     if missing:
         msg = f"history has no column(s) {missing}; it has {list(frame.columns)}."
         raise KeyError(msg)
+    not_numeric = [c for c in ("step", *columns) if not pd.api.types.is_numeric_dtype(frame[c])]
+    if not_numeric:
+        msg = f"history column(s) {not_numeric} are not numeric: pass step and loss columns of numbers."
+        raise ValueError(msg)
     own_axes = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
     else:
         fig = ax.figure
     for column in columns:
-        values = frame[column].rolling(max(smooth, 1), min_periods=1).mean()
+        values = frame[column].rolling(int(smooth), min_periods=1).mean()
         ax.plot(frame["step"], values, label=column)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")

@@ -28,7 +28,11 @@ UNKNOWN = "Unknown"
 
 
 def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
-    """The reference's labels as strings, missing (NaN, None, empty or blank) as NaN."""
+    """The reference's labels as strings, missing (NaN, None, empty or blank) as NaN, in a categorical.
+
+    The classes come in the reference's own order: a categorical column's category order, numbers by value,
+    other labels sorted.
+    """
     if labels_key not in reference.obs.columns:
         msg = f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)})."
         raise KeyError(msg)
@@ -57,7 +61,19 @@ def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
             labels_key,
             UNKNOWN,
         )
-    return labels
+    return pd.Series(pd.Categorical(labels, categories=_class_order(column, labels)), index=labels.index)
+
+
+def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
+    """The classes present in ``labels`` (strings of ``column``'s values) in ``column``'s natural order."""
+    present = set(labels.dropna())
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        ordered = [str(c) for c in column.cat.categories]
+    elif pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        ordered = [str(v) for v in np.unique(column.dropna().to_numpy())]
+    else:
+        ordered = sorted(present)
+    return [c for c in dict.fromkeys(ordered) if c in present]
 
 
 def _warn_if_overwriting(adata: AnnData, key_added: str) -> None:

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys
+from ._keys import check_result_target, embedding_keys, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -67,10 +67,15 @@ def embed(
         The embedding is float32 either way; bf16 is faster on GPUs and agrees with float32 to a cosine
         similarity above 0.99 per cell. Recorded in ``uns[...]["params"]["precision"]``.
     n_genes
-        Genes per cell given to the model (default: the model's); more genes cost more time.
+        Genes per cell given to the model (default: the model's); more genes cost more time. A cell that
+        expresses fewer fills up with genes it does not express, drawn from the genes of ``adata`` that the model
+        knows: so removing or adding genes that are zero in a cell (``sc.pp.filter_genes``, an outer-join
+        concatenation) moves its embedding a little (cosine about 0.9999 at the default on pbmc3k), while cells
+        that express at least ``n_genes`` known genes are unaffected.
     gene_selection
         Which expressed genes a cell with more than ``n_genes`` of them gives the model: ``"top"`` (highest
-        expression first, deterministic) or ``"random"`` (a seeded random subset); default: the model's.
+        expression first) or ``"random"`` (a seeded random subset); default: the model's. Either way ``seed``
+        also draws the unexpressed filler genes and the order of the tokens.
     key_added
         Result keys: ``obsm[key_added]`` and ``uns[key_added]``; ``None`` gives ``"X_panfoma"`` and ``"panfoma"``.
     modality
@@ -80,7 +85,8 @@ def embed(
     progress
         Show a progress bar.
     seed
-        Seed of the per-cell gene sampling (the result is deterministic on CPU for a given seed).
+        Seed of the per-cell gene sampling and token order (the result is deterministic on CPU for a given seed;
+        another seed moves embeddings slightly: cosine at least 0.997 on 150 pbmc3k cells).
 
     Returns
     -------
@@ -127,6 +133,8 @@ def embed(
     check_result_target(adata, copy=copy)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
+    else:
+        warn_if_replacing(adata, keys, tool="pf.tl.embed")
     job = EmbeddingJob.prepare(
         adata,
         resolve_model(model),

@@ -13,7 +13,7 @@ from .._arguments import require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys
+from ._keys import check_result_target, embedding_keys, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -277,6 +277,8 @@ def integrate(
         learning_rate=learning_rate,
         seed=seed,
     )
+    if not copy:
+        warn_if_replacing(adata, keys, tool="pf.tl.integrate")
     # every check passed: fine-tune, embed, then write
     tuned, history = finetune_integration(
         pretrained,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys", "warn_if_replacing"]
 
 
 class EmbeddingKeys(NamedTuple):
@@ -41,3 +45,23 @@ def check_result_target(adata: AnnData, *, copy: bool) -> None:
             "adata.to_memory()."
         )
         raise ValueError(msg)
+
+
+def warn_if_replacing(adata: AnnData, keys: EmbeddingKeys, *, tool: str) -> None:
+    """Warn before replacing an ``obsm``/``uns`` entry that no panfoma tool wrote (e.g. ``key_added="X_pca"``).
+
+    Replacing an earlier PanFoMa result under the same keys is what a rerun means and passes silently, as in scanpy.
+    """
+    record = adata.uns.get(keys.uns)
+    params = record.get("params") if isinstance(record, Mapping) else None
+    if isinstance(params, Mapping) and "panfoma_sc_version" in params:
+        return
+    taken = [f"obsm[{keys.obsm!r}]"] if keys.obsm in adata.obsm else []
+    taken += [f"uns[{keys.uns!r}]"] if keys.uns in adata.uns else []
+    if taken:
+        logger.warning(
+            "%s replaces adata.%s, which no panfoma tool wrote. Pass another key_added to keep %s.",
+            tool,
+            " and adata.".join(taken),
+            "them" if len(taken) > 1 else "it",
+        )
