@@ -19,7 +19,8 @@ import _perf
 import torch
 
 from panfoma_sc.nn import CONFIGS
-from panfoma_sc.nn.ssd import Mamba2, ssd_scan
+from panfoma_sc.nn.layers import BidirectionalMambaLayer
+from panfoma_sc.nn.ssd import ssd_scan
 
 
 def saved_mib(fn) -> float:
@@ -47,15 +48,8 @@ def main() -> None:
     _perf.set_threads(args.threads)
     config = _perf.config_for(args.architecture)
     torch.manual_seed(0)
-    block = Mamba2(
-        config.d_model,
-        d_state=config.d_state,
-        d_conv=config.d_conv,
-        expand=config.expand,
-        headdim=config.headdim,
-        chunk_size=config.ssd_chunk_size,
-        use_kernels=False,
-    ).to(args.device)
+    block = BidirectionalMambaLayer(config).forward_mamba.to(args.device)  # one of PanFoMa's decoder blocks
+    block.use_kernels = False  # the pure-PyTorch path, on CUDA too
     u = torch.randn(args.batch_size, args.length, config.d_model, device=args.device, requires_grad=True)
     upstream = torch.randn_like(u)
 
