@@ -19,46 +19,48 @@ __all__ = ["ExpressionReport", "check_expression"]
 _LOG_SCALE_MAX = 30.0
 
 
-def _unit_variance_genes(sums: np.ndarray | float, sums_of_squares: np.ndarray | float, n_cells: int) -> bool:
+#: Gene variances at or below this count as constant genes.
+_NO_VARIANCE = 1e-12
+
+
+def _gene_variances(sums: np.ndarray | float, sums_of_squares: np.ndarray | float, n_cells: int) -> np.ndarray | None:
+    """Per-gene variance across cells from the per-gene sums (``None`` when there are no per-gene sums)."""
+    if np.ndim(sums) == 0:
+        return None
+    mean = sums / n_cells
+    return np.maximum(sums_of_squares / n_cells - mean**2, 0.0)
+
+
+def _unit_variance_genes(variance: np.ndarray | None, n_cells: int) -> bool:
     """Whether most varying genes have standard deviation 1 across cells: the mark of per-gene scaling.
 
     Natural expression (counts, log values, TPM) has gene standard deviations spread over orders of magnitude (at
     most 7% of genes within 5% of 1 in the shared datasets); after ``sc.pp.scale`` (with or without centring)
     every gene that varies has 1, and still 62% of pbmc3k's after clipping at ``max_value=10``.
     """
-    if n_cells < 10 or np.ndim(sums) == 0:
+    if n_cells < 10 or variance is None:
         return False
-    mean = sums / n_cells
-    variance = np.maximum(sums_of_squares / n_cells - mean**2, 0.0)
-    std = np.sqrt(variance[variance > 1e-12])
+    std = np.sqrt(variance[variance > _NO_VARIANCE])
     if std.size < 10:
         return False
     near_one = (std > 0.95 * np.sqrt((n_cells - 1) / n_cells)) & (std < 1.05)
     return bool(near_one.mean() > 0.5)
 
 
-def _clipped_at_one_maximum(gene_maxima: np.ndarray | float, varying: np.ndarray | None) -> bool:
+def _clipped_at_one_maximum(gene_maxima: np.ndarray | float, variance: np.ndarray | None) -> bool:
     """Whether most varying genes reach exactly the same maximum: per-gene scaling clipped at ``max_value``.
 
     In every shared dataset (counts, log values, TPM) one gene holds the overall maximum; after
     ``sc.pp.scale(zero_center=False, max_value=...)`` 79% (``max_value=10``) to all (5 and below) of pbmc3k's
     varying genes do.
     """
-    if np.ndim(gene_maxima) == 0 or varying is None:
+    if np.ndim(gene_maxima) == 0 or variance is None:
         return False
-    maxima = gene_maxima[varying]
+    maxima = gene_maxima[variance > _NO_VARIANCE]
     if maxima.size < 10:
         return False
     at_maximum = maxima == maxima.max()
     return bool(at_maximum.sum() >= 10 and at_maximum.mean() > 0.5)
-
-
-def _varying_genes(sums: np.ndarray | float, sums_of_squares: np.ndarray | float, n_cells: int) -> np.ndarray | None:
-    """Mask of the genes whose values vary across cells (``None`` when there are no per-gene sums)."""
-    if np.ndim(sums) == 0:
-        return None
-    mean = sums / n_cells
-    return np.maximum(sums_of_squares / n_cells - mean**2, 0.0) > 1e-12
 
 
 @dataclass
@@ -157,14 +159,15 @@ def check_expression(
             "e.g. sc.pp.filter_cells(adata, min_genes=1) on the model's genes, or subset adata."
         )
         raise ValueError(msg)
-    if not all_integer and _unit_variance_genes(sums, sums_of_squares, adata.n_obs):
+    variance = _gene_variances(sums, sums_of_squares, adata.n_obs)
+    if not all_integer and _unit_variance_genes(variance, adata.n_obs):
         msg = (
             f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
             "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
             "counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
         )
         raise ValueError(msg)
-    if not all_integer and _clipped_at_one_maximum(gene_maxima, _varying_genes(sums, sums_of_squares, adata.n_obs)):
+    if not all_integer and _clipped_at_one_maximum(gene_maxima, variance):
         msg = (
             f"{where} looks scaled per gene and clipped (as by sc.pp.scale(zero_center=False, max_value=...)): most "
             f"genes reach exactly the same maximum, {max_value:.4g}, which changes the order of genes within a cell "
