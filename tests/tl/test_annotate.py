@@ -191,7 +191,12 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
     text = caplog.text
     assert "has a class named 'Unknown'" in text
     assert "n_neighbors=500, but the reference has 72 labelled cells" in text
-    assert "adata.obs['cell_type'] exists and is not an earlier pf.tl.annotate result" in text
+    assert "pf.tl.annotate replaces adata.obs['cell_type'], which no earlier pf.tl.annotate call wrote" in text
+    caplog.clear()
+    query.obs["mine"] = "x"
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):  # copy=True replaces nothing of the user's
+        pf.tl.annotate(query, reference, labels_key="named", key_added="mine", copy=True, **kwargs)
+    assert "which no earlier pf.tl.annotate call wrote" not in caplog.text
     caplog.clear()
     query.obs["panfoma_label_confidence"] = 1.0  # a column of the user's, and embed's record under "panfoma"
     query.uns["panfoma"] = {"params": {"model": "panfoma-tiny"}}
@@ -199,9 +204,9 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
         pf.tl.annotate(query, reference, labels_key="named", **kwargs)
         pf.tl.annotate(query, reference, labels_key="named", key_added="panfoma", **kwargs)
         pf.tl.annotate(query, reference, labels_key="named", key_added="panfoma", **kwargs)  # a rerun: no warning
-    assert caplog.text.count("not an earlier pf.tl.annotate result") == 2
-    assert "adata.obs['panfoma_label_confidence'] exists and is not" in caplog.text
-    assert "adata.uns['panfoma'] exists and is not" in caplog.text
+    assert caplog.text.count("which no earlier pf.tl.annotate call wrote") == 2
+    assert "replaces adata.obs['panfoma_label_confidence'], which" in caplog.text
+    assert "replaces adata.uns['panfoma'], which" in caplog.text
     assert "share only" not in text
     caplog.clear()
     half = query.n_vars // 2
@@ -214,7 +219,7 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
         pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)  # rerun: our own column
-    assert "is not an earlier pf.tl.annotate result" not in caplog.text
+    assert "which no earlier pf.tl.annotate call wrote" not in caplog.text
 
 
 def test_a_gene_subset_is_warned_about_once_per_dataset_each_by_its_own_name(split, tiny_checkpoint, caplog):

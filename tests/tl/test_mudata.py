@@ -86,6 +86,22 @@ def test_embed_mudata_cells_missing_from_rna_get_nan_rows(citeseq, tiny_checkpoi
     assert np.isfinite(mdata.obsm["X_panfoma"][~missing]).all()
 
 
+def test_replacing_mudata_entries_no_panfoma_tool_wrote_is_warned_about(citeseq, tiny_checkpoint, caplog):
+    citeseq.obsm["X_mine"] = np.zeros((citeseq.n_obs, 2))
+    citeseq.mod["rna"].uns["X_mine"] = {"mine": 1}
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.embed(citeseq, tiny_checkpoint, key_added="X_mine", progress=False)
+    assert "pf.tl.embed replaces mdata.obsm['X_mine'], which no panfoma tool wrote" in caplog.text
+    assert "pf.tl.embed replaces mdata.mod['rna'].uns['X_mine'], which no panfoma tool wrote" in caplog.text
+    citeseq.uns["X_joint"] = {"mine": 1}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.embed(citeseq, tiny_checkpoint, key_added="X_mine", progress=False)  # a rerun: silent
+        pf.tl.integrate(citeseq, None, model=tiny_checkpoint, method="late_fusion", key_added="X_joint", progress=False)
+    assert caplog.text.count("which no panfoma tool wrote") == 1
+    assert "pf.tl.integrate replaces mdata.uns['X_joint'], which no panfoma tool wrote" in caplog.text
+
+
 def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkpoint, tmp_path):
     zero_shot = pf.tl.embed(citeseq.mod["rna"], tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
     result = pf.tl.integrate(citeseq, "batch", model=tiny_checkpoint, max_steps=2, progress=False, copy=True)

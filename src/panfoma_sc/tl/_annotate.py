@@ -16,7 +16,7 @@ from .._arguments import require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target
+from ._keys import check_result_target, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -76,23 +76,9 @@ def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
     return [c for c in dict.fromkeys(ordered) if c in present]
 
 
-def _warn_if_overwriting(adata: AnnData, key_added: str) -> None:
-    """Warn before replacing results that no earlier :func:`annotate` call (same ``key_added``) wrote."""
-    record = adata.uns.get(key_added)
-    params = record.get("params") if isinstance(record, Mapping) else None
-    if isinstance(params, Mapping) and params.get("method") in ("knn", "finetune"):
-        return  # an earlier annotation under this key: replacing it is what a rerun means
-    taken = [f"obs[{c!r}]" for c in (key_added, f"{key_added}_confidence") if c in adata.obs.columns]
-    taken += [f"uns[{key_added!r}]"] if key_added in adata.uns else []
-    if taken:
-        logger.warning(
-            "adata.%s exist%s and %s not an earlier pf.tl.annotate result: replaced. Pass another key_added to "
-            "keep %s.",
-            " and adata.".join(taken),
-            "s" if len(taken) == 1 else "",
-            "is" if len(taken) == 1 else "are",
-            "it" if len(taken) == 1 else "them",
-        )
+def _is_annotation(params: Mapping) -> bool:
+    """Whether an ``uns`` record comes from an earlier :func:`annotate` call."""
+    return params.get("method") in ("knn", "finetune")
 
 
 def _check_arguments(
@@ -336,7 +322,15 @@ def annotate(
                 n_neighbors,
                 reference_job.adata.n_obs,
             )
-    _warn_if_overwriting(adata, key_added)
+    if not copy:
+        warn_if_replacing(
+            adata,
+            tool="pf.tl.annotate",
+            uns_key=key_added,
+            obs_keys=[key_added, f"{key_added}_confidence"],
+            is_rerun=_is_annotation,
+            owner="no earlier pf.tl.annotate call",
+        )
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}

@@ -134,7 +134,7 @@ def embed(
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     else:
-        warn_if_replacing(adata, keys, tool="pf.tl.embed")
+        warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
     job = EmbeddingJob.prepare(
         adata,
         resolve_model(model),

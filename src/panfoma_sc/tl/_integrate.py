@@ -278,7 +278,7 @@ def integrate(
         seed=seed,
     )
     if not copy:
-        warn_if_replacing(adata, keys, tool="pf.tl.integrate")
+        warn_if_replacing(adata, tool="pf.tl.integrate", uns_key=keys.uns, obsm_keys=[keys.obsm])
     # every check passed: fine-tune, embed, then write
     tuned, history = finetune_integration(
         pretrained,

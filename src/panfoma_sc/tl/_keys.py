@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys", "warn_if_replacing"]
+__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys", "warn_if_replacing", "written_by_panfoma"]
 
 
 class EmbeddingKeys(NamedTuple):
@@ -47,21 +48,40 @@ def check_result_target(adata: AnnData, *, copy: bool) -> None:
         raise ValueError(msg)
 
 
-def warn_if_replacing(adata: AnnData, keys: EmbeddingKeys, *, tool: str) -> None:
-    """Warn before replacing an ``obsm``/``uns`` entry that no panfoma tool wrote (e.g. ``key_added="X_pca"``).
+def written_by_panfoma(params: Mapping) -> bool:
+    """Whether an ``uns`` record's parameters come from a panfoma tool (every tool records its version)."""
+    return "panfoma_sc_version" in params
 
-    Replacing an earlier PanFoMa result under the same keys is what a rerun means and passes silently, as in scanpy.
+
+def warn_if_replacing(
+    data: AnnData | MuData,
+    *,
+    tool: str,
+    uns_key: str,
+    obsm_keys: Sequence[str] = (),
+    obs_keys: Sequence[str] = (),
+    is_rerun: Callable[[Mapping], bool] = written_by_panfoma,
+    owner: str = "no panfoma tool",
+    name: str = "adata",
+) -> None:
+    """Warn before replacing ``obsm``/``obs``/``uns`` entries that an earlier run of the tool did not write.
+
+    ``uns[uns_key]`` holds a tool's record; when its ``params`` pass ``is_rerun``, replacing the entries is what a
+    rerun means and passes silently, as in scanpy. ``owner`` names who should have written them in the message
+    (``"no panfoma tool"``, ``"no earlier pf.tl.annotate call"``) and ``name`` the object (``"mdata"``).
     """
-    record = adata.uns.get(keys.uns)
+    record = data.uns.get(uns_key)
     params = record.get("params") if isinstance(record, Mapping) else None
-    if isinstance(params, Mapping) and "panfoma_sc_version" in params:
+    if isinstance(params, Mapping) and is_rerun(params):
         return
-    taken = [f"obsm[{keys.obsm!r}]"] if keys.obsm in adata.obsm else []
-    taken += [f"uns[{keys.uns!r}]"] if keys.uns in adata.uns else []
+    taken = [f"obsm[{key!r}]" for key in obsm_keys if key in data.obsm]
+    taken += [f"obs[{key!r}]" for key in obs_keys if key in data.obs.columns]
+    taken += [f"uns[{uns_key!r}]"] if uns_key in data.uns else []
     if taken:
         logger.warning(
-            "%s replaces adata.%s, which no panfoma tool wrote. Pass another key_added to keep %s.",
+            "%s replaces %s, which %s wrote. Pass another key_added to keep %s.",
             tool,
-            " and adata.".join(taken),
+            " and ".join(f"{name}.{where}" for where in taken),
+            owner,
             "them" if len(taken) > 1 else "it",
         )

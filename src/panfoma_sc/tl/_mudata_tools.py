@@ -11,7 +11,7 @@ import pandas as pd
 from ..models import PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._integrate import warn_if_per_cell_batches
-from ._keys import EmbeddingKeys
+from ._keys import EmbeddingKeys, warn_if_replacing
 from ._mudata import ATAC_NAMES, PROTEIN_NAMES, find_modality, modality_rows, obs_column
 from ._multiomics import ModalityFeatures, atac_features, late_fusion, protein_features
 
@@ -50,6 +50,14 @@ def _refuse_modality_key(mdata: MuData, keys: EmbeddingKeys) -> None:
         raise ValueError(msg)
 
 
+def _warn_if_replacing(mdata: MuData, keys: EmbeddingKeys, *, tool: str, modality: str | None = None) -> None:
+    """The replacement warning for ``mdata``'s own entries and, for ``embed``, the RNA modality's."""
+    warn_if_replacing(mdata, tool=tool, uns_key=keys.uns, obsm_keys=[keys.obsm], name="mdata")
+    if modality is not None:
+        name = f"mdata.mod[{modality!r}]"
+        warn_if_replacing(mdata.mod[modality], tool=tool, uns_key=keys.uns, obsm_keys=[keys.obsm], name=name)
+
+
 def embed_mudata(
     mdata: MuData,
     model: PretrainedModel,
@@ -66,6 +74,8 @@ def embed_mudata(
     _refuse_modality_key(mdata, keys)
     shared, rows = modality_rows(mdata, [modality], require_all=False)
     job = _prepare_rna(mdata, modality, None, model=model, device=device, **job_kwargs)
+    if not copy:
+        _warn_if_replacing(mdata, keys, tool="pf.tl.embed", modality=modality)
     embedding = job.run(device=device, progress=progress)
     if copy:
         mdata = mdata.copy()
@@ -158,6 +168,8 @@ def integrate_mudata(
     if "atac" in others:
         name = others["atac"]
         features.append(atac_features(mdata.mod[name], rows[name], name=name))
+    if not copy:
+        _warn_if_replacing(mdata, keys, tool="pf.tl.integrate")
     # every check passed: compute, then write
     if method == "joint":
         embedding, history = _joint(job, features, batches, codes, finetune, device, progress)
