@@ -23,6 +23,31 @@ def test_embed_command_writes_the_embedding(pbmc68k, tiny_checkpoint, tmp_path, 
     assert "obsm['X_pf']" in capsys.readouterr().out
 
 
+def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
+    pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """The output replaces the file only when complete: the input itself, and an earlier output on a failed write."""
+    source = tmp_path / "data.h5ad"
+    pbmc68k[:40].copy().write_h5ad(source)
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    assert main(["embed", str(source), str(source), *model]) == EXIT_OK
+    result = ad.read_h5ad(source)
+    assert result.obsm["X_panfoma"].shape == (40, 32)
+    assert (result.X != pbmc68k[:40].X).nnz == 0
+    before = source.read_bytes()
+
+    def fail_midway(adata, filename, **kwargs):
+        with open(filename, "wb") as file:
+            file.write(b"half an h5ad")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", fail_midway)
+    assert main(["embed", str(source), str(source), *model, "--key-added", "X_again"]) != EXIT_OK
+    assert "No space left on device" in capsys.readouterr().err
+    assert source.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data.h5ad"]
+
+
 def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, capsys):
     source = tmp_path / "in.h5ad"
     pbmc68k[:10].copy().write_h5ad(source)

@@ -46,6 +46,21 @@ def test_explicit_device_this_machine_lacks_is_a_clear_error(monkeypatch):
     assert settings.resolve_device("cuda:0") == "cuda:0"
 
 
+@pytest.mark.parametrize("device", [0, True, 1.0, ["cpu"]])
+def test_a_device_that_is_not_a_name_is_refused(device):
+    with pytest.raises(ValueError, match=r"device must be a string such as 'cpu'"):
+        Settings().resolve_device(device)
+
+
+def test_devices_panfoma_cannot_run_on_are_refused_and_torch_devices_are_taken():
+    import torch
+
+    with pytest.raises(ValueError, match=r"device='meta': PanFoMa runs on 'cpu', 'cuda'"):
+        Settings().resolve_device("meta")
+    assert Settings().resolve_device(torch.device("cpu")) == "cpu"
+    assert Settings(device="cpu").resolve_device(None) == "cpu"
+
+
 @pytest.mark.parametrize("value", [None, ""])
 def test_an_empty_cache_or_data_dir_variable_counts_as_unset(monkeypatch, tmp_path, value):
     for name in ("PANFOMA_CACHE_DIR", "PANFOMA_DATA_DIR"):

@@ -14,12 +14,19 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def require_integer(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum`` (or ``None`` when allowed)."""
+#: the largest seed accepted: seeds feed numpy and torch generators and per-step seeds derived from them
+MAX_SEED = 2**32 - 1
+
+
+def require_integer(
+    name: str, value: Any, minimum: int, *, allow_none: bool = False, maximum: int | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer in ``[minimum, maximum]`` (or ``None`` when allowed)."""
     if allow_none and value is None:
         return
-    if not is_integer(value) or value < minimum:
-        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+    if not is_integer(value) or value < minimum or (maximum is not None and value > maximum):
+        expected = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+        expected += " or None" if allow_none else ""
         msg = f"{name} must be {expected}, got {value!r}."
         raise ValueError(msg)
 

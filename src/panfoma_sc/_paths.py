@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["check_h5ad_input", "check_input_file", "check_writable"]
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["check_h5ad_input", "check_input_file", "check_writable", "write_h5ad_atomically"]
 
 
 def check_input_file(path: str | Path) -> None:
@@ -83,3 +87,20 @@ def check_writable(path: str | Path, what: str = "output", suffix: str | None = 
     if not os.access(folder, os.W_OK):
         msg = f"cannot write {what} {str(path)!r}: its folder {str(folder)!r} is not writable."
         raise ValueError(msg)
+
+
+def write_h5ad_atomically(adata: AnnData, path: str | Path) -> None:
+    """Write ``adata`` to ``path`` through a file beside it that replaces ``path`` only once it is complete.
+
+    A write that fails (disk full, interrupted) leaves an existing ``path`` as it was, and ``path`` may be the file
+    ``adata`` was read from, even while other processes still have that file open (``torchrun``): they keep
+    reading the old file.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        adata.write_h5ad(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)

@@ -43,6 +43,9 @@ def _check_device(name: str) -> None:
     except RuntimeError as error:
         msg = f"device={name!r} is not a torch device ({error}). Use 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto'."
         raise ValueError(msg) from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        msg = f"device={name!r}: PanFoMa runs on 'cpu', 'cuda' (e.g. 'cuda:0') or 'mps'; use one of them, or 'auto'."
+        raise ValueError(msg)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
@@ -110,9 +113,14 @@ class Settings:
         An explicit device that this machine does not have (a typo, ``"cuda"`` without a GPU or with a CPU-only
         torch, ``"cuda:3"`` on a one-GPU machine) is a ``ValueError`` that says what is available.
         """
-        choice = device or self.device
+        choice = self.device if device is None else device
+        if not isinstance(choice, str):
+            if type(choice).__name__ != "device":  # torch.device('cuda:0') is welcome, 0 or True are not
+                msg = f"device must be a string such as 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto', got {choice!r}."
+                raise ValueError(msg)
+            choice = str(choice)
         if choice != "auto":
-            _check_device(str(choice))
+            _check_device(choice)
             return choice
         import torch
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._paths import write_h5ad_atomically
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def _embed(args: argparse.Namespace) -> int:
     )
     key = args.key_added or "X_panfoma"
     if rank == 0:
-        adata.write_h5ad(args.output)
+        write_h5ad_atomically(adata, args.output)
     _leave_torchrun(world)  # before the summary line, which may meet a closed pipe
     if rank == 0:
         processes = f" ({world} processes)" if world > 1 else ""
@@ -129,7 +130,7 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    query.write_h5ad(args.output)
+    write_h5ad_atomically(query, args.output)
     counts = query.obs[args.key_added].value_counts()
     unknown = int(counts.get("Unknown", 0))
     used = int((counts.drop("Unknown", errors="ignore") > 0).sum())  # categories no cell got are not counted
@@ -166,7 +167,7 @@ def _integrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    adata.write_h5ad(args.output)
+    write_h5ad_atomically(adata, args.output)
     print(f"Wrote {args.output}: obsm[{args.key_added!r}] with shape {adata.obsm[args.key_added].shape}.")
     return EXIT_OK
 

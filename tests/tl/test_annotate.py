@@ -111,8 +111,8 @@ def test_bad_save_model_is_refused_before_any_work(split, tiny_checkpoint, tmp_p
         ("n_neighbors", True, "an integer >= 1"),
         ("max_epochs", 1.5, "an integer >= 1"),
         ("unknown_threshold", "0.5", "a number in [0, 1]"),
-        ("seed", None, "an integer >= 0"),
-        ("seed", -1, "an integer >= 0"),
+        ("seed", None, "an integer from 0 to 4294967295"),
+        ("seed", -1, "an integer from 0 to 4294967295"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(split, tiny_checkpoint, option, value, expected, monkeypatch):

@@ -125,6 +125,33 @@ def test_layer_and_backed_input(pbmc_sorted, tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(_embed(view, tiny_checkpoint).obsm["X_panfoma"], reference[:10], atol=1e-5)
 
 
+def test_backed_csc_and_backed_files_without_x_are_refused_with_the_fix(
+    pbmc_sorted, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A backed CSC matrix would be read whole for every batch; a file without X names the layers it has."""
+    adata = pbmc_sorted[:30].copy()
+    csc = adata.copy()
+    csc.X = sparse.csc_matrix(csc.X)
+    np.testing.assert_allclose(  # in memory, CSC is converted once and embeds as CSR does
+        _embed(csc, tiny_checkpoint).obsm["X_panfoma"], _embed(adata, tiny_checkpoint).obsm["X_panfoma"], atol=1e-6
+    )
+    csc.write_h5ad(tmp_path / "csc.h5ad")
+    layered = ad.AnnData(obs=adata.obs, var=adata.var, layers={"counts": adata.X})
+    layered.write_h5ad(tmp_path / "layered.h5ad")
+    monkeypatch.setattr(pf.models.PretrainedModel, "embed_blocks", None)  # no model work may start
+    backed = ad.read_h5ad(tmp_path / "csc.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"adata.X is a backed CSC .* adata.to_memory\(\).* adata.X.tocsr\(\)"):
+        pf.tl.embed(backed, tiny_checkpoint, progress=False)
+    with pytest.raises(ValueError, match=r"adata.X is a backed CSC"):
+        pf.pp.check_expression(backed)
+    assert "X_panfoma" not in backed.obsm
+    backed.file.close()
+    backed = ad.read_h5ad(tmp_path / "layered.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"adata.X is empty. Pass the layer .* \(available: \['counts'\]\)"):
+        pf.tl.embed(backed, tiny_checkpoint, progress=False)
+    backed.file.close()
+
+
 def test_a_view_of_backed_data_is_refused_before_any_work_unless_copied(pbmc_sorted, tiny_checkpoint, tmp_path):
     """anndata cannot write results into a backed view: say so (and how) before the model runs."""
     path = tmp_path / "cells.h5ad"
@@ -274,8 +301,8 @@ def test_unavailable_device_is_refused_before_any_work(pbmc_sorted, tiny_checkpo
         ("batch_size", True, "an integer >= 1"),
         ("n_genes", -1, "an integer >= 1 or None"),
         ("n_genes", 256.0, "an integer >= 1 or None"),
-        ("seed", None, "an integer >= 0"),
-        ("seed", -1, "an integer >= 0"),
+        ("seed", None, "an integer from 0 to 4294967295"),
+        ("seed", -1, "an integer from 0 to 4294967295"),
     ],
 )
 def test_non_integer_or_out_of_range_settings_are_refused(pbmc_sorted, tiny_checkpoint, option, value, expected):

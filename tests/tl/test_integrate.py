@@ -43,6 +43,24 @@ def test_integrate_differs_from_zero_shot_and_is_seeded(two_batches, tiny_checkp
     assert not np.allclose(first.obsm["X_panfoma_integrated"], zero_shot, atol=1e-3)
 
 
+def test_fine_tuning_leaves_the_callers_torch_generator_as_it_was(two_batches, tiny_checkpoint):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    pf.tl.integrate(two_batches, "batch", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_a_seed_beyond_the_generators_range_is_refused_before_any_work(two_batches, tiny_checkpoint):
+    before = two_batches.copy()
+    for tool in (pf.tl.embed, lambda adata, *args, **kwargs: pf.tl.integrate(adata, "batch", *args, **kwargs)):
+        with pytest.raises(ValueError, match=r"seed must be an integer from 0 to 4294967295, got 4294967296"):
+            tool(two_batches, model=tiny_checkpoint, seed=2**32, progress=False)
+    assert_equal(two_batches, before)
+
+
 def test_integrate_accepts_csc_int_and_layers(two_batches, tiny_checkpoint):
     adata = two_batches.copy()
     adata.layers["counts"] = adata.X.tocsc().astype(np.int32)
@@ -53,6 +71,19 @@ def test_integrate_accepts_csc_int_and_layers(two_batches, tiny_checkpoint):
     )
     assert result.obsm["X_panfoma_integrated"].shape[0] == adata.n_obs
     assert_equal(adata, before)
+
+
+def test_fine_tuning_rows_convert_column_major_input_once():
+    from scipy import sparse
+
+    from panfoma_sc.train import CellRows
+
+    values = sparse.random(50, 20, density=0.3, format="csc", random_state=0)
+    rows = CellRows(matrix=values, columns=np.arange(5, 15), gene_ids=np.arange(10), cell_keys=np.arange(50))
+    assert rows.matrix.format == "csr"  # not once per block: each block would copy the whole matrix again
+    picked = np.array([7, 2, 40])
+    np.testing.assert_array_equal(rows.block(picked).toarray(), values.toarray()[picked][:, 5:15])
+    assert values.format == "csc"  # the caller's matrix is not touched
 
 
 def test_save_model_in_a_missing_folder_is_refused_before_any_work(two_batches, tiny_checkpoint, tmp_path):

@@ -167,6 +167,24 @@ def test_corpus_settings_that_cannot_read_are_refused(corpus_files, vocab, setti
         TrainingConfig(**{setting: value})
 
 
+def test_a_training_file_stored_by_column_is_refused_naming_it(corpus_files, vocab, tmp_path):
+    """Backed CSC would be read whole for every batch: the corpus and the file check refuse it up front."""
+    from scipy import sparse
+
+    from panfoma_sc.train import check_training_files
+
+    adata = ad.read_h5ad(corpus_files[0])
+    adata.X = sparse.csc_matrix(adata.X)
+    column_major = tmp_path / "by_column.h5ad"
+    adata.write_h5ad(column_major)
+    message = r"X of training file .*by_column.h5ad' is a backed CSC .* Store it as CSR once: .*adata.X.tocsr\(\)"
+    with pytest.raises(ValueError, match=message):
+        PretrainingCorpus([corpus_files[1], column_major], vocab, batch_size=16)
+    with pytest.raises(ValueError, match=message) as error:
+        check_training_files([corpus_files[1], column_major])
+    assert "raw counts" not in str(error.value)  # not the advice for values that are not counts
+
+
 def test_block_shuffled_pretraining_resumes_bit_identically(corpus_files, vocab, tmp_path):
     tiny = {"d_model": 32, "n_heads": 4, "encoder_repeats": 1, "decoder_layers": 1, "n_genes": 32, "n_chunks": 4}
     tiny |= {"d_state": 8, "headdim": 16, "ssd_chunk_size": 16}

@@ -8,20 +8,67 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
-__all__ = ["expression_matrix", "iter_row_blocks"]
+__all__ = ["ColumnMajorBackedError", "check_row_readable", "expression_matrix", "iter_row_blocks", "row_major"]
+
+
+class ColumnMajorBackedError(ValueError):
+    """A backed matrix stored by column (CSC), which cannot be read cell by cell without reading all of it."""
 
 
 def expression_matrix(adata: AnnData, layer: str | None = None):
-    """The matrix holding expression: ``adata.X`` or ``adata.layers[layer]`` (may be a backed dataset)."""
+    """The matrix holding expression: ``adata.X`` or ``adata.layers[layer]`` (may be a backed dataset).
+
+    Raises
+    ------
+    ValueError
+        ``X`` is empty (or absent from a backed file) and no layer is named, or ``X`` is a backed CSC matrix
+        (:func:`check_row_readable`).
+    KeyError
+        ``layer`` is not in ``adata.layers``.
+    """
     if layer is None:
-        if adata.X is None:
-            msg = "adata.X is empty. Pass the layer holding expression, e.g. layer='counts'."
+        matrix = _backed_x(adata) if adata.isbacked else adata.X
+        if matrix is None:
+            layers = f" (available: {sorted(adata.layers)})" if len(adata.layers) else ""
+            msg = f"adata.X is empty. Pass the layer holding expression, e.g. layer='counts'{layers}."
             raise ValueError(msg)
-        return adata.X
+        check_row_readable(matrix, "adata.X")
+        return matrix
     if layer not in adata.layers:
         msg = f"Layer {layer!r} not found in adata.layers (available: {sorted(adata.layers)})."
         raise KeyError(msg)
     return adata.layers[layer]
+
+
+def _backed_x(adata: AnnData):
+    """``adata.X`` of a backed AnnData, or None where the file has none (anndata raises h5py's ``KeyError`` then)."""
+    try:
+        return adata.X
+    except KeyError:
+        return None
+
+
+def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
+    """Refuse a backed CSC matrix: each block of rows would read the whole file (memory and time grow with it).
+
+    In-memory CSC is fine (:func:`row_major` converts it once); on disk, cells must be stored row by row (CSR).
+    ``file_only``: the reader opens the file itself, so loading it into memory is no fix to offer.
+    """
+    if not sparse.issparse(matrix) and getattr(matrix, "format", None) == "csc":
+        load = "" if file_only else "Load it into memory if it fits (adata = adata.to_memory()), or s"
+        msg = (
+            f"{where} is a backed CSC (column-major) sparse matrix: reading it cell by cell would read the whole "
+            f"file for every batch. {load or 'S'}tore it as CSR once: adata = anndata.read_h5ad(path); "
+            "adata.X = adata.X.tocsr(); adata.write_h5ad(new_path)."
+        )
+        raise ColumnMajorBackedError(msg)
+
+
+def row_major(matrix):
+    """``matrix`` with cheap row slicing: in-memory CSC/COO converted to CSR (a copy), anything else as it is."""
+    if sparse.issparse(matrix) and matrix.format != "csr":
+        return sparse.csr_matrix(matrix)
+    return matrix
 
 
 def iter_row_blocks(
@@ -29,8 +76,8 @@ def iter_row_blocks(
 ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
     """Yield ``(row_indices, csr_block)`` over the rows of ``matrix``, ``block_size`` rows at a time.
 
-    Works for numpy arrays, scipy sparse matrices (CSR, CSC, COO) and anndata's backed datasets; only one
-    block is in memory at a time.
+    Works for numpy arrays, scipy sparse matrices (CSR, CSC, COO) and anndata's backed datasets; of a backed
+    dataset only one block is in memory at a time. A backed CSC matrix is refused (:func:`check_row_readable`).
 
     Parameters
     ----------
@@ -43,9 +90,9 @@ def iter_row_blocks(
     rows
         Visit only these rows (sorted ascending), default all.
     """
+    check_row_readable(matrix, "the expression matrix")
     n_rows = matrix.shape[0]
-    if sparse.issparse(matrix) and not sparse.isspmatrix_csr(matrix) and not isinstance(matrix, sparse.csr_array):
-        matrix = sparse.csr_matrix(matrix)  # CSC/COO: one conversion, row slicing is then cheap
+    matrix = row_major(matrix)  # CSC/COO: one conversion per call; callers reading often convert once themselves
     row_index = np.arange(n_rows) if rows is None else np.asarray(rows)
     for start in range(0, row_index.size, block_size):
         selected = row_index[start : start + block_size]

@@ -60,7 +60,8 @@ class Checkpoint:
 
         from ..nn import PanFoMa
 
-        model = PanFoMa(self.config)
+        with torch.random.fork_rng(devices=[]):  # the random initialization is replaced: leave the user's generator
+            model = PanFoMa(self.config)
         state = {k: v.to(torch.float32) for k, v in self.state_dict.items() if not k.startswith(HEADS_PREFIX)}
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()

@@ -148,12 +148,15 @@ class PretrainedModel:
         return sorted(names)
 
     def _head(self, name: str, device: str) -> torch.nn.Module:
+        import torch
+
         from ..nn import CellClassifier
 
         if name != CLASSIFIER_HEAD:
             msg = f"Unknown task head {name!r} in checkpoint {self.name!r}."
             raise ValueError(msg)
-        head = CellClassifier(self.config.d_model, len(self.classes or ()))
+        with torch.random.fork_rng(devices=[]):  # as for the network: the user's generator is left alone
+            head = CellClassifier(self.config.d_model, len(self.classes or ()))
         head.load_state_dict(self.checkpoint.head_state(name), strict=True)
         return head.to(device).eval()
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from .._arguments import require_integer
+from .._arguments import MAX_SEED, require_integer
 from .._settings import settings
 from .._version import __version__
 from ..data.rows import expression_matrix, iter_row_blocks
@@ -64,7 +64,7 @@ class EmbeddingJob:
         batch_size = settings.batch_size if batch_size is None else batch_size
         require_integer("batch_size", batch_size, 1)
         require_integer("n_genes", n_genes, 1, allow_none=True)
-        require_integer("seed", seed, 0)
+        require_integer("seed", seed, 0, maximum=MAX_SEED)
         if gene_selection not in (None, "random", "top"):
             msg = f"gene_selection must be 'random', 'top' or None, got {gene_selection!r}."
             raise ValueError(msg)

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._arguments import is_integer
-from ..data.rows import expression_matrix, iter_row_blocks
+from ..data.rows import ColumnMajorBackedError, check_row_readable, expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
 from ..data.vocab import GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
 from ..pp import ExpressionReport, check_expression, match_genes
@@ -110,6 +110,8 @@ def check_training_files(
         adata = ad.read_h5ad(file, backed="r")
         try:
             reports.append(check_expression(_cells_to_check(adata, max_cells_per_file)))
+        except ColumnMajorBackedError:
+            check_row_readable(adata.X, f"X of training file {str(file)!r}", file_only=True)
         except ValueError as err:
             msg = (
                 f"Training file {str(file)!r}: {err} Pretraining reads X of every file: write the file again with "
@@ -362,7 +364,8 @@ class PretrainingCorpus:
         # a backed adata.X is a new object on every access, which reads the file's whole indptr again: open it once
         self._matrices = [a.X for a in self._data]
         try:
-            for file, adata in zip(self.files, self._data, strict=True):
+            for file, adata, matrix in zip(self.files, self._data, self._matrices, strict=True):
+                check_row_readable(matrix, f"X of training file {str(file)!r}", file_only=True)
                 _require_vocabulary_genes(file, pd.Index(adata.var_names).astype(str), vocab)
         except ValueError:
             self.close()

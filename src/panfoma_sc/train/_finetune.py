@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,9 @@ from scipy import sparse
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._arguments import require_integer, require_number
+from .._arguments import MAX_SEED, require_integer, require_number
 from .._settings import settings, torch_threads
-from ..data.rows import iter_row_blocks
+from ..data.rows import iter_row_blocks, row_major
 from ..data.tokenizer import sample_expression_targets
 from ..models._pretrained import CLASSIFIER_HEAD, PretrainedModel, tokens_to_torch
 from ..nn import BatchDiscriminator, CellClassifier, PanFoMa, masked_bin_loss
@@ -26,7 +27,23 @@ from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CellRows", "FineTuneConfig", "finetune_classifier", "finetune_integration"]
+__all__ = ["CellRows", "FineTuneConfig", "finetune_classifier", "finetune_integration", "keeps_torch_rng"]
+
+
+def keeps_torch_rng(function: Callable) -> Callable:
+    """Run ``function``, which seeds torch's global generators, and give the caller's generator states back after.
+
+    Fine-tuning seeds torch for reproducible dropout and initialization; the user's own draws after the call must
+    not depend on it.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -49,6 +66,9 @@ class CellRows:
     columns: np.ndarray
     gene_ids: np.ndarray
     cell_keys: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.matrix = row_major(self.matrix)  # in-memory CSC: converted once, not for every block
 
     @property
     def n_cells(self) -> int:
@@ -115,7 +135,7 @@ class FineTuneConfig:
         require_integer("max_steps", self.max_steps, 1, allow_none=True)
         require_integer("patience", self.patience, 1)
         require_integer("probe_steps", self.probe_steps, 0)
-        require_integer("seed", self.seed, 0)
+        require_integer("seed", self.seed, 0, maximum=MAX_SEED)
         for name in ("learning_rate", "head_learning_rate"):
             require_number(name, getattr(self, name), 0, low_open=True)
         require_number("weight_decay", self.weight_decay, 0)
@@ -223,6 +243,7 @@ def _step_tokens(
 
 
 @torch_threads()
+@keeps_torch_rng
 def finetune_classifier(
     model: PretrainedModel,
     cells: CellRows,
@@ -506,6 +527,7 @@ class _IntegrationObjective(nn.Module):
 
 
 @torch_threads()
+@keeps_torch_rng
 def finetune_integration(
     model: PretrainedModel,
     cells: CellRows,

@@ -26,6 +26,7 @@ from ._finetune import (
     _step_budget,
     batch_mmd,
     dataclass_dict,
+    keeps_torch_rng,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class _JointObjective(nn.Module):
 
 
 @torch_threads()
+@keeps_torch_rng
 def finetune_multimodal(
     model: PretrainedModel,
     cells: CellRows,
