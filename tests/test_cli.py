@@ -48,6 +48,29 @@ def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data.h5ad"]
 
 
+def test_bad_numbers_are_refused_before_the_input_is_read(tmp_path, capsys, monkeypatch):
+    """A large input is not read (minutes, gigabytes) only to find that --batch-size was 0."""
+    import pytest
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the input was read before the options were checked")
+
+    monkeypatch.setattr(ad, "read_h5ad", no_reading)
+    files = [str(tmp_path / "in.h5ad"), str(tmp_path / "out.h5ad")]
+    for command, expected in [
+        (["embed", *files, "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0."),
+        (["embed", *files, "--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1."),
+        (["embed", *files, "--n-genes", "many"], "argument --n-genes: an integer is expected, got 'many'"),
+        (["annotate", *files, "--unknown-threshold", "1.5"], "must be a number in [0, 1], got 1.5."),
+        (["integrate", *files, "--batch-key", "b", "--learning-rate", "0"], "must be a finite number > 0, got 0.0."),
+        (["integrate", *files, "--batch-key", "b", "--mmd-weight", "inf"], "must be a finite number >= 0, got inf."),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            main(command)
+        assert stopped.value.code == EXIT_BAD_INPUT
+        assert expected in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, capsys):
     source = tmp_path / "in.h5ad"
     pbmc68k[:10].copy().write_h5ad(source)

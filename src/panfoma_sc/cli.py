@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._arguments import MAX_SEED
 from ._paths import write_h5ad_atomically
 from ._version import __version__
 
@@ -172,14 +173,44 @@ def _integrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _checked(convert: type, check, **bounds):
+    """An argparse ``type`` that converts the text and checks it as the Python API does, before any file is read."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"{kind} is expected, got {text!r}") from None
+        try:
+            check("value", value, **bounds)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("value ")) from None
+        return value
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int | None = None):
+    from ._arguments import require_integer
+
+    return _checked(int, require_integer, minimum=minimum, maximum=maximum)
+
+
+def _number(low: float, high: float | None = None, *, low_open: bool = False):
+    from ._arguments import require_number
+
+    return _checked(float, require_number, low=low, high=high, low_open=low_open)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="panfoma-tiny", help="registry name or checkpoint path")
     parser.add_argument("--layer", help="layer holding expression (default: X)")
     parser.add_argument("--gene-symbols", help="var column with gene symbols")
-    parser.add_argument("--batch-size", type=int, help="cells per forward pass")
+    parser.add_argument("--batch-size", type=_integer(1), help="cells per forward pass")
     parser.add_argument("--device", help="cpu, cuda, mps (default: auto)")
-    parser.add_argument("--n-genes", type=int, help="genes per cell given to the model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-genes", type=_integer(1), help="genes per cell given to the model")
+    parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -392,10 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("output", help="output .h5ad (query plus the labels)")
     annotate.add_argument("--labels-key", help="reference obs column with the labels")
     annotate.add_argument("--method", choices=["knn", "finetune"], default="knn")
-    annotate.add_argument("--n-neighbors", type=int, default=15, help="reference neighbours per cell (knn)")
-    annotate.add_argument("--max-epochs", type=int, default=15, help="fine-tuning epochs at most (finetune)")
+    annotate.add_argument("--n-neighbors", type=_integer(1), default=15, help="reference neighbours per cell (knn)")
+    annotate.add_argument("--max-epochs", type=_integer(1), default=15, help="fine-tuning epochs at most (finetune)")
     annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")
-    annotate.add_argument("--unknown-threshold", type=float, default=0.5, help="below this confidence: Unknown")
+    annotate.add_argument("--unknown-threshold", type=_number(0, 1), default=0.5, help="below this confidence: Unknown")
     annotate.add_argument("--reference-layer", help="reference layer holding expression (default: X)")
     annotate.add_argument("--key-added", default="panfoma_label", help="obs column of the labels")
     _add_model_options(annotate)
@@ -409,11 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument("input", help="input .h5ad with a batch column in obs")
     integrate.add_argument("output", help="output .h5ad (input plus the integrated embedding)")
     integrate.add_argument("--batch-key", required=True, help="obs column with each cell's batch")
-    integrate.add_argument("--max-epochs", type=int, default=4, help="fine-tuning passes over the cells")
-    integrate.add_argument("--max-steps", type=int, help="cap on fine-tuning steps")
-    integrate.add_argument("--adversarial-weight", type=float, default=1.0, help="adversarial batch-removal weight")
-    integrate.add_argument("--mmd-weight", type=float, default=10.0, help="batch-MMD weight (0 when batches differ)")
-    integrate.add_argument("--learning-rate", type=float, default=1e-3, help="fine-tuning learning rate")
+    integrate.add_argument("--max-epochs", type=_integer(1), default=4, help="fine-tuning passes over the cells")
+    integrate.add_argument("--max-steps", type=_integer(1), help="cap on fine-tuning steps")
+    integrate.add_argument("--adversarial-weight", type=_number(0), default=1.0, help="adversarial batch-removal weight")
+    integrate.add_argument("--mmd-weight", type=_number(0), default=10.0, help="batch-MMD weight (0 when batches differ)")
+    integrate.add_argument("--learning-rate", type=_number(0, low_open=True), default=1e-3, help="fine-tuning learning rate")
     integrate.add_argument("--key-added", default="X_panfoma_integrated", help="obsm key of the result")
     integrate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file")
     _add_model_options(integrate)
