@@ -3,7 +3,9 @@ from __future__ import annotations
 import logging
 import re
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from anndata.tests.helpers import assert_equal
 
@@ -165,6 +167,36 @@ def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_ch
     reference.obs["codes_with_nan"] = reference.obs["codes"].where(reference.obs["codes"] != 0)  # floats now
     with_nan = pf.tl.annotate(query, reference, labels_key="codes_with_nan", **kwargs).obs["panfoma_label"]
     assert set(with_nan.cat.categories) <= {str(c) for c in range(1, 9)} | {"Unknown"}
+
+
+@pytest.mark.parametrize("method", ["knn", "finetune"])
+def test_unlabelled_cells_of_a_backed_reference_are_skipped_in_place(split, tiny_checkpoint, tmp_path, method):
+    """The labelled rows are streamed from the file: subsetting a backed AnnData would read them all into memory."""
+    reference, query = split
+    reference.obs["partial"] = reference.obs["cell_type"].astype(object)
+    reference.obs.loc[reference.obs_names[::4], "partial"] = np.nan
+    path = tmp_path / "reference.h5ad"
+    reference.write_h5ad(path)
+    kwargs = {"model": tiny_checkpoint, "progress": False, "copy": True, "method": method, "max_epochs": 1}
+    labelled = reference[reference.obs["partial"].notna()].copy()
+    expected = pf.tl.annotate(query, labelled, labels_key="partial", **kwargs)
+    backed = ad.read_h5ad(path, backed="r")
+    subset_reads = []
+    original_getitem = ad.AnnData.__getitem__
+
+    def no_subset_of_the_reference(adata, index):
+        if adata is backed:
+            subset_reads.append(index)
+        return original_getitem(adata, index)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ad.AnnData, "__getitem__", no_subset_of_the_reference)
+        result = pf.tl.annotate(query, backed, labels_key="partial", **kwargs)
+    assert subset_reads == []
+    pd.testing.assert_series_equal(result.obs["panfoma_label"], expected.obs["panfoma_label"])
+    np.testing.assert_allclose(result.obs["panfoma_label_confidence"], expected.obs["panfoma_label_confidence"])
+    assert result.uns["panfoma_label"]["params"]["reference_n_cells"] == labelled.n_obs
+    backed.file.close()
 
 
 def test_labels_keep_the_references_class_order(split, tiny_checkpoint):

@@ -85,6 +85,7 @@ def check_expression(
     columns: np.ndarray | None = None,
     block_size: int = 2048,
     allow_empty_cells: bool = False,
+    rows: np.ndarray | None = None,
 ) -> ExpressionReport:
     """Check that expression values can be tokenized and say what they are.
 
@@ -104,6 +105,9 @@ def check_expression(
     allow_empty_cells
         Accept cells with no expressed gene (for callers that filter them out later, like
         :func:`panfoma_sc.bench.build`'s QC); by default they are refused.
+    rows
+        Check only these cells (row positions, sorted ascending), read from ``adata`` without subsetting it; default
+        all.
 
     Returns
     -------
@@ -118,7 +122,8 @@ def check_expression(
     """
     require_integer("block_size", block_size, 1)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    if adata.n_obs == 0:
+    n_cells = adata.n_obs if rows is None else len(rows)
+    if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)
     if adata.n_vars == 0:
@@ -130,7 +135,7 @@ def check_expression(
     empty_cells: list[int] = []
     max_expressed = 0
     sums = sums_of_squares = gene_maxima = 0.0  # per gene, for the scaling tests below
-    for rows, block in iter_row_blocks(matrix, block_size, columns=columns):
+    for selected, block in iter_row_blocks(matrix, block_size, columns=columns, rows=rows):
         values = block.data
         if values.size and not np.all(np.isfinite(values)):
             msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
@@ -149,7 +154,7 @@ def check_expression(
         gene_maxima = np.maximum(gene_maxima, block.max(axis=0).toarray().ravel())
         row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
-        empty_cells.extend(rows[nonzero == 0].tolist())
+        empty_cells.extend(selected[nonzero == 0].tolist())
         max_expressed = max(max_expressed, int(nonzero.max(initial=0)))
     if empty_cells and not allow_empty_cells:
         names = adata.obs_names[empty_cells[:5]].tolist()
@@ -159,8 +164,8 @@ def check_expression(
             "e.g. sc.pp.filter_cells(adata, min_genes=1) on the model's genes, or subset adata."
         )
         raise ValueError(msg)
-    variance = _gene_variances(sums, sums_of_squares, adata.n_obs)
-    if not all_integer and _unit_variance_genes(variance, adata.n_obs):
+    variance = _gene_variances(sums, sums_of_squares, n_cells)
+    if not all_integer and _unit_variance_genes(variance, n_cells):
         msg = (
             f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
             "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
@@ -183,5 +188,5 @@ def check_expression(
         kind = "nonnegative"
     logger.info("%s holds %s (max %.3g).", where, kind, max_value)
     return ExpressionReport(
-        kind=kind, n_cells=adata.n_obs, n_genes=adata.n_vars, max_value=max_value, max_expressed=max_expressed
+        kind=kind, n_cells=n_cells, n_genes=adata.n_vars, max_value=max_value, max_expressed=max_expressed
     )

@@ -310,17 +310,17 @@ def annotate(
             raise ValueError(msg)
         labels = _reference_labels(reference, labels_key)
         labelled = labels.notna().to_numpy()
-        reference_cells = reference if labelled.all() else reference[labelled]
-        reference_job = _prepare_reference(reference_cells, pretrained, layer=reference_layer, **options)
+        rows = None if labelled.all() else np.flatnonzero(labelled)  # read in place: a backed subset loads
+        reference_job = _prepare_reference(reference, pretrained, layer=reference_layer, rows=rows, **options)
         query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
         codes = pd.Categorical(labels[labelled])
         shared_genes = _warn_if_few_shared_genes(query_job, reference_job)
-        if method == "knn" and n_neighbors > reference_job.adata.n_obs:
+        if method == "knn" and n_neighbors > reference_job.n_cells:
             logger.warning(
                 "n_neighbors=%d, but the reference has %d labelled cells: every query cell will vote over all of "
                 "them, so the labels follow class sizes. Use a smaller n_neighbors or a larger reference.",
                 n_neighbors,
-                reference_job.adata.n_obs,
+                reference_job.n_cells,
             )
     if not copy:
         warn_if_replacing(
@@ -361,7 +361,7 @@ def annotate(
             query_job.model = pretrained
             details |= {
                 "labels_key": labels_key,
-                "reference_n_cells": int(reference_job.adata.n_obs),
+                "reference_n_cells": int(reference_job.n_cells),
                 "reference_genes": reference_job.match.summary(),
                 "shared_genes": shared_genes,
                 "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),  # -1: the linear probe

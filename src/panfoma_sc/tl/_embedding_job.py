@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from .._arguments import MAX_SEED, require_integer
@@ -38,6 +40,7 @@ class EmbeddingJob:
     gene_selection: str
     seed: int
     precision: str = "auto"  # as asked ("auto", "fp32", "bf16"); resolved for the device by run()
+    rows: np.ndarray | None = None  # the cells: these rows of adata (sorted), read in place; None: every row
     precision_used: str | None = field(default=None, init=False)  # what the last run() used, for provenance
 
     @classmethod
@@ -55,11 +58,14 @@ class EmbeddingJob:
         precision: str | None = None,
         device: str | None = None,
         adata_name: str = "adata",
+        rows: np.ndarray | None = None,
     ) -> EmbeddingJob:
         """Run every check (genes, values, arguments); raises before any model work.
 
         ``device`` is the one :meth:`run` will get: it is only used to refuse ``precision="bf16"`` off CUDA here.
-        ``adata_name`` is how the gene-match warnings call ``adata`` (the argument it was passed as).
+        ``adata_name`` is how the gene-match warnings call ``adata`` (the argument it was passed as). ``rows``
+        (sorted positions) makes the job's cells those rows of ``adata``, read from it in place: subsetting a
+        backed AnnData would read the rows into memory instead.
         """
         batch_size = settings.batch_size if batch_size is None else batch_size
         require_integer("batch_size", batch_size, 1)
@@ -72,7 +78,8 @@ class EmbeddingJob:
         settings.resolve_precision(precision, settings.resolve_device(device))  # unknown value, bf16 off CUDA
         expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name)
-        report = check_expression(adata, layer=layer, columns=match.columns)
+        rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        report = check_expression(adata, layer=layer, columns=match.columns, rows=rows)
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
             logger.warning(
@@ -94,7 +101,18 @@ class EmbeddingJob:
             gene_selection=tokenizer.selection,
             seed=seed,
             precision=precision,
+            rows=rows,
         )
+
+    @property
+    def n_cells(self) -> int:
+        """How many cells the job embeds."""
+        return self.adata.n_obs if self.rows is None else int(self.rows.size)
+
+    @property
+    def obs_names(self) -> pd.Index:
+        """The names of the job's cells."""
+        return self.adata.obs_names if self.rows is None else self.adata.obs_names[self.rows]
 
     def run(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
         """Compute the ``(n_obs, d_model)`` float32 embedding, streaming ``batch_size`` cells at a time.
@@ -117,13 +135,19 @@ class EmbeddingJob:
         self.precision_used = settings.resolve_precision(self.precision, device)
         matrix = expression_matrix(self.adata, self.layer)
         rank, world = inference_world()
-        rows = shard_rows(self.adata.n_obs, rank, world) if world > 1 else None
+        cells = shard_rows(self.n_cells, rank, world) if world > 1 else None  # positions among the job's cells
+        if self.rows is None:
+            blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=cells)
+        else:
+            rows = self.rows if cells is None else self.rows[cells]
+            blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows)
+            blocks = _as_positions(blocks, self.rows)
         return {
-            "blocks": iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows),
-            "rows_in_blocks": None if rows is None else rows.size,
-            "n_cells": self.adata.n_obs,
+            "blocks": blocks,
+            "rows_in_blocks": None if cells is None else cells.size,
+            "n_cells": self.n_cells,
             "gene_ids": self.match.gene_ids,
-            "cell_keys": cell_keys_from_names(self.adata.obs_names),
+            "cell_keys": cell_keys_from_names(self.obs_names),
             "device": device,
             "n_genes": self.n_genes,
             "gene_selection": self.gene_selection,
@@ -140,7 +164,8 @@ class EmbeddingJob:
             matrix=expression_matrix(self.adata, self.layer),
             columns=self.match.columns,
             gene_ids=self.match.gene_ids,
-            cell_keys=cell_keys_from_names(self.adata.obs_names),
+            cell_keys=cell_keys_from_names(self.obs_names),
+            rows=self.rows,
         )
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
@@ -175,3 +200,9 @@ class EmbeddingJob:
             "genes": self.match.summary(),
             "input": self.report.summary(),
         }
+
+
+def _as_positions(blocks: Iterator[tuple[np.ndarray, Any]], rows: np.ndarray) -> Iterator[tuple[np.ndarray, Any]]:
+    """Row blocks of a subset, their row indices turned into positions among the subset's (sorted) ``rows``."""
+    for selected, block in blocks:
+        yield np.searchsorted(rows, selected), block

@@ -60,12 +60,16 @@ class CellRows:
         Vocabulary id of each of ``columns``.
     cell_keys
         Per-cell sampling keys.
+    rows
+        The rows of ``matrix`` that are the cells (sorted ascending); default every row. A subset is read from
+        ``matrix`` as it is needed, never copied out whole (a backed reference with unlabelled cells).
     """
 
     matrix: Any
     columns: np.ndarray
     gene_ids: np.ndarray
     cell_keys: np.ndarray
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.matrix = row_major(self.matrix)  # in-memory CSC: converted once, not for every block
@@ -73,12 +77,13 @@ class CellRows:
     @property
     def n_cells(self) -> int:
         """Number of rows."""
-        return int(self.matrix.shape[0])
+        return int(self.matrix.shape[0] if self.rows is None else self.rows.size)
 
-    def block(self, rows: np.ndarray) -> sparse.csr_matrix:
-        """CSR block of ``rows`` (any order), restricted to the model's columns."""
-        order = np.argsort(rows, kind="stable")
-        (_, block), *_ = iter_row_blocks(self.matrix, max(len(rows), 1), columns=self.columns, rows=rows[order])
+    def block(self, cells: np.ndarray) -> sparse.csr_matrix:
+        """CSR block of ``cells`` (positions among the cells, any order), restricted to the model's columns."""
+        order = np.argsort(cells, kind="stable")
+        rows = cells[order] if self.rows is None else self.rows[cells[order]]
+        (_, block), *_ = iter_row_blocks(self.matrix, max(len(rows), 1), columns=self.columns, rows=rows)
         return block[np.argsort(order)]
 
 
