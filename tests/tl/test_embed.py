@@ -152,6 +152,30 @@ def test_backed_csc_and_backed_files_without_x_are_refused_with_the_fix(
     backed.file.close()
 
 
+def test_copy_of_a_backed_input_streams_it_and_loads_it_only_after_the_work(pbmc_sorted, tiny_checkpoint, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    pbmc_sorted[:20].copy().write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    loads = []
+    original = ad.AnnData.to_memory
+
+    def counted(adata, *args, **kwargs):
+        loads.append(adata.n_obs)
+        return original(adata, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ad.AnnData, "to_memory", counted)
+        with pytest.raises(ValueError, match="n_genes must be an integer >= 1"):
+            pf.tl.embed(backed, tiny_checkpoint, progress=False, copy=True, n_genes=0)
+        assert loads == []  # refused before the file was loaded
+        result = pf.tl.embed(backed, tiny_checkpoint, progress=False, copy=True, n_genes=32)
+    assert loads == [20]
+    assert not result.isbacked
+    assert result.obsm["X_panfoma"].shape == (20, 32)
+    assert "X_panfoma" not in backed.obsm
+    backed.file.close()
+
+
 def test_a_view_of_backed_data_is_refused_before_any_work_unless_copied(pbmc_sorted, tiny_checkpoint, tmp_path):
     """anndata cannot write results into a backed view: say so (and how) before the model runs."""
     path = tmp_path / "cells.h5ad"

@@ -44,6 +44,11 @@ def embed(
     Accepts raw counts or log1p-normalized values (dense or sparse, in memory or backed); values are binned
     by rank within each cell, so both give the same embedding. Scaled (z-scored) data are refused.
 
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read ``batch_size`` cells at a time, so memory
+    stays flat however many cells the file holds, when ``X`` is stored by row (CSR, or dense); a backed CSC ``X``
+    is refused with the fix. anndata reads a backed file's ``layers`` into memory when it opens the file: to
+    stream, keep the expression in ``X``.
+
     Parameters
     ----------
     adata
@@ -131,9 +136,7 @@ def embed(
             precision=precision,
         )
     check_result_target(adata, copy=copy)
-    if copy:
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
-    else:
+    if not copy:
         warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
     job = EmbeddingJob.prepare(
         adata,
@@ -148,6 +151,8 @@ def embed(
         device=device,
     )
     embedding = job.run(device=device, progress=progress)
+    if copy:  # after the work: a backed input is streamed, and bad input fails before anything is loaded
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
     adata.obsm[keys.obsm] = embedding
     adata.uns[keys.uns] = job.provenance(obsm_key=keys.obsm)
     logger.info("Wrote the embedding to adata.obsm[%r] and details to adata.uns[%r].", keys.obsm, keys.uns)
