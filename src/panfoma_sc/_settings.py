@@ -113,16 +113,17 @@ class Settings:
         An explicit device that this machine does not have (a typo, ``"cuda"`` without a GPU or with a CPU-only
         torch, ``"cuda:3"`` on a one-GPU machine) is a ``ValueError`` that says what is available.
         """
+        import torch
+
         choice = self.device if device is None else device
-        if not isinstance(choice, str):
-            if type(choice).__name__ != "device":  # torch.device('cuda:0') is welcome, 0 or True are not
-                msg = f"device must be a string such as 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto', got {choice!r}."
-                raise ValueError(msg)
+        if isinstance(choice, torch.device):
             choice = str(choice)
+        if not isinstance(choice, str):  # 0 or True would otherwise pass as "auto" or as cuda:0
+            msg = f"device must be a string such as 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto', got {choice!r}."
+            raise ValueError(msg)
         if choice != "auto":
             _check_device(choice)
             return choice
-        import torch
 
         if torch.cuda.is_available():
             return "cuda"

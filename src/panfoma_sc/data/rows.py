@@ -55,11 +55,12 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
     ``file_only``: the reader opens the file itself, so loading it into memory is no fix to offer.
     """
     if not sparse.issparse(matrix) and getattr(matrix, "format", None) == "csc":
-        load = "" if file_only else "Load it into memory if it fits (adata = adata.to_memory()), or s"
+        csr = "it as CSR once: adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+        load = "Load it into memory if it fits (adata = adata.to_memory()), or store"
+        fix = f"Store {csr}" if file_only else f"{load} {csr}"
         msg = (
             f"{where} is a backed CSC (column-major) sparse matrix: reading it cell by cell would read the whole "
-            f"file for every batch. {load or 'S'}tore it as CSR once: adata = anndata.read_h5ad(path); "
-            "adata.X = adata.X.tocsr(); adata.write_h5ad(new_path)."
+            f"file for every batch. {fix}."
         )
         raise ColumnMajorBackedError(msg)
 

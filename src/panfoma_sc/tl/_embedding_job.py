@@ -136,11 +136,9 @@ class EmbeddingJob:
         matrix = expression_matrix(self.adata, self.layer)
         rank, world = inference_world()
         cells = shard_rows(self.n_cells, rank, world) if world > 1 else None  # positions among the job's cells
-        if self.rows is None:
-            blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=cells)
-        else:
-            rows = self.rows if cells is None else self.rows[cells]
-            blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows)
+        rows = cells if self.rows is None else self.rows if cells is None else self.rows[cells]
+        blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows)
+        if self.rows is not None:
             blocks = _as_positions(blocks, self.rows)
         return {
             "blocks": blocks,

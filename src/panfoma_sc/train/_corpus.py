@@ -110,7 +110,7 @@ def check_training_files(
         adata = ad.read_h5ad(file, backed="r")
         try:
             reports.append(check_expression(_cells_to_check(adata, max_cells_per_file)))
-        except ColumnMajorBackedError:
+        except ColumnMajorBackedError:  # raised again naming the file, with the fix that applies to a file
             check_row_readable(adata.X, f"X of training file {str(file)!r}", file_only=True)
         except ValueError as err:
             msg = (
