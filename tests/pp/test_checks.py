@@ -176,3 +176,19 @@ def test_backed_errors(tmp_path):
             check_expression(backed, block_size=8)
     finally:
         backed.file.close()
+
+
+def test_the_raw_fix_offered_for_backed_data_is_one_that_works_there(tmp_path):
+    """A backed ``.raw`` has no ``to_adata``: the message offers loading first, and that route passes the check."""
+    import scanpy as sc
+
+    sc.datasets.pbmc68k_reduced()[:40].copy().write_h5ad(tmp_path / "scaled.h5ad")  # X scaled, .raw log-normalized
+    backed = ad.read_h5ad(tmp_path / "scaled.h5ad", backed="r")
+    try:
+        with pytest.raises(ValueError, match=r"e\.g\. layer='counts' or adata\.to_memory\(\)\.raw\.to_adata\(\)\.$"):
+            check_expression(backed)
+        assert check_expression(backed.to_memory().raw.to_adata()).kind == "log-normalized"
+    finally:
+        backed.file.close()
+    with pytest.raises(ValueError, match=r"or adata\.raw\.to_adata\(\)\.$"):
+        check_expression(ad.read_h5ad(tmp_path / "scaled.h5ad"))

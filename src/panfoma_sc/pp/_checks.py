@@ -123,6 +123,8 @@ def check_expression(
     require_integer("block_size", block_size, 1)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_cells = adata.n_obs if rows is None else len(rows)
+    # where unscaled values may be: .raw, which a backed AnnData has to load first (backed .raw has no to_adata)
+    raw = "adata.to_memory().raw.to_adata()" if adata.isbacked else "adata.raw.to_adata()"
     if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)
@@ -143,7 +145,7 @@ def check_expression(
         if values.size and values.min() < 0:
             msg = (
                 f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). "
-                "Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
+                f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
             )
             raise ValueError(msg)
         if values.size:
@@ -169,7 +171,7 @@ def check_expression(
         msg = (
             f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
             "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
-            "counts or log1p-normalized data instead, e.g. layer='counts' or adata.raw.to_adata()."
+            f"counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
         )
         raise ValueError(msg)
     if not all_integer and _clipped_at_one_maximum(gene_maxima, variance):
@@ -177,7 +179,7 @@ def check_expression(
             f"{where} looks scaled per gene and clipped (as by sc.pp.scale(zero_center=False, max_value=...)): most "
             f"genes reach exactly the same maximum, {max_value:.4g}, which changes the order of genes within a cell "
             "that PanFoMa reads. Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or "
-            "adata.raw.to_adata()."
+            f"{raw}."
         )
         raise ValueError(msg)
     if all_integer:
