@@ -125,6 +125,7 @@ def check_expression(
     n_cells = adata.n_obs if rows is None else len(rows)
     # where unscaled values may be: .raw, which a backed AnnData has to load first (backed .raw has no to_adata)
     raw = "adata.to_memory().raw.to_adata()" if adata.isbacked else "adata.raw.to_adata()"
+    unscaled = f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
     if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)
@@ -143,10 +144,7 @@ def check_expression(
             msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
             raise ValueError(msg)
         if values.size and values.min() < 0:
-            msg = (
-                f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). "
-                f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
-            )
+            msg = f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). {unscaled}"
             raise ValueError(msg)
         if values.size:
             max_value = max(max_value, float(values.max()))
@@ -170,16 +168,14 @@ def check_expression(
     if not all_integer and _unit_variance_genes(variance, n_cells):
         msg = (
             f"{where} looks scaled per gene (as by sc.pp.scale(zero_center=False)): most genes have standard "
-            "deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. Pass raw "
-            f"counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
+            f"deviation 1 across cells, which changes the order of genes within a cell that PanFoMa reads. {unscaled}"
         )
         raise ValueError(msg)
     if not all_integer and _clipped_at_one_maximum(gene_maxima, variance):
         msg = (
             f"{where} looks scaled per gene and clipped (as by sc.pp.scale(zero_center=False, max_value=...)): most "
             f"genes reach exactly the same maximum, {max_value:.4g}, which changes the order of genes within a cell "
-            "that PanFoMa reads. Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or "
-            f"{raw}."
+            f"that PanFoMa reads. {unscaled}"
         )
         raise ValueError(msg)
     if all_integer:
