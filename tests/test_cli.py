@@ -36,16 +36,83 @@ def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
     assert (result.X != pbmc68k[:40].X).nnz == 0
     before = source.read_bytes()
 
-    def fail_midway(adata, filename, **kwargs):
+    def fail_midway(adata, filename, elements):
         with open(filename, "wb") as file:
             file.write(b"half an h5ad")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ad.AnnData, "write_h5ad", fail_midway)
+    monkeypatch.setattr("panfoma_sc._paths._write_elements", fail_midway)
     assert main(["embed", str(source), str(source), *model, "--key-added", "X_again"]) != EXIT_OK
     assert "No space left on device" in capsys.readouterr().err
     assert source.read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data.h5ad"]
+
+
+def _only_backed_reads(monkeypatch) -> list[str]:
+    """Make ``anndata.read_h5ad`` fail unless it opens the file backed; returns the files it opened."""
+    opened, read = [], ad.read_h5ad
+
+    def backed_only(filename, backed=None, **kwargs):
+        assert backed == "r", f"{filename} was read into memory"
+        opened.append(str(filename))
+        return read(filename, backed=backed, **kwargs)
+
+    monkeypatch.setattr(ad, "read_h5ad", backed_only)
+    return opened
+
+
+def test_commands_stream_the_input_and_keep_the_rest_of_the_file(pbmc68k, tiny_checkpoint, tmp_path, monkeypatch):
+    """embed and annotate read cells from the file as they go; the output is the input plus the results only."""
+    data = pbmc68k[:60].copy()
+    data.obsm["X_mine"] = np.arange(data.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    data.uns["mine"] = {"kept": 1}
+    data.layers["copy"] = data.X.copy()
+    source, embedded, labelled = (tmp_path / f"{name}.h5ad" for name in ("in", "embedded", "labelled"))
+    data[:40].write_h5ad(source)
+    data[40:].write_h5ad(tmp_path / "reference.h5ad")
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    opened = _only_backed_reads(monkeypatch)
+    assert main(["embed", str(source), str(embedded), *model]) == EXIT_OK
+    reference = str(tmp_path / "reference.h5ad")
+    assert main(["annotate", str(embedded), reference, str(labelled), "--labels-key", "louvain", *model]) == EXIT_OK
+    assert opened == [str(source), str(embedded), reference]
+    monkeypatch.undo()
+    result, original = ad.read_h5ad(labelled), data[:40]
+    assert result.obsm["X_panfoma"].shape == (40, 32)
+    assert set(result.obsm) == {*original.obsm, "X_panfoma"}
+    for key in original.obsm:
+        np.testing.assert_array_equal(result.obsm[key], original.obsm[key])
+    assert (result.X != original.X).nnz == 0
+    assert (result.layers["copy"] != original.layers["copy"]).nnz == 0
+    assert result.uns["mine"] == {"kept": 1}
+    assert {"panfoma", "panfoma_label"} <= set(result.uns)
+    new_columns = ["panfoma_label", "panfoma_label_confidence"]
+    assert list(result.obs.columns) == [*original.obs.columns, *new_columns]
+    assert result.obs[original.obs.columns].equals(original.obs)
+    assert result.var.equals(original.var)
+    # a rerun into its own input replaces the result in place
+    before = ad.read_h5ad(source)
+    assert main(["embed", str(labelled), str(labelled), *model, "--seed", "3"]) == EXIT_OK
+    rerun = ad.read_h5ad(labelled)
+    assert rerun.obsm["X_panfoma"].shape == (40, 32)
+    assert list(rerun.obs.columns) == list(result.obs.columns)
+    assert ad.read_h5ad(source).obsm.keys() == before.obsm.keys()
+
+
+def test_a_column_major_input_is_read_into_memory_with_a_warning(pbmc68k, tiny_checkpoint, tmp_path, caplog):
+    """A CSC X cannot be streamed: the command loads it (as before it streamed) and says how to store it."""
+    from scipy import sparse
+
+    data = pbmc68k[:30].copy()
+    data.X = sparse.csc_matrix(data.X)
+    source, target = tmp_path / "csc.h5ad", tmp_path / "out.h5ad"
+    data.write_h5ad(source)
+    assert main(["embed", str(source), str(target), "--model", str(tiny_checkpoint), "--quiet"]) == EXIT_OK
+    assert "stores X by column (CSC)" in caplog.text
+    assert "adata.X = adata.X.tocsr()" in caplog.text
+    result = ad.read_h5ad(target)
+    assert result.obsm["X_panfoma"].shape == (30, 32)
+    assert (result.X != data.X).nnz == 0
 
 
 def test_bad_numbers_are_refused_before_the_input_is_read(tmp_path, capsys, monkeypatch):
@@ -86,12 +153,13 @@ def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path,
     """The tools' Python-style hints (layer='counts') are worded as the command's options (--layer counts)."""
     source = tmp_path / "scaled.h5ad"
     scaled = pbmc68k[:10].copy()
+    scaled.raw = scaled.copy()
     sc.pp.scale(scaled)  # negative values
     scaled.write_h5ad(source)
     assert main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "has negative values" in err
-    assert "e.g. --layer counts or adata.raw.to_adata()" in err
+    assert "e.g. --layer counts or --use-raw (adata.raw)." in err
     assert "layer='counts'" not in err
 
 

@@ -1,8 +1,10 @@
-"""Check file paths before any work starts, so that a long run never fails at its last step."""
+"""File paths: checked before any work starts, and written so that a failed write never leaves half a file."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,18 +91,59 @@ def check_writable(path: str | Path, what: str = "output", suffix: str | None = 
         raise ValueError(msg)
 
 
-def write_h5ad_atomically(adata: AnnData, path: str | Path) -> None:
+def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence[str] = ()) -> None:
     """Write ``adata`` to ``path`` through a file beside it that replaces ``path`` only once it is complete.
 
     A write that fails (disk full, interrupted) leaves an existing ``path`` as it was, and ``path`` may be the file
     ``adata`` was read from, even while other processes still have that file open (``torchrun``): they keep
     reading the old file.
+
+    Parameters
+    ----------
+    adata
+        In memory, or backed on its input file.
+    path
+        The ``.h5ad`` file to write.
+    results
+        For a backed ``adata``: the elements a tool added, as ``"obs"`` (the whole table), ``"obsm/<key>"`` or
+        ``"uns/<key>"``. Its file is copied and only these are written into the copy, so ``X`` is never read into
+        memory and everything else stays byte for byte as it was. Ignored for an in-memory ``adata``.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        adata.write_h5ad(partial)
+        if adata.isbacked:
+            shutil.copyfile(adata.filename, partial)
+            _write_elements(adata, partial, results)
+        else:
+            adata.write_h5ad(partial)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, path)
+
+
+def _write_elements(adata: AnnData, file_path: Path, elements: Sequence[str]) -> None:
+    """Write ``adata``'s ``elements`` (``"obs"``, ``"obsm/<key>"``, ``"uns/<key>"``) into the h5ad ``file_path``."""
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    with h5py.File(file_path, "r+") as file:
+        for element in elements:
+            group_name, _, key = element.partition("/")
+            value = getattr(adata, group_name)
+            if not key:
+                if group_name in file:
+                    del file[group_name]
+                write_elem(file, group_name, value)
+                continue
+            if group_name not in file:
+                write_elem(file, group_name, {})
+            group = file[group_name]
+            if key in group:
+                del group[key]
+            write_elem(group, key, value[key])

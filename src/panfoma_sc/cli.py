@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+logger = logging.getLogger(__name__)
 
 
 def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str], save_model: str | None = None) -> None:
@@ -38,20 +39,46 @@ def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str], save_mode
         check_writable(save_model, "--save-model", suffix=".safetensors")
 
 
-def _embed(args: argparse.Namespace) -> int:
+def _open_input(path: str, layer: str | None, *, use_raw: bool = False):
+    """``path`` opened backed, so that the tools stream its cells and memory stays flat however large it is.
+
+    A file whose ``X`` (``raw/X`` with ``use_raw``) is stored by column (CSC) cannot be read cell by cell: it is
+    read into memory, as the commands did before they streamed, with a warning that says how to store it so that
+    it streams. A ``layer`` is in memory already (anndata reads layers when it opens a backed file).
+    """
     import anndata as ad
 
+    from .data.rows import is_backed_column_major
+
+    adata = ad.read_h5ad(path, backed="r")
+    if use_raw:
+        matrix, name = (adata.raw.X, "raw.X") if adata.raw is not None else (None, "")
+    else:
+        matrix, name = (adata.X, "X") if layer is None and "X" in adata.file else (None, "")
+    if matrix is not None and is_backed_column_major(matrix):
+        adata.file.close()
+        logger.warning(
+            "%s stores %s by column (CSC), which cannot be read cell by cell: reading all of it into memory. "
+            "To stream it, store it as CSR once (e.g. adata.X = adata.X.tocsr(); adata.write_h5ad(...)).",
+            path,
+            name,
+        )
+        return ad.read_h5ad(path)
+    return adata
+
+
+def _embed(args: argparse.Namespace) -> int:
     from . import tl
+    from .tl._keys import embedding_keys
 
     _check_paths([args.input], [args.output])
     rank, world = _join_torchrun()
-    # Under torchrun only rank 0 writes the output, so only it holds the input in memory; the others read rows
-    # of their own slice from the file.
-    adata = ad.read_h5ad(args.input) if rank == 0 else ad.read_h5ad(args.input, backed="r")
+    adata = _open_input(args.input, args.layer, use_raw=args.use_raw)  # each process reads its cells from the file
     tl.embed(
         adata,
         args.model,
         layer=args.layer,
+        use_raw=args.use_raw,
         gene_symbols=args.gene_symbols,
         batch_size=args.batch_size,
         device=args.device,
@@ -61,13 +88,13 @@ def _embed(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet and rank == 0,
     )
-    key = args.key_added or "X_panfoma"
+    keys = embedding_keys(args.key_added)
     if rank == 0:
-        write_h5ad_atomically(adata, args.output)
+        write_h5ad_atomically(adata, args.output, results=[f"obsm/{keys.obsm}", f"uns/{keys.uns}"])
     _leave_torchrun(world)  # before the summary line, which may meet a closed pipe
     if rank == 0:
         processes = f" ({world} processes)" if world > 1 else ""
-        print(f"Wrote {args.output}: obsm[{key!r}] with shape {adata.obsm[key].shape}{processes}.")
+        print(f"Wrote {args.output}: obsm[{keys.obsm!r}] with shape {adata.obsm[keys.obsm].shape}{processes}.")
     return EXIT_OK
 
 
@@ -94,8 +121,6 @@ def _leave_torchrun(world: int) -> None:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from . import tl
 
     if args.reference is None and args.labels_key is not None:
@@ -109,8 +134,10 @@ def _annotate(args: argparse.Namespace) -> int:
         msg = f"The output {args.output} is the reference file: it would be overwritten. Name another output file."
         raise ValueError(msg)
     _check_paths([args.query, args.reference], [args.output], args.save_model)
-    query = ad.read_h5ad(args.query)
-    reference = ad.read_h5ad(args.reference) if args.reference else None
+    query = _open_input(args.query, args.layer, use_raw=args.use_raw)
+    reference = (
+        _open_input(args.reference, args.reference_layer, use_raw=args.reference_use_raw) if args.reference else None
+    )
     tl.annotate(
         query,
         reference,
@@ -122,7 +149,9 @@ def _annotate(args: argparse.Namespace) -> int:
         save_model=args.save_model,
         unknown_threshold=args.unknown_threshold,
         layer=args.layer,
+        use_raw=args.use_raw,
         reference_layer=args.reference_layer,
+        reference_use_raw=args.reference_use_raw,
         gene_symbols=args.gene_symbols,
         batch_size=args.batch_size,
         device=args.device,
@@ -131,7 +160,7 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_h5ad_atomically(query, args.output)
+    write_h5ad_atomically(query, args.output, results=["obs", f"uns/{args.key_added}"])
     counts = query.obs[args.key_added].value_counts()
     unknown = int(counts.get("Unknown", 0))
     used = int((counts.drop("Unknown", errors="ignore") > 0).sum())  # categories no cell got are not counted
@@ -143,17 +172,16 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _integrate(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from . import tl
 
     _check_paths([args.input], [args.output], args.save_model)
-    adata = ad.read_h5ad(args.input)
+    adata = _open_input(args.input, args.layer, use_raw=args.use_raw)
     tl.integrate(
         adata,
         args.batch_key,
         model=args.model,
         layer=args.layer,
+        use_raw=args.use_raw,
         gene_symbols=args.gene_symbols,
         batch_size=args.batch_size,
         device=args.device,
@@ -168,7 +196,7 @@ def _integrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_h5ad_atomically(adata, args.output)
+    write_h5ad_atomically(adata, args.output, results=[f"obsm/{args.key_added}", f"uns/{args.key_added}"])
     print(f"Wrote {args.output}: obsm[{args.key_added!r}] with shape {adata.obsm[args.key_added].shape}.")
     return EXIT_OK
 
@@ -206,6 +234,7 @@ def _number(low: float, high: float | None = None, *, low_open: bool = False):
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="panfoma-tiny", help="registry name or checkpoint path")
     parser.add_argument("--layer", help="layer holding expression (default: X)")
+    parser.add_argument("--use-raw", action="store_true", help="read expression and genes from .raw instead of X")
     parser.add_argument("--gene-symbols", help="var column with gene symbols")
     parser.add_argument("--batch-size", type=_integer(1), help="cells per forward pass")
     parser.add_argument("--device", help="cpu, cuda, mps (default: auto)")
@@ -311,9 +340,8 @@ def _warn_of_unused_vocabulary_options(saved: Path, min_cells: int | None, gene_
 
     ``None``: the option was not given.
     """
-    log = logging.getLogger(__name__)
     if not saved.is_file():  # a run of an earlier release
-        log.info("Resuming with the run's vocab.json (--min-cells, --gene-table unused).")
+        logger.info("Resuming with the run's vocab.json (--min-cells, --gene-table unused).")
         return
     then = json.loads(saved.read_text())
     changed = [
@@ -322,7 +350,7 @@ def _warn_of_unused_vocabulary_options(saved: Path, min_cells: int | None, gene_
         if now is not None and now != then.get(key)
     ]
     if changed:
-        log.warning(
+        logger.warning(
             "Resuming keeps the run's vocabulary (vocab.json, the model's gene table), so %s has no effect. "
             "Pass --restart to build a new vocabulary and start over.",
             " and ".join(changed),
@@ -428,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")
     annotate.add_argument("--unknown-threshold", type=_number(0, 1), default=0.5, help="below this confidence: Unknown")
     annotate.add_argument("--reference-layer", help="reference layer holding expression (default: X)")
+    annotate.add_argument("--reference-use-raw", action="store_true", help="read the reference from its .raw")
     annotate.add_argument("--key-added", default="panfoma_label", help="obs column of the labels")
     _add_model_options(annotate)
     annotate.set_defaults(func=_annotate)

@@ -84,8 +84,8 @@ def test_genes_scaled_to_unit_variance_without_centring_raise(max_value):
     scaled = logged.copy()
     sc.pp.scale(scaled, zero_center=False, max_value=max_value)
     assert scaled.X.min() >= 0
-    with pytest.raises(ValueError, match=r"looks scaled per gene .* layer='counts' or adata.raw.to_adata\(\)"):
-        check_expression(scaled)
+    with pytest.raises(ValueError, match=r"looks scaled per gene .* e\.g\. layer='counts'\.$"):
+        check_expression(scaled)  # no .raw to offer
     with pytest.raises(ValueError, match=r"looks scaled per gene"):
         check_expression(scaled, block_size=7)  # the per-gene statistics add up across row blocks
 
@@ -178,17 +178,30 @@ def test_backed_errors(tmp_path):
         backed.file.close()
 
 
-def test_the_raw_fix_offered_for_backed_data_is_one_that_works_there(tmp_path):
-    """A backed ``.raw`` has no ``to_adata``: the message offers loading first, and that route passes the check."""
+def test_the_raw_fix_is_offered_where_raw_exists_and_works_backed_too(tmp_path):
+    """Scaled X with a log-normalized ``.raw`` (scanpy's usual object): ``use_raw=True`` is offered and passes."""
     import scanpy as sc
 
     sc.datasets.pbmc68k_reduced()[:40].copy().write_h5ad(tmp_path / "scaled.h5ad")  # X scaled, .raw log-normalized
     backed = ad.read_h5ad(tmp_path / "scaled.h5ad", backed="r")
     try:
-        with pytest.raises(ValueError, match=r"e\.g\. layer='counts' or adata\.to_memory\(\)\.raw\.to_adata\(\)\.$"):
+        with pytest.raises(ValueError, match=r"e\.g\. layer='counts' or use_raw=True \(adata\.raw\)\.$"):
             check_expression(backed)
-        assert check_expression(backed.to_memory().raw.to_adata()).kind == "log-normalized"
+        report = check_expression(backed, use_raw=True)  # read in row blocks from the file
+        assert (report.kind, report.n_cells, report.n_genes) == ("log-normalized", 40, backed.raw.n_vars)
     finally:
         backed.file.close()
-    with pytest.raises(ValueError, match=r"or adata\.raw\.to_adata\(\)\.$"):
-        check_expression(ad.read_h5ad(tmp_path / "scaled.h5ad"))
+    in_memory = ad.read_h5ad(tmp_path / "scaled.h5ad")
+    assert check_expression(in_memory, use_raw=True).kind == "log-normalized"
+    with pytest.raises(ValueError, match=r"has negative values.*use_raw=True"):
+        check_expression(in_memory)
+
+
+def test_use_raw_without_raw_or_with_a_layer_is_refused():
+    adata = AnnData(X=np.ones((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"use_raw=True, but adata\.raw is empty: drop use_raw"):
+        check_expression(adata, use_raw=True)
+    adata.raw = adata.copy()
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.raises(ValueError, match=r"pass layer='counts' or use_raw=True, not both"):
+        check_expression(adata, layer="counts", use_raw=True)

@@ -135,7 +135,12 @@ def test_gene_subset_is_warned_about_and_names_raw(vocab: GeneVocabulary, caplog
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
         match_genes(subset, vocab)
     assert "only 10 genes (all marked highly_variable)" in caplog.text
-    assert "adata.raw holds 20 genes: embed adata.raw.to_adata()" in caplog.text
+    assert "adata.raw holds 20 genes: pass use_raw=True to embed them" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match = match_genes(subset, vocab, use_raw=True)
+    assert match.n_genes == 20
+    assert "adata.raw holds only 20 genes" in caplog.text  # named as what was read
 
 
 def test_whole_transcriptome_is_not_warned_about(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):

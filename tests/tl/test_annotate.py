@@ -146,7 +146,12 @@ def test_reference_problems_are_named_as_the_reference(split, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"reference\.X contains NaN"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
     reference.X[3, 0] = -1.0
-    with pytest.raises(ValueError, match=r"e\.g\. reference_layer='counts' or reference\.raw\.to_adata\(\)"):
+    with pytest.raises(ValueError, match=r"e\.g\. reference_layer='counts'\.$"):
+        pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
+    reference.raw = reference  # a .raw to read: the fix names the reference's argument
+    with pytest.raises(
+        ValueError, match=r"e\.g\. reference_layer='counts' or reference_use_raw=True \(reference\.raw\)"
+    ):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
     with pytest.raises(ValueError, match=r"reference has no cells \(0 observations\)"):
         pf.tl.annotate(query, reference[:0], labels_key="cell_type", model=tiny_checkpoint)
@@ -265,4 +270,4 @@ def test_a_gene_subset_is_warned_about_once_per_dataset_each_by_its_own_name(spl
     assert len(subset_warnings) == 2
     assert sum(m.startswith("adata holds only") for m in subset_warnings) == 1
     (about_reference,) = [m for m in subset_warnings if m.startswith("reference holds only")]
-    assert f"reference.raw holds {reference.n_vars} genes: embed reference.raw.to_adata()" in about_reference
+    assert f"reference.raw holds {reference.n_vars} genes: pass reference_use_raw=True" in about_reference

@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-__all__ = ["ColumnMajorBackedError", "check_row_readable", "expression_matrix", "iter_row_blocks", "row_major"]
+__all__ = [
+    "ColumnMajorBackedError",
+    "check_row_readable",
+    "expression_matrix",
+    "is_backed_column_major",
+    "iter_row_blocks",
+    "raw_values",
+    "row_major",
+]
 
 
 class ColumnMajorBackedError(ValueError):
@@ -40,6 +49,29 @@ def expression_matrix(adata: AnnData, layer: str | None = None):
     return adata.layers[layer]
 
 
+def raw_values(adata: AnnData, *, layer: str | None = None, name: str = "adata") -> AnnData:
+    """``adata``'s cells with the genes and values of ``adata.raw`` (``use_raw=True``); nothing is copied.
+
+    A backed ``adata``'s ``.raw`` stays on disk: the result's ``X`` is the backed matrix, read in row blocks.
+
+    Raises
+    ------
+    ValueError
+        ``adata.raw`` is empty, or ``layer`` is given too (``.raw`` has no layers).
+    """
+    if layer is not None:
+        msg = f"use_raw=True reads {name}.raw.X, which has no layers: pass layer={layer!r} or use_raw=True, not both."
+        raise ValueError(msg)
+    if adata.raw is None:
+        msg = (
+            f"use_raw=True, but {name}.raw is empty: drop use_raw to use {name}.X, or pass layer='counts' "
+            "(the layer holding raw counts)."
+        )
+        raise ValueError(msg)
+    raw = adata.raw
+    return AnnData(X=raw.X, obs=pd.DataFrame(index=adata.obs_names), var=raw.var)
+
+
 def _backed_x(adata: AnnData):
     """``adata.X`` of a backed AnnData, or None where the file has none (anndata raises h5py's ``KeyError`` then)."""
     try:
@@ -54,7 +86,7 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
     In-memory CSC is fine (:func:`row_major` converts it once); on disk, cells must be stored row by row (CSR).
     ``file_only``: the reader opens the file itself, so loading it into memory is no fix to offer.
     """
-    if not sparse.issparse(matrix) and getattr(matrix, "format", None) == "csc":
+    if is_backed_column_major(matrix):
         csr = "it as CSR once: adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
         load = "Load it into memory if it fits (adata = adata.to_memory()), or store"
         fix = f"Store {csr}" if file_only else f"{load} {csr}"
@@ -63,6 +95,11 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
             f"file for every batch. {fix}."
         )
         raise ColumnMajorBackedError(msg)
+
+
+def is_backed_column_major(matrix) -> bool:
+    """Whether ``matrix`` is a backed CSC dataset (:func:`check_row_readable` refuses it)."""
+    return not sparse.issparse(matrix) and getattr(matrix, "format", None) == "csc"
 
 
 def row_major(matrix):

@@ -9,7 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._arguments import require_integer
-from ..data.rows import expression_matrix, iter_row_blocks
+from ..data.rows import expression_matrix, iter_row_blocks, raw_values
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def check_expression(
     block_size: int = 2048,
     allow_empty_cells: bool = False,
     rows: np.ndarray | None = None,
+    use_raw: bool = False,
 ) -> ExpressionReport:
     """Check that expression values can be tokenized and say what they are.
 
@@ -108,6 +109,8 @@ def check_expression(
     rows
         Check only these cells (row positions, sorted ascending), read from ``adata`` without subsetting it; default
         all.
+    use_raw
+        Check ``adata.raw.X`` (all of ``adata.raw``'s genes) instead of ``adata.X``.
 
     Returns
     -------
@@ -118,14 +121,17 @@ def check_expression(
     ValueError
         No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); genes scaled to unit
         variance (``sc.pp.scale(zero_center=False)``), also when clipped (``max_value``); cells with no expressed
-        gene among ``columns`` (unless ``allow_empty_cells``).
+        gene among ``columns`` (unless ``allow_empty_cells``); ``use_raw`` without ``adata.raw``, or with ``layer``.
     """
     require_integer("block_size", block_size, 1)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if use_raw:
+        adata, where = raw_values(adata, layer=layer), "adata.raw.X"
+    else:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_cells = adata.n_obs if rows is None else len(rows)
-    # where unscaled values may be: .raw, which a backed AnnData has to load first (backed .raw has no to_adata)
-    raw = "adata.to_memory().raw.to_adata()" if adata.isbacked else "adata.raw.to_adata()"
-    unscaled = f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts' or {raw}."
+    # where unscaled values may be: a counts layer, or .raw (the genes before scaling, as scanpy keeps them)
+    raw = " or use_raw=True (adata.raw)" if not use_raw and adata.raw is not None else ""
+    unscaled = f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts'{raw}."
     if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)

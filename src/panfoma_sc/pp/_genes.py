@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._arguments import require_number
+from ..data.rows import raw_values
 from ..data.vocab import GeneVocabulary, ensembl_species_prefix
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def match_genes(
     gene_symbols: str | None = None,
     min_fraction: float = 0.1,
     adata_name: str = "adata",
+    use_raw: bool = False,
 ) -> GeneMatch:
     """Match ``adata``'s genes to ``vocab`` by symbol (any case) or Ensembl ID (version suffix ignored).
 
@@ -90,6 +92,8 @@ def match_genes(
         Raise when fewer than this share of the genes match.
     adata_name
         How messages call ``adata``: the argument it was passed as (e.g. ``"reference"``).
+    use_raw
+        Match the genes of ``adata.raw`` (``gene_symbols`` is then a column of ``adata.raw.var``).
 
     Returns
     -------
@@ -100,7 +104,7 @@ def match_genes(
     KeyError
         ``gene_symbols`` is not a column of ``adata.var``.
     ValueError
-        ``adata`` has no genes, no gene matches, or too few.
+        ``adata`` has no genes, no gene matches, or too few; ``use_raw`` and ``adata.raw`` is empty.
 
     Examples
     --------
@@ -110,6 +114,8 @@ def match_genes(
     """
     vocab = _vocabulary(vocab)
     require_number("min_fraction", min_fraction, 0, 1)
+    if use_raw:
+        adata, adata_name = raw_values(adata, name=adata_name), f"{adata_name}.raw"
     if adata.n_vars == 0:
         msg = f"{adata_name} has no genes (0 columns in var): embed the object before its genes were filtered out."
         raise ValueError(msg)
@@ -218,9 +224,10 @@ def _warn_if_gene_subset(adata: AnnData, adata_name: str = "adata") -> None:
         return
     marked = "highly_variable" in adata.var.columns and bool(adata.var["highly_variable"].all())
     raw = getattr(adata, "raw", None)
+    use_raw = "use_raw" if adata_name == "adata" else f"{adata_name}_use_raw"  # the tools' argument names
     fix = (
-        f"{adata_name}.raw holds {raw.n_vars} genes: embed {adata_name}.raw.to_adata() (or the object before gene "
-        "filtering)"
+        f"{adata_name}.raw holds {raw.n_vars} genes: pass {use_raw}=True to embed them (or embed the object before "
+        "gene filtering)"
         if raw is not None and raw.n_vars > adata.n_vars
         else "embed the object before gene filtering"
     )

@@ -107,6 +107,7 @@ def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **option
     except (KeyError, ValueError) as error:
         text = re.sub(r"\badata\b", "reference", str(error.args[0]) if error.args else str(error))
         text = re.sub(r"\blayer=", "reference_layer=", text)  # the reference's layer argument
+        text = re.sub(r"\buse_raw=", "reference_use_raw=", text)
         if "gene_symbols=" in text:
             text += " gene_symbols names a column of both the query's and the reference's var."
         raise type(error)(text) from error
@@ -178,6 +179,8 @@ def annotate(
     unknown_threshold: float = 0.5,
     layer: str | None = None,
     reference_layer: str | None = None,
+    use_raw: bool = False,
+    reference_use_raw: bool = False,
     gene_symbols: str | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -227,6 +230,9 @@ def annotate(
         Minimum confidence to assign a label; ``0`` never calls ``"Unknown"``.
     layer, reference_layer
         Layers holding expression in ``adata`` and ``reference`` (``None``: ``X``).
+    use_raw, reference_use_raw
+        Read expression and genes from ``adata.raw`` / ``reference.raw`` (as scanpy keeps them before scaling or
+        gene selection) instead of ``X``; labels are still written to ``adata``. Not with the matching layer.
     gene_symbols
         ``var`` column with gene symbols (both datasets).
     batch_size
@@ -302,7 +308,7 @@ def annotate(
                 f"from model {pretrained.name!r}'s classifier, and method='knn' needs a labelled reference."
             )
             raise ValueError(msg)
-        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
+        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, use_raw=use_raw, **options)
         reference_job = None
     else:
         if labels_key is None:
@@ -311,8 +317,10 @@ def annotate(
         labels = _reference_labels(reference, labels_key)
         labelled = labels.notna().to_numpy()
         rows = None if labelled.all() else np.flatnonzero(labelled)  # read in place: a backed subset loads
-        reference_job = _prepare_reference(reference, pretrained, layer=reference_layer, rows=rows, **options)
-        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, **options)
+        reference_job = _prepare_reference(
+            reference, pretrained, layer=reference_layer, use_raw=reference_use_raw, rows=rows, **options
+        )
+        query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, use_raw=use_raw, **options)
         codes = pd.Categorical(labels[labelled])
         shared_genes = _warn_if_few_shared_genes(query_job, reference_job)
         if method == "knn" and n_neighbors > reference_job.n_cells:

@@ -27,6 +27,7 @@ def embed(
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
     *,
     layer: str | None = None,
+    use_raw: bool = False,
     gene_symbols: str | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -58,6 +59,9 @@ def embed(
         Registry name (see :func:`panfoma_sc.models.available`), checkpoint path, or a loaded model.
     layer
         Layer holding expression; ``None`` uses ``adata.X``.
+    use_raw
+        Read expression and genes from ``adata.raw`` (as scanpy keeps them before scaling or gene selection)
+        instead of ``adata.X``; results are still written to ``adata``. Not with ``layer``.
     gene_symbols
         Column of ``adata.var`` with gene symbols, when ``var_names`` are something else.
     batch_size
@@ -111,8 +115,9 @@ def embed(
     --------
     >>> import scanpy as sc
     >>> import panfoma_sc as pf
-    >>> adata = sc.datasets.pbmc68k_reduced()
-    >>> pf.tl.embed(adata.raw.to_adata(), progress=False, copy=True).obsm["X_panfoma"].shape
+    >>> adata = sc.datasets.pbmc68k_reduced()  # X is scaled; .raw keeps the log-normalized values
+    >>> pf.tl.embed(adata, use_raw=True, progress=False)
+    >>> adata.obsm["X_panfoma"].shape
     (700, 128)
     """
     keys = embedding_keys(key_added)
@@ -128,6 +133,7 @@ def embed(
             device=device,
             progress=progress,
             layer=layer,
+            use_raw=use_raw,
             gene_symbols=gene_symbols,
             batch_size=batch_size,
             n_genes=n_genes,
@@ -142,6 +148,7 @@ def embed(
         adata,
         resolve_model(model),
         layer=layer,
+        use_raw=use_raw,
         gene_symbols=gene_symbols,
         batch_size=batch_size,
         n_genes=n_genes,

@@ -14,7 +14,7 @@ from anndata import AnnData
 from .._arguments import MAX_SEED, require_integer
 from .._settings import settings
 from .._version import __version__
-from ..data.rows import expression_matrix, iter_row_blocks
+from ..data.rows import expression_matrix, iter_row_blocks, raw_values
 from ..data.tokenizer import cell_keys_from_names
 from ..models import PretrainedModel
 from ..models._sharding import combine_shards, inference_world, shard_rows
@@ -41,6 +41,7 @@ class EmbeddingJob:
     seed: int
     precision: str = "auto"  # as asked ("auto", "fp32", "bf16"); resolved for the device by run()
     rows: np.ndarray | None = None  # the cells: these rows of adata (sorted), read in place; None: every row
+    use_raw: bool = False  # adata is then the values of the caller's .raw (raw_values), for provenance
     precision_used: str | None = field(default=None, init=False)  # what the last run() used, for provenance
 
     @classmethod
@@ -59,13 +60,15 @@ class EmbeddingJob:
         device: str | None = None,
         adata_name: str = "adata",
         rows: np.ndarray | None = None,
+        use_raw: bool = False,
     ) -> EmbeddingJob:
         """Run every check (genes, values, arguments); raises before any model work.
 
         ``device`` is the one :meth:`run` will get: it is only used to refuse ``precision="bf16"`` off CUDA here.
         ``adata_name`` is how the gene-match warnings call ``adata`` (the argument it was passed as). ``rows``
         (sorted positions) makes the job's cells those rows of ``adata``, read from it in place: subsetting a
-        backed AnnData would read the rows into memory instead.
+        backed AnnData would read the rows into memory instead. ``use_raw``: the values and genes of ``adata.raw``
+        (:func:`~panfoma_sc.data.rows.raw_values`, nothing copied).
         """
         batch_size = settings.batch_size if batch_size is None else batch_size
         require_integer("batch_size", batch_size, 1)
@@ -76,10 +79,11 @@ class EmbeddingJob:
             raise ValueError(msg)
         precision = settings.precision if precision is None else precision
         settings.resolve_precision(precision, settings.resolve_device(device))  # unknown value, bf16 off CUDA
-        expression_matrix(adata, layer)  # missing layer / empty X
-        match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name)
+        if not use_raw:
+            expression_matrix(adata, layer)  # missing layer / empty X
+        match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name, use_raw=use_raw)
         rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        report = check_expression(adata, layer=layer, columns=match.columns, rows=rows)
+        report = check_expression(adata, layer=layer, columns=match.columns, rows=rows, use_raw=use_raw)
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
             logger.warning(
@@ -90,7 +94,7 @@ class EmbeddingJob:
                 report.max_expressed,
             )
         return cls(
-            adata=adata,
+            adata=raw_values(adata) if use_raw else adata,
             model=model,
             match=match,
             report=report,
@@ -102,6 +106,7 @@ class EmbeddingJob:
             seed=seed,
             precision=precision,
             rows=rows,
+            use_raw=use_raw,
         )
 
     @property
@@ -190,6 +195,7 @@ class EmbeddingJob:
             "seed": self.seed,
             "precision": self.precision_used,
             "layer": self.layer,
+            "use_raw": True if self.use_raw else None,
             "gene_symbols": self.gene_symbols,
             **extra,
         }

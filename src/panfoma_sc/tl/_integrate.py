@@ -88,6 +88,7 @@ def integrate(
     *,
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
     layer: str | None = None,
+    use_raw: bool = False,
     gene_symbols: str | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -144,6 +145,9 @@ def integrate(
         Registry name, checkpoint path or loaded model to start from.
     layer
         Layer holding expression; ``None`` uses ``adata.X``.
+    use_raw
+        Read expression and genes from ``adata.raw`` (as scanpy keeps them before scaling or gene selection)
+        instead of ``adata.X``; results are still written to ``adata``. Not with ``layer``.
     gene_symbols
         Column of ``adata.var`` with gene symbols, when ``var_names`` are something else.
     batch_size
@@ -247,6 +251,7 @@ def integrate(
             progress=progress,
             save_model=save_model,
             layer=layer,
+            use_raw=use_raw,
             gene_symbols=gene_symbols,
             batch_size=batch_size,
             n_genes=n_genes,
@@ -261,6 +266,7 @@ def integrate(
         adata,
         pretrained,
         layer=layer,
+        use_raw=use_raw,
         gene_symbols=gene_symbols,
         batch_size=batch_size,
         n_genes=n_genes,
