@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import anndata as ad
+import h5py
+import numpy as np
 import pytest
+from scipy import sparse
 
-from panfoma_sc._paths import check_input_file, check_writable
+from panfoma_sc._paths import check_input_file, check_writable, write_h5ad_atomically
 
 
 def test_an_existing_file_and_a_new_file_in_an_existing_folder_pass(tmp_path):
@@ -28,3 +32,28 @@ def test_a_read_only_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("panfoma_sc._paths.os.access", lambda path, mode: False)
     with pytest.raises(ValueError, match="is not writable"):
         check_writable(tmp_path / "out.h5ad")
+
+
+def test_a_backed_object_is_written_as_a_copy_of_its_file_plus_its_results(tmp_path):
+    source, target = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    adata = ad.AnnData(sparse.random(30, 8, density=0.3, format="csr", dtype=np.float32, random_state=0))
+    adata.obs["group"] = ["a", "b", "c"] * 10
+    adata.uns["kept"] = {"value": 1}
+    adata.write_h5ad(source)
+    with h5py.File(source, "r+") as file:
+        del file["obsm"]  # a writer that left the empty group out
+    backed = ad.read_h5ad(source, backed="r")
+    backed.obsm["X_new"] = np.ones((30, 2), dtype=np.float32)
+    backed.uns["new"] = {"n": 2}
+    backed.obs["label"] = backed.obs["group"].astype(str) + "!"
+    backed.uns["not_listed"] = 3  # only the elements named are written
+    write_h5ad_atomically(backed, target, results=["obsm/X_new", "uns/new", "obs"])
+    backed.file.close()
+    result = ad.read_h5ad(target)
+    np.testing.assert_array_equal(result.obsm["X_new"], np.ones((30, 2)))
+    assert result.uns["new"] == {"n": 2}
+    assert result.uns["kept"] == {"value": 1}
+    assert "not_listed" not in result.uns
+    assert result.obs["label"].tolist() == [f"{g}!" for g in adata.obs["group"]]
+    assert (result.X != adata.X).nnz == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.h5ad", "out.h5ad"]

@@ -141,8 +141,11 @@ def _write_elements(adata: AnnData, file_path: Path, elements: Sequence[str]) ->
                     del file[group_name]
                 write_elem(file, group_name, value)
                 continue
-            if group_name not in file:
-                write_elem(file, group_name, {})
+            if not isinstance(file.get(group_name), h5py.Group):  # absent, or a file of anndata < 0.8's layout
+                if group_name in file:
+                    del file[group_name]
+                write_elem(file, group_name, dict(value))
+                continue
             group = file[group_name]
             if key in group:
                 del group[key]
