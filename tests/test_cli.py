@@ -36,12 +36,12 @@ def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
     assert (result.X != pbmc68k[:40].X).nnz == 0
     before = source.read_bytes()
 
-    def fail_midway(adata, filename, elements):
+    def fail_midway(adata, filename, results):
         with open(filename, "wb") as file:
             file.write(b"half an h5ad")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("panfoma_sc._paths._write_elements", fail_midway)
+    monkeypatch.setattr("panfoma_sc._paths._write_file_with_results", fail_midway)
     assert main(["embed", str(source), str(source), *model, "--key-added", "X_again"]) != EXIT_OK
     assert "No space left on device" in capsys.readouterr().err
     assert source.read_bytes() == before

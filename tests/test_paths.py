@@ -57,3 +57,20 @@ def test_a_backed_object_is_written_as_a_copy_of_its_file_plus_its_results(tmp_p
     assert result.obs["label"].tolist() == [f"{g}!" for g in adata.obs["group"]]
     assert (result.X != adata.X).nnz == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.h5ad", "out.h5ad"]
+
+
+def test_rewriting_a_result_into_its_own_file_does_not_grow_it(tmp_path):
+    """HDF5 keeps the bytes of deleted objects: the old result is left out of the copy, not deleted from it."""
+    path = tmp_path / "data.h5ad"
+    adata = ad.AnnData(sparse.random(500, 50, density=0.2, format="csr", dtype=np.float32, random_state=0))
+    adata.write_h5ad(path)
+    sizes = []
+    for round_ in range(3):
+        backed = ad.read_h5ad(path, backed="r")
+        backed.obsm["X_result"] = np.full((500, 128), round_, dtype=np.float32)  # 250 kB, not compressible away
+        backed.obsm["X_result"][:, 0] = np.arange(500)
+        write_h5ad_atomically(backed, path, results=["obsm/X_result"])
+        backed.file.close()
+        sizes.append(path.stat().st_size)
+    assert sizes[2] == sizes[1]
+    np.testing.assert_array_equal(ad.read_h5ad(path).obsm["X_result"][:, 1], np.full(500, 2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,15 +105,14 @@ def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence
         The ``.h5ad`` file to write.
     results
         For a backed ``adata``: the elements a tool added, as ``"obs"`` (the whole table), ``"obsm/<key>"`` or
-        ``"uns/<key>"``. Its file is copied and only these are written into the copy, so ``X`` is never read into
-        memory and everything else stays byte for byte as it was. Ignored for an in-memory ``adata``.
+        ``"uns/<key>"``. The new file is the input file with these written from ``adata``; everything else is
+        copied by HDF5 as stored, so ``X`` is never read into memory. Ignored for an in-memory ``adata``.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
         if adata.isbacked:
-            shutil.copyfile(adata.filename, partial)
-            _write_elements(adata, partial, results)
+            _write_file_with_results(adata, partial, results)
         else:
             adata.write_h5ad(partial)
     except BaseException:
@@ -123,8 +121,12 @@ def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence
     os.replace(partial, path)
 
 
-def _write_elements(adata: AnnData, file_path: Path, elements: Sequence[str]) -> None:
-    """Write ``adata``'s ``elements`` (``"obs"``, ``"obsm/<key>"``, ``"uns/<key>"``) into the h5ad ``file_path``."""
+def _write_file_with_results(adata: AnnData, destination: Path, results: Sequence[str]) -> None:
+    """Copy a backed ``adata``'s file to ``destination`` object by object, with ``results`` written from ``adata``.
+
+    What ``results`` replaces is not copied, so a tool rerun on its own output does not leave the old result's
+    bytes behind in the file (HDF5 does not reclaim the space of deleted objects).
+    """
     import h5py
 
     try:
@@ -132,21 +134,31 @@ def _write_elements(adata: AnnData, file_path: Path, elements: Sequence[str]) ->
     except ImportError:  # anndata < 0.11
         from anndata.experimental import write_elem
 
-    with h5py.File(file_path, "r+") as file:
-        for element in elements:
-            group_name, _, key = element.partition("/")
-            value = getattr(adata, group_name)
-            if not key:
-                if group_name in file:
-                    del file[group_name]
-                write_elem(file, group_name, value)
+    whole = {name for name in results if "/" not in name}
+    keys: dict[str, set[str]] = {}
+    for name in results:
+        if "/" in name:
+            group_name, key = name.split("/", 1)
+            keys.setdefault(group_name, set()).add(key)
+    with h5py.File(adata.filename, "r") as source, h5py.File(destination, "w") as target:
+        target.attrs.update(source.attrs)
+        for name, item in source.items():
+            if name in whole or (name in keys and not isinstance(item, h5py.Group)):
+                continue  # written below (a non-group one is anndata < 0.8's layout: written whole)
+            if name not in keys:
+                source.copy(item, target, name=name)
                 continue
-            if not isinstance(file.get(group_name), h5py.Group):  # absent, or a file of anndata < 0.8's layout
-                if group_name in file:
-                    del file[group_name]
-                write_elem(file, group_name, dict(value))
+            group = target.create_group(name)
+            group.attrs.update(item.attrs)
+            for key in item:
+                if key not in keys[name]:
+                    source.copy(item[key], group, name=key)
+        for name in sorted(whole):
+            write_elem(target, name, getattr(adata, name))
+        for group_name, names in keys.items():
+            elements = getattr(adata, group_name)
+            if group_name not in target:  # absent from the input, or in anndata < 0.8's layout
+                write_elem(target, group_name, dict(elements))
                 continue
-            group = file[group_name]
-            if key in group:
-                del group[key]
-            write_elem(group, key, value[key])
+            for key in sorted(names):
+                write_elem(target[group_name], key, elements[key])
