@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import h5py
 import numpy as np
 import scanpy as sc
 
@@ -36,8 +37,8 @@ def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
     assert (result.X != pbmc68k[:40].X).nnz == 0
     before = source.read_bytes()
 
-    def fail_midway(adata, filename, results):
-        with open(filename, "wb") as file:
+    def fail_midway(adata, source, destination, results):
+        with open(destination, "wb") as file:
             file.write(b"half an h5ad")
         raise OSError(28, "No space left on device")
 
@@ -106,13 +107,16 @@ def test_a_column_major_input_is_read_into_memory_with_a_warning(pbmc68k, tiny_c
     data = pbmc68k[:30].copy()
     data.X = sparse.csc_matrix(data.X)
     source, target = tmp_path / "csc.h5ad", tmp_path / "out.h5ad"
-    data.write_h5ad(source)
+    data.write_h5ad(source, compression="gzip")
     assert main(["embed", str(source), str(target), "--model", str(tiny_checkpoint), "--quiet"]) == EXIT_OK
     assert "stores X by column (CSC)" in caplog.text
     assert "adata.X = adata.X.tocsr()" in caplog.text
     result = ad.read_h5ad(target)
     assert result.obsm["X_panfoma"].shape == (30, 32)
     assert (result.X != data.X).nnz == 0
+    with h5py.File(target) as file:  # the input's X copied as stored, not rewritten from memory
+        assert file["X"].attrs["encoding-type"] == "csc_matrix"
+        assert file["X/data"].compression == "gzip"
 
 
 def test_bad_numbers_are_refused_before_the_input_is_read(tmp_path, capsys, monkeypatch):

@@ -90,7 +90,9 @@ def check_writable(path: str | Path, what: str = "output", suffix: str | None = 
         raise ValueError(msg)
 
 
-def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence[str] = ()) -> None:
+def write_h5ad_atomically(
+    adata: AnnData, path: str | Path, *, results: Sequence[str] = (), source: str | Path | None = None
+) -> None:
     """Write ``adata`` to ``path`` through a file beside it that replaces ``path`` only once it is complete.
 
     A write that fails (disk full, interrupted) leaves an existing ``path`` as it was, and ``path`` may be the file
@@ -104,15 +106,19 @@ def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence
     path
         The ``.h5ad`` file to write.
     results
-        For a backed ``adata``: the elements a tool added, as ``"obs"`` (the whole table), ``"obsm/<key>"`` or
-        ``"uns/<key>"``. The new file is the input file with these written from ``adata``; everything else is
-        copied by HDF5 as stored, so ``X`` is never read into memory. Ignored for an in-memory ``adata``.
+        With ``source`` (or a backed ``adata``): the elements a tool added, as ``"obs"`` (the whole table),
+        ``"obsm/<key>"`` or ``"uns/<key>"``. The new file is ``source`` with these written from ``adata``;
+        everything else is copied by HDF5 as stored (compression included), so ``X`` is never read into memory.
+    source
+        The file ``adata`` was read from; default: its own file when it is backed. Without one, all of ``adata``
+        is written.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
+    source = adata.filename if source is None and adata.isbacked else source
     try:
-        if adata.isbacked:
-            _write_file_with_results(adata, partial, results)
+        if source is not None:
+            _write_file_with_results(adata, Path(source), partial, results)
         else:
             adata.write_h5ad(partial)
     except BaseException:
@@ -121,8 +127,8 @@ def write_h5ad_atomically(adata: AnnData, path: str | Path, *, results: Sequence
     os.replace(partial, path)
 
 
-def _write_file_with_results(adata: AnnData, destination: Path, results: Sequence[str]) -> None:
-    """Copy a backed ``adata``'s file to ``destination`` object by object, with ``results`` written from ``adata``.
+def _write_file_with_results(adata: AnnData, source: Path, destination: Path, results: Sequence[str]) -> None:
+    """Copy the h5ad ``source`` to ``destination`` object by object, with ``results`` written from ``adata``.
 
     What ``results`` replaces is not copied, so a tool rerun on its own output does not leave the old result's
     bytes behind in the file (HDF5 does not reclaim the space of deleted objects).
@@ -140,19 +146,19 @@ def _write_file_with_results(adata: AnnData, destination: Path, results: Sequenc
         if "/" in name:
             group_name, key = name.split("/", 1)
             keys.setdefault(group_name, set()).add(key)
-    with h5py.File(adata.filename, "r") as source, h5py.File(destination, "w") as target:
-        target.attrs.update(source.attrs)
-        for name, item in source.items():
+    with h5py.File(source, "r") as original, h5py.File(destination, "w") as target:
+        target.attrs.update(original.attrs)
+        for name, item in original.items():
             if name in whole or (name in keys and not isinstance(item, h5py.Group)):
                 continue  # written below (a non-group one is anndata < 0.8's layout: written whole)
             if name not in keys:
-                source.copy(item, target, name=name)
+                original.copy(item, target, name=name)
                 continue
             group = target.create_group(name)
             group.attrs.update(item.attrs)
             for key in item:
                 if key not in keys[name]:
-                    source.copy(item[key], group, name=key)
+                    original.copy(item[key], group, name=key)
         for name in sorted(whole):
             write_elem(target, name, getattr(adata, name))
         for group_name, names in keys.items():

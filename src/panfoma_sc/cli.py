@@ -48,20 +48,21 @@ def _open_input(path: str, layer: str | None, *, use_raw: bool = False):
     """
     import anndata as ad
 
-    from .data.rows import is_backed_column_major
+    from .data.rows import csr_conversion, is_backed_column_major
 
     adata = ad.read_h5ad(path, backed="r")
     if use_raw:
-        matrix, name = (adata.raw.X, "raw.X") if adata.raw is not None else (None, "")
+        matrix, name = (adata.raw.X, "adata.raw.X") if adata.raw is not None else (None, "")
     else:
-        matrix, name = (adata.X, "X") if layer is None and "X" in adata.file else (None, "")
+        matrix, name = (adata.X, "adata.X") if layer is None and "X" in adata.file else (None, "")
     if matrix is not None and is_backed_column_major(matrix):
         adata.file.close()
         logger.warning(
             "%s stores %s by column (CSC), which cannot be read cell by cell: reading all of it into memory. "
-            "To stream it, store it as CSR once (e.g. adata.X = adata.X.tocsr(); adata.write_h5ad(...)).",
+            "To stream it, store it as CSR once: adata = anndata.read_h5ad(path); %s; adata.write_h5ad(...).",
             path,
-            name,
+            name.removeprefix("adata."),
+            csr_conversion(name),
         )
         return ad.read_h5ad(path)
     return adata
@@ -90,7 +91,8 @@ def _embed(args: argparse.Namespace) -> int:
     )
     keys = embedding_keys(args.key_added)
     if rank == 0:
-        write_h5ad_atomically(adata, args.output, results=[f"obsm/{keys.obsm}", f"uns/{keys.uns}"])
+        results = [f"obsm/{keys.obsm}", f"uns/{keys.uns}"]
+        write_h5ad_atomically(adata, args.output, results=results, source=args.input)
     _leave_torchrun(world)  # before the summary line, which may meet a closed pipe
     if rank == 0:
         processes = f" ({world} processes)" if world > 1 else ""
@@ -160,7 +162,7 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_h5ad_atomically(query, args.output, results=["obs", f"uns/{args.key_added}"])
+    write_h5ad_atomically(query, args.output, results=["obs", f"uns/{args.key_added}"], source=args.query)
     counts = query.obs[args.key_added].value_counts()
     unknown = int(counts.get("Unknown", 0))
     used = int((counts.drop("Unknown", errors="ignore") > 0).sum())  # categories no cell got are not counted
@@ -196,7 +198,8 @@ def _integrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_h5ad_atomically(adata, args.output, results=[f"obsm/{args.key_added}", f"uns/{args.key_added}"])
+    results = [f"obsm/{args.key_added}", f"uns/{args.key_added}"]
+    write_h5ad_atomically(adata, args.output, results=results, source=args.input)
     print(f"Wrote {args.output}: obsm[{args.key_added!r}] with shape {adata.obsm[args.key_added].shape}.")
     return EXIT_OK
 

@@ -199,7 +199,7 @@ def test_the_raw_fix_is_offered_where_raw_exists_and_works_backed_too(tmp_path):
 
 def test_use_raw_without_raw_or_with_a_layer_is_refused():
     adata = AnnData(X=np.ones((3, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"use_raw=True, but adata\.raw is empty: drop use_raw"):
+    with pytest.raises(ValueError, match=r"use_raw=True, but adata\.raw is empty: pass use_raw=False to read adata\.X"):
         check_expression(adata, use_raw=True)
     adata.raw = adata.copy()
     adata.layers["counts"] = adata.X.copy()

@@ -74,3 +74,50 @@ def test_the_command_line_reads_raw(scaled, tiny_checkpoint, tmp_path):
     result = ad.read_h5ad(target)
     assert result.obsm["X_panfoma"].shape == (scaled.n_obs, 32)
     assert result.raw.n_vars == scaled.raw.n_vars
+
+
+def test_a_backed_column_major_raw_is_named_with_a_fix_for_raw(scaled, tiny_checkpoint, tmp_path):
+    from scipy import sparse
+
+    raw = scaled.raw.to_adata()
+    raw.X = sparse.csc_matrix(raw.X)
+    scaled.raw = raw
+    scaled.write_h5ad(tmp_path / "raw_csc.h5ad")
+    backed = ad.read_h5ad(tmp_path / "raw_csc.h5ad", backed="r")
+    try:
+        fix = r"raw = adata\.raw\.to_adata\(\); raw\.X = raw\.X\.tocsr\(\); adata\.raw = raw"
+        with pytest.raises(ValueError, match=rf"adata\.raw\.X is a backed CSC .*{fix}"):
+            pf.tl.embed(backed, tiny_checkpoint, use_raw=True, progress=False)
+        assert "X_panfoma" not in backed.obsm
+    finally:
+        backed.file.close()
+
+
+def test_the_argument_conflict_is_named_first_and_missing_x_offers_raw(scaled, tiny_checkpoint):
+    no_raw = scaled.copy()
+    del no_raw.raw
+    no_raw.layers["counts"] = no_raw.X
+    with pytest.raises(ValueError, match=r"pass layer='counts' or use_raw=True, not both"):
+        pf.tl.embed(no_raw, tiny_checkpoint, layer="counts", use_raw=True, progress=False)
+    scaled.X = None
+    with pytest.raises(ValueError, match=r"adata\.X is empty\. .* or use_raw=True \(adata\.raw\)\.$"):
+        pf.tl.embed(scaled, tiny_checkpoint, progress=False)
+
+
+def test_the_command_line_words_raw_messages_as_its_options(scaled, tiny_checkpoint, tmp_path, capsys):
+    from panfoma_sc.cli import EXIT_BAD_INPUT
+
+    no_raw = scaled.copy()
+    del no_raw.raw
+    no_raw.write_h5ad(tmp_path / "no_raw.h5ad")
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    command = ["embed", str(tmp_path / "no_raw.h5ad"), str(tmp_path / "out.h5ad"), "--use-raw", *model]
+    assert main(command) == EXIT_BAD_INPUT
+    assert "--use-raw, but adata.raw is empty: pass no --use-raw to read adata.X" in capsys.readouterr().err
+    scaled.write_h5ad(tmp_path / "query.h5ad")
+    files = [str(tmp_path / name) for name in ("query.h5ad", "no_raw.h5ad", "out.h5ad")]
+    labels = ["--labels-key", "bulk_labels", "--use-raw", "--reference-use-raw"]
+    assert main(["annotate", *files, *labels, *model]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--reference-use-raw, but reference.raw is empty: pass no --reference-use-raw to read reference.X" in err
+    assert not (tmp_path / "out.h5ad").exists()

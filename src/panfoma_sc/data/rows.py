@@ -12,6 +12,7 @@ from scipy import sparse
 __all__ = [
     "ColumnMajorBackedError",
     "check_row_readable",
+    "csr_conversion",
     "expression_matrix",
     "is_backed_column_major",
     "iter_row_blocks",
@@ -39,7 +40,8 @@ def expression_matrix(adata: AnnData, layer: str | None = None):
         matrix = _backed_x(adata) if adata.isbacked else adata.X
         if matrix is None:
             layers = f" (available: {sorted(adata.layers)})" if len(adata.layers) else ""
-            msg = f"adata.X is empty. Pass the layer holding expression, e.g. layer='counts'{layers}."
+            raw = " or use_raw=True (adata.raw)" if adata.raw is not None else ""
+            msg = f"adata.X is empty. Pass the layer holding expression, e.g. layer='counts'{layers}{raw}."
             raise ValueError(msg)
         check_row_readable(matrix, "adata.X")
         return matrix
@@ -64,11 +66,12 @@ def raw_values(adata: AnnData, *, layer: str | None = None, name: str = "adata")
         raise ValueError(msg)
     if adata.raw is None:
         msg = (
-            f"use_raw=True, but {name}.raw is empty: drop use_raw to use {name}.X, or pass layer='counts' "
+            f"use_raw=True, but {name}.raw is empty: pass use_raw=False to read {name}.X, or layer='counts' "
             "(the layer holding raw counts)."
         )
         raise ValueError(msg)
     raw = adata.raw
+    check_row_readable(raw.X, f"{name}.raw.X")
     return AnnData(X=raw.X, obs=pd.DataFrame(index=adata.obs_names), var=raw.var)
 
 
@@ -87,7 +90,7 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
     ``file_only``: the reader opens the file itself, so loading it into memory is no fix to offer.
     """
     if is_backed_column_major(matrix):
-        csr = "it as CSR once: adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+        csr = f"it as CSR once: adata = anndata.read_h5ad(path); {csr_conversion(where)}; adata.write_h5ad(...)"
         load = "Load it into memory if it fits (adata = adata.to_memory()), or store"
         fix = f"Store {csr}" if file_only else f"{load} {csr}"
         msg = (
@@ -95,6 +98,13 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
             f"file for every batch. {fix}."
         )
         raise ColumnMajorBackedError(msg)
+
+
+def csr_conversion(where: str) -> str:
+    """The statement that stores the matrix ``where`` (``"adata.X"``, ``"adata.raw.X"``) as CSR, for messages."""
+    if where.endswith(".raw.X"):  # .raw cannot be assigned to in place
+        return "raw = adata.raw.to_adata(); raw.X = raw.X.tocsr(); adata.raw = raw"
+    return "adata.X = adata.X.tocsr()"
 
 
 def is_backed_column_major(matrix) -> bool:

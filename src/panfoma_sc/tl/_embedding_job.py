@@ -79,7 +79,9 @@ class EmbeddingJob:
             raise ValueError(msg)
         precision = settings.precision if precision is None else precision
         settings.resolve_precision(precision, settings.resolve_device(device))  # unknown value, bf16 off CUDA
-        if not use_raw:
+        if use_raw:
+            raw_values(adata, layer=layer, name=adata_name)  # a layer too, no .raw, a backed CSC .raw
+        else:
             expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name, use_raw=use_raw)
         rows = None if rows is None else np.asarray(rows, dtype=np.int64)
