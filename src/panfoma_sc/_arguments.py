@@ -6,7 +6,9 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_integer", "require_integer", "require_number"]
+import numpy as np
+
+__all__ = ["is_integer", "require_flag", "require_integer", "require_number"]
 
 
 def is_integer(value: Any) -> bool:
@@ -42,4 +44,11 @@ def require_number(name: str, value: Any, low: float, high: float | None = None,
             f"a finite number {bound}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high}]"
         )
         msg = f"{name} must be {expected}, got {value!r}."
+        raise ValueError(msg)
+
+
+def require_flag(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``True`` or ``False`` (numpy's bools too); ``None`` is not a flag."""
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name} must be True or False, got {value!r}."
         raise ValueError(msg)

@@ -99,6 +99,10 @@ def test_the_argument_conflict_is_named_first_and_missing_x_offers_raw(scaled, t
     no_raw.layers["counts"] = no_raw.X
     with pytest.raises(ValueError, match=r"pass layer='counts' or use_raw=True, not both"):
         pf.tl.embed(no_raw, tiny_checkpoint, layer="counts", use_raw=True, progress=False)
+    with pytest.raises(ValueError, match=r"^use_raw must be True or False, got None\.$"):
+        pf.tl.embed(scaled, tiny_checkpoint, use_raw=None, progress=False)  # not scanpy's "auto"
+    with pytest.raises(ValueError, match=r"^reference_use_raw must be True or False, got 'yes'\.$"):
+        pf.tl.annotate(scaled, scaled, labels_key="bulk_labels", model=tiny_checkpoint, reference_use_raw="yes")
     scaled.X = None
     with pytest.raises(ValueError, match=r"adata\.X is empty\. .* or use_raw=True \(adata\.raw\)\.$"):
         pf.tl.embed(scaled, tiny_checkpoint, progress=False)

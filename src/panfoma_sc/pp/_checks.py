@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from .._arguments import require_integer
+from .._arguments import require_flag, require_integer
 from ..data.rows import expression_matrix, iter_row_blocks, raw_values
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def check_expression(
         gene among ``columns`` (unless ``allow_empty_cells``); ``use_raw`` without ``adata.raw``, or with ``layer``.
     """
     require_integer("block_size", block_size, 1)
+    require_flag("use_raw", use_raw)
     if use_raw:
         adata, where = raw_values(adata, layer=layer), "adata.raw.X"
     else:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._arguments import require_number
+from .._arguments import require_flag, require_number
 from ..data.rows import raw_values
 from ..data.vocab import GeneVocabulary, ensembl_species_prefix
 
@@ -114,6 +114,7 @@ def match_genes(
     """
     vocab = _vocabulary(vocab)
     require_number("min_fraction", min_fraction, 0, 1)
+    require_flag("use_raw", use_raw)
     if use_raw:
         adata, adata_name = raw_values(adata, name=adata_name), f"{adata_name}.raw"
     if adata.n_vars == 0:

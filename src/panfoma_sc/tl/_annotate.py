@@ -107,7 +107,7 @@ def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **option
     except (KeyError, ValueError) as error:
         text = re.sub(r"\badata\b", "reference", str(error.args[0]) if error.args else str(error))
         text = re.sub(r"\blayer=", "reference_layer=", text)  # the reference's layer argument
-        text = re.sub(r"\buse_raw=", "reference_use_raw=", text)
+        text = re.sub(r"\buse_raw\b", "reference_use_raw", text)
         if "gene_symbols=" in text:
             text += " gene_symbols names a column of both the query's and the reference's var."
         raise type(error)(text) from error

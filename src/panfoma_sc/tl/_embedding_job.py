@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._arguments import MAX_SEED, require_integer
+from .._arguments import MAX_SEED, require_flag, require_integer
 from .._settings import settings
 from .._version import __version__
 from ..data.rows import expression_matrix, iter_row_blocks, raw_values
@@ -74,6 +74,7 @@ class EmbeddingJob:
         require_integer("batch_size", batch_size, 1)
         require_integer("n_genes", n_genes, 1, allow_none=True)
         require_integer("seed", seed, 0, maximum=MAX_SEED)
+        require_flag("use_raw", use_raw)
         if gene_selection not in (None, "random", "top"):
             msg = f"gene_selection must be 'random', 'top' or None, got {gene_selection!r}."
             raise ValueError(msg)
