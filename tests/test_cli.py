@@ -167,6 +167,22 @@ def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path,
     assert "layer='counts'" not in err
 
 
+def test_logged_hints_are_worded_as_options_too(pbmc68k, tiny_checkpoint, tmp_path, caplog):
+    """Warnings, like errors, name the command's options; the wording is gone once the command returns."""
+    import logging
+
+    source = tmp_path / "in.h5ad"
+    pbmc68k[:20].copy().write_h5ad(source)  # it has obsm['X_pca'], which no panfoma tool wrote
+    command = ["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint), "--quiet"]
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        assert main([*command, "--key-added", "X_pca"]) == EXIT_OK
+    assert "Pass --key-added <another name> to keep it." in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        logging.getLogger("panfoma_sc.tl").warning("Pass key_added='<another name>' to keep it.")
+    assert "key_added='<another name>'" in caplog.text  # Python callers keep Python wording
+
+
 def test_python_hints_become_options_switches_included():
     from panfoma_sc.cli import _as_options
 

@@ -633,17 +633,38 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    options = _command_options(parser, args)
+    wording = _OptionWording(options)
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(wording)
     try:
         return args.func(args)
     except BrokenPipeError:
         raise
     except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
         message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        print(f"panfoma: error: {_as_options(message, _command_options(parser, args))}", file=sys.stderr)
+        print(f"panfoma: error: {_as_options(message, options)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
         print(f"panfoma: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        for handler in handlers:
+            handler.removeFilter(wording)
+
+
+class _OptionWording(logging.Filter):
+    """Words the tools' logged hints (``key_added='<name>'``) as the command's options, as their errors are."""
+
+    def __init__(self, options: set[str]) -> None:
+        super().__init__()
+        self.options = options
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("panfoma_sc"):
+            record.msg, record.args = _as_options(record.getMessage(), self.options), None
+        return True
 
 
 def _command_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:

@@ -79,7 +79,7 @@ def warn_if_replacing(
     taken += [f"uns[{uns_key!r}]"] if uns_key in data.uns else []
     if taken:
         logger.warning(
-            "%s replaces %s, which %s wrote. Pass another key_added to keep %s.",
+            "%s replaces %s, which %s wrote. Pass key_added='<another name>' to keep %s.",
             tool,
             " and ".join(f"{name}.{where}" for where in taken),
             owner,
