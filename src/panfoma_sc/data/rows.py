@@ -59,7 +59,8 @@ def raw_values(adata: AnnData, *, layer: str | None = None, name: str = "adata")
     Raises
     ------
     ValueError
-        ``adata.raw`` is empty, or ``layer`` is given too (``.raw`` has no layers).
+        ``adata.raw`` is empty, or ``layer`` is given too (``.raw`` has no layers), or ``.raw``'s matrix is a
+        backed CSC matrix (:func:`check_row_readable`).
     """
     if layer is not None:
         msg = f"use_raw=True reads {name}.raw.X, which has no layers: pass layer={layer!r} or use_raw=True, not both."
