@@ -43,6 +43,17 @@ def test_copy_and_key_added(pbmc68k, tiny_checkpoint):
     assert "X_panfoma" not in result.obsm
 
 
+def test_a_key_with_a_slash_is_refused_before_any_work(pbmc68k, tiny_checkpoint):
+    """``a/b`` would be saved as a group path that anndata cannot read back as one key."""
+    before = pbmc68k.copy()
+    fix = r"Name it without '/', e\.g\. key_added='X_a_b'\."
+    with pytest.raises(ValueError, match=rf"key_added='X_a/b' contains '/'.*{fix}"):
+        pf.tl.embed(pbmc68k, tiny_checkpoint, key_added="X_a/b", progress=False)
+    with pytest.raises(ValueError, match=r"key_added='labels/fine' contains '/'"):
+        pf.tl.annotate(pbmc68k, pbmc68k, labels_key="louvain", model=tiny_checkpoint, key_added="labels/fine")
+    assert_equal(pbmc68k, before)
+
+
 def test_deterministic_and_independent_of_batch_size(pbmc68k, tiny_checkpoint):
     small = pbmc68k[:50].copy()
     a = _embed(small, tiny_checkpoint, batch_size=7).obsm["X_panfoma"]

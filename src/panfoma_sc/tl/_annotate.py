@@ -16,7 +16,7 @@ from .._arguments import require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, warn_if_replacing
+from ._keys import check_result_target, check_storable_key, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -275,6 +275,7 @@ def annotate(
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a non-empty string, got {key_added!r} (it names the obs column of the labels)."
         raise ValueError(msg)
+    check_storable_key(key_added)
     if save_model is not None:
         if method != "finetune":
             msg = "save_model keeps a fine-tuned model: pass method='finetune', or drop save_model for 'knn'."

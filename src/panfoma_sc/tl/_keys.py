@@ -12,7 +12,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingKeys", "check_result_target", "embedding_keys", "warn_if_replacing", "written_by_panfoma"]
+__all__ = [
+    "EmbeddingKeys",
+    "check_result_target",
+    "check_storable_key",
+    "embedding_keys",
+    "warn_if_replacing",
+    "written_by_panfoma",
+]
 
 
 class EmbeddingKeys(NamedTuple):
@@ -31,7 +38,18 @@ def embedding_keys(
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a non-empty string or None, got {key_added!r}."
         raise ValueError(msg)
+    check_storable_key(key_added)
     return EmbeddingKeys(key_added, key_added)
+
+
+def check_storable_key(key_added: str) -> None:
+    """Refuse a key with ``/``: h5ad files read it as a path of groups, so a saved result could not be read back."""
+    if "/" in key_added:
+        msg = (
+            f"key_added={key_added!r} contains '/', which an .h5ad file reads as a path of groups: the saved result "
+            f"could not be read back. Name it without '/', e.g. key_added={key_added.replace('/', '_')!r}."
+        )
+        raise ValueError(msg)
 
 
 def check_result_target(adata: AnnData, *, copy: bool) -> None:
