@@ -308,6 +308,9 @@ def test_annotate_and_integrate_refuse_bad_keys_with_exit_2(pbmc_sorted, tiny_ch
     assert "--labels-key nope is not a column of reference.obs" in capsys.readouterr().err  # named as the option
     assert main(["integrate", str(source), str(out), "--batch-key", "nope", *model]) == EXIT_BAD_INPUT
     assert "--batch-key nope" in capsys.readouterr().err
+    labels = ["--labels-key", "cell_type", "--gene-symbols", "symbol"]
+    assert main(["annotate", str(source), str(source), str(out), *labels, *model]) == EXIT_BAD_INPUT
+    assert "--gene-symbols symbol names a column of both the query's and the reference's var" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -139,7 +139,8 @@ def test_reference_problems_are_named_as_the_reference(split, tiny_checkpoint):
     with pytest.raises(KeyError, match=r"not found in reference\.layers"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, reference_layer="counts")
     query.var["symbol"] = query.var_names
-    with pytest.raises(KeyError, match=r"column of reference\.var .* both the query's and the reference's"):
+    both = r"gene_symbols='symbol' names a column of both the query's and the reference's"
+    with pytest.raises(KeyError, match=rf"column of reference\.var .* {both}"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, gene_symbols="symbol")
     reference.X = reference.X.toarray()
     reference.X[3, 0] = np.nan

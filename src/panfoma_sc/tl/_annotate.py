@@ -109,7 +109,8 @@ def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **option
         text = re.sub(r"\blayer=", "reference_layer=", text)  # the reference's layer argument
         text = re.sub(r"\buse_raw\b", "reference_use_raw", text)
         if "gene_symbols=" in text:
-            text += " gene_symbols names a column of both the query's and the reference's var."
+            symbols = options.get("gene_symbols")
+            text += f" gene_symbols={symbols!r} names a column of both the query's and the reference's var."
         raise type(error)(text) from error
 
 
