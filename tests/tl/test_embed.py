@@ -54,6 +54,22 @@ def test_a_key_with_a_slash_is_refused_before_any_work(pbmc68k, tiny_checkpoint)
     assert_equal(pbmc68k, before)
 
 
+@pytest.mark.parametrize("tool", ["embed", "integrate", "annotate"])
+def test_switches_must_be_true_or_false(pbmc68k, tiny_checkpoint, tool):
+    """``progress="no"`` would show a progress bar and ``copy="no"`` return a copy: both are refused."""
+    before = pbmc68k.copy()
+    run = {
+        "embed": lambda **kw: pf.tl.embed(pbmc68k, tiny_checkpoint, **kw),
+        "integrate": lambda **kw: pf.tl.integrate(pbmc68k, "louvain", model=tiny_checkpoint, **kw),
+        "annotate": lambda **kw: pf.tl.annotate(pbmc68k, pbmc68k, labels_key="louvain", model=tiny_checkpoint, **kw),
+    }[tool]
+    with pytest.raises(ValueError, match=r"^progress must be True or False, got 'no'\.$"):
+        run(progress="no")
+    with pytest.raises(ValueError, match=r"^copy must be True or False, got None\.$"):
+        run(copy=None, progress=False)
+    assert_equal(pbmc68k, before)
+
+
 def test_deterministic_and_independent_of_batch_size(pbmc68k, tiny_checkpoint):
     small = pbmc68k[:50].copy()
     a = _embed(small, tiny_checkpoint, batch_size=7).obsm["X_panfoma"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._arguments import require_integer, require_number
+from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
@@ -271,6 +271,8 @@ def annotate(
     >>> pf.tl.annotate(query, reference, labels_key="cell_type")  # doctest: +SKIP
     >>> query.obs[["panfoma_label", "panfoma_label_confidence"]].head()  # doctest: +SKIP
     """
+    for name, flag in (("copy", copy), ("progress", progress)):
+        require_flag(name, flag)
     _check_arguments(adata, reference, method, n_neighbors, max_epochs, unknown_threshold)
     check_result_target(adata, copy=copy)
     if not isinstance(key_added, str) or not key_added:

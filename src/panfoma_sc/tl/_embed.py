@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from anndata import AnnData
 
+from .._arguments import require_flag
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._keys import check_result_target, embedding_keys, warn_if_replacing
@@ -120,6 +121,8 @@ def embed(
     >>> adata.obsm["X_panfoma"].shape
     (700, 128)
     """
+    for name, flag in (("copy", copy), ("progress", progress)):
+        require_flag(name, flag)
     keys = embedding_keys(key_added)
     if is_mudata(adata):
         from ._mudata_tools import embed_mudata

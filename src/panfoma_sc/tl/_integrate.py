@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anndata import AnnData
 
-from .._arguments import require_number
+from .._arguments import require_flag, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
@@ -208,6 +208,8 @@ def integrate(
     >>> pf.tl.integrate(mdata, batch_key="batch", protein="prot")  # doctest: +SKIP
     >>> sc.pp.neighbors(mdata, use_rep="X_panfoma_integrated")  # doctest: +SKIP
     """
+    for name, flag in (("copy", copy), ("progress", progress)):
+        require_flag(name, flag)
     keys = embedding_keys(key_added, default_obsm="X_panfoma_integrated", default_uns="X_panfoma_integrated")
     for name, weight in (
         ("adversarial_weight", adversarial_weight),
