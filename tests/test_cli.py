@@ -253,6 +253,14 @@ def test_unreadable_inputs_exit_2_with_what_to_do(tmp_path, capsys):
         assert "is not an .h5ad (HDF5) file" in capsys.readouterr().err
     assert main(["embed", str(tenx), out]) == EXIT_BAD_INPUT
     assert "read it with sc.read_10x_h5" in capsys.readouterr().err
+    multimodal = tmp_path / "cells.h5mu"  # anndata would read its global obs/var as an AnnData without X
+    with h5py.File(multimodal, "w") as file:
+        for group in ("obs", "var", "mod/prot", "mod/rna"):
+            file.create_group(group)
+    assert main(["embed", str(multimodal), out]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "is a MuData .h5mu file (modalities ['prot', 'rna']); the command line reads AnnData .h5ad" in err
+    assert "mudata.read_h5mu(path)['rna'].write_h5ad('rna.h5ad')" in err
     assert main(["pretrain", str(text), "--out", str(tmp_path / "run")]) == EXIT_BAD_INPUT
     assert "is not an .h5ad (HDF5) file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -28,8 +28,8 @@ def check_h5ad_input(path: str | Path) -> None:
     FileNotFoundError
         ``path`` is not an existing file.
     ValueError
-        ``path`` is not an HDF5 file (a text file, an empty or truncated download), or it is an HDF5 file
-        without AnnData's layout (a 10x Genomics ``.h5``, for example).
+        ``path`` is not an HDF5 file (a text file, an empty or truncated download), it is an HDF5 file
+        without AnnData's layout (a 10x Genomics ``.h5``, for example), or a MuData ``.h5mu``.
     """
     import h5py
 
@@ -44,6 +44,15 @@ def check_h5ad_input(path: str | Path) -> None:
         raise ValueError(msg)
     with h5py.File(path, "r") as file:
         groups = set(file)
+        modalities = sorted(file["mod"]) if isinstance(file.get("mod"), h5py.Group) else None
+    if modalities is not None:
+        first = "rna" if "rna" in modalities or not modalities else modalities[0]
+        msg = (
+            f"input file {name!r} is a MuData .h5mu file (modalities {modalities}); the command line reads AnnData "
+            f".h5ad files. Use Python (pf.tl.embed or pf.tl.integrate on mudata.read_h5mu(path)), or write one "
+            f"modality to an .h5ad: mudata.read_h5mu(path)[{first!r}].write_h5ad('{first}.h5ad')."
+        )
+        raise ValueError(msg)
     if "obs" not in groups or "var" not in groups:
         hint = (
             " It looks like a 10x Genomics .h5: read it with sc.read_10x_h5 and save it with adata.write_h5ad(...)."
