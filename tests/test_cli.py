@@ -302,6 +302,8 @@ def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path,
     assert 0 < unknown < query.n_obs
     expected = f"{given.size} cells labelled with {given.nunique()} labels, {unknown} Unknown."
     assert expected in capsys.readouterr().out
+    assert main([*args, "cell_type", "--method", "logreg", *model]) == EXIT_OK
+    assert ad.read_h5ad(paths["labelled"]).uns["panfoma_label"]["params"]["method"] == "logreg"
     args = ["integrate", str(paths["query"]), str(paths["integrated"]), "--batch-key", "batch", "--max-steps", "1"]
     assert main([*args, *model]) == EXIT_OK
     assert ad.read_h5ad(paths["integrated"]).obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)

@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("reference", nargs="?", help="labelled reference .h5ad (omit with a fine-tuned --model)")
     annotate.add_argument("output", help="output .h5ad (query plus the labels)")
     annotate.add_argument("--labels-key", help="reference obs column with the labels")
-    annotate.add_argument("--method", choices=["knn", "finetune"], default="knn")
+    annotate.add_argument("--method", choices=["knn", "logreg", "finetune"], default="knn")
     annotate.add_argument("--n-neighbors", type=_integer(1), default=15, help="reference neighbours per cell (knn)")
     annotate.add_argument("--max-epochs", type=_integer(1), default=15, help="fine-tuning epochs at most (finetune)")
     annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")

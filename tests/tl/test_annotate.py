@@ -34,6 +34,26 @@ def test_knn_annotation_writes_labels_and_confidence(split, tiny_checkpoint):
     assert query.uns["panfoma_label"]["params"]["n_neighbors"] == 15
 
 
+def test_logreg_annotation_is_a_linear_probe_on_the_embeddings(split, tiny_checkpoint):
+    """Labels and confidences are a logistic regression's on the two embeddings, written as knn's are."""
+    from panfoma_sc.tl._linear_probe import LinearProbe
+
+    reference, query = split
+    options = {"model": tiny_checkpoint, "progress": False}
+    pf.tl.annotate(query, reference, labels_key="cell_type", method="logreg", unknown_threshold=0, **options)
+    reference_embedding = pf.tl.embed(reference, copy=True, **options).obsm["X_panfoma"]
+    query_embedding = pf.tl.embed(query, copy=True, **options).obsm["X_panfoma"]
+    probe = LinearProbe.fit(reference_embedding, reference.obs["cell_type"].astype(str).to_numpy())
+    probabilities = probe.probabilities(query_embedding)
+    expected = probe.classes[probabilities.argmax(1)]
+    np.testing.assert_array_equal(query.obs["panfoma_label"].astype(str).to_numpy(), expected)
+    np.testing.assert_allclose(query.obs["panfoma_label_confidence"], probabilities.max(1), rtol=1e-6)
+    params = query.uns["panfoma_label"]["params"]
+    assert params["method"] == "logreg"
+    assert "n_neighbors" not in params
+    assert set(query.obs["panfoma_label"].cat.categories) == set(reference.obs["cell_type"].unique()) | {"Unknown"}
+
+
 def test_unknown_threshold_calls_uncertain_cells_unknown(split, tiny_checkpoint):
     reference, query = split
     result = pf.tl.annotate(
@@ -175,7 +195,7 @@ def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_ch
     assert set(with_nan.cat.categories) <= {str(c) for c in range(1, 9)} | {"Unknown"}
 
 
-@pytest.mark.parametrize("method", ["knn", "finetune"])
+@pytest.mark.parametrize("method", ["knn", "logreg", "finetune"])
 def test_unlabelled_cells_of_a_backed_reference_are_skipped_in_place(split, tiny_checkpoint, tmp_path, method):
     """The labelled rows are streamed from the file: subsetting a backed AnnData would read them all into memory."""
     reference, query = split

@@ -22,7 +22,7 @@ def _run(tool: str, adata, reference, checkpoint, **kwargs):
     return pf.tl.integrate(adata, "batch", model=checkpoint, max_steps=1, progress=False, **kwargs)
 
 
-TOOLS = ["embed", "annotate-knn", "annotate-finetune", "integrate"]
+TOOLS = ["embed", "annotate-knn", "annotate-logreg", "annotate-finetune", "integrate"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -37,7 +37,7 @@ def test_bad_query_raises_before_work_and_leaves_adata_untouched(pbmc_sorted, ba
     assert_equal(reference, reference_before)
 
 
-@pytest.mark.parametrize("method", ["knn", "finetune"])
+@pytest.mark.parametrize("method", ["knn", "logreg", "finetune"])
 @pytest.mark.parametrize("case", ["nan", "inf", "z-scored", "empty cell", "no overlap", "zero cells"])
 def test_bad_reference_raises_and_leaves_both_untouched(pbmc_sorted, bad_inputs, tiny_checkpoint, method, case):
     reference, _, message = bad_inputs[case]

@@ -128,13 +128,10 @@ def _knn(ctx: MethodContext, x_train: np.ndarray, y_train: np.ndarray, x_test: n
 
 
 def _logistic(ctx: MethodContext, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from ..tl._linear_probe import LinearProbe
 
-    scaler = StandardScaler().fit(x_train)
-    classifier = LogisticRegression(max_iter=1000, C=float(ctx.option("logreg_c", 1.0)))
-    classifier.fit(np.clip(scaler.transform(x_train), -10, 10), y_train)
-    return classifier.predict(np.clip(scaler.transform(x_test), -10, 10))
+    probe = LinearProbe.fit(x_train, y_train, inverse_regularization=float(ctx.option("logreg_c", 1.0)))
+    return probe.predict(x_test)
 
 
 # -- classifiers: (ctx, train cells, test cells, training labels) -> predicted labels of the test cells

@@ -17,6 +17,7 @@ from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._keys import check_result_target, check_storable_key, warn_if_replacing
+from ._linear_probe import LinearProbe
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["annotate"]
 
 UNKNOWN = "Unknown"
+METHODS = ("knn", "logreg", "finetune")
 
 
 def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
@@ -78,7 +80,7 @@ def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
 
 def _is_annotation(params: Mapping) -> bool:
     """Whether an ``uns`` record comes from an earlier :func:`annotate` call."""
-    return params.get("method") in ("knn", "finetune")
+    return params.get("method") in METHODS
 
 
 def _check_arguments(
@@ -92,8 +94,8 @@ def _check_arguments(
                 f"{name}.mod['rna'], and copy the labels to the MuData afterwards if you need them there."
             )
             raise TypeError(msg)
-    if method not in ("knn", "finetune"):
-        msg = f"method={method!r} is not available; use method='knn' or method='finetune'."
+    if method not in METHODS:
+        msg = f"method={method!r} is not available; use method='knn', 'logreg' or 'finetune'."
         raise ValueError(msg)
     require_number("unknown_threshold", threshold, 0, 1)
     require_integer("n_neighbors", n_neighbors, 1)
@@ -173,7 +175,7 @@ def annotate(
     *,
     labels_key: str | None = None,
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
-    method: Literal["knn", "finetune"] = "knn",
+    method: Literal["knn", "logreg", "finetune"] = "knn",
     n_neighbors: int = 15,
     max_epochs: int = 15,
     save_model: str | Path | None = None,
@@ -196,6 +198,13 @@ def annotate(
     ``method="knn"``: both datasets are embedded with the same model; each query cell takes the
     distance-weighted majority label of its ``n_neighbors`` nearest reference cells (exact search, or
     pynndescent for references of 50,000 cells and more). The confidence is the winner's share of the vote.
+
+    ``method="logreg"``: both datasets are embedded with the same model; a logistic regression (L2, each
+    embedding dimension standardized on the reference) fitted on the reference's embedding predicts the query
+    (a linear probe, as CellTypist on genes); the confidence is the predicted class probability. In
+    PanFoMaBench's annotation task its macro-F1 was higher than kNN's on 6 of 9 datasets, equal on 2 and lower
+    on 1 (test sets of 28 to 100 cells: the intervals overlap); kNN stays the default, as the label transfer of
+    scanpy's ``ingest`` and scArches.
 
     ``method="finetune"``: a classification head is first fitted on the frozen model's embeddings of the
     reference (a linear probe), then the whole model is fine-tuned with it (class-balanced loss, early stopping
@@ -220,7 +229,8 @@ def annotate(
     model
         Registry name, checkpoint path or loaded model.
     method
-        ``"knn"`` (nearest neighbours in the embedding) or ``"finetune"`` (fine-tuned classifier).
+        ``"knn"`` (nearest neighbours in the embedding), ``"logreg"`` (logistic regression on the embedding) or
+        ``"finetune"`` (fine-tuned classifier).
     n_neighbors
         Reference neighbours per query cell (``"knn"``).
     max_epochs
@@ -259,7 +269,7 @@ def annotate(
         Predicted label (or ``"Unknown"``).
     ``adata.obs[key_added + "_confidence"]`` : :class:`numpy.ndarray`
         Share of the neighbours' vote weight won by the predicted label (``"knn"``), or the predicted class
-        probability (``"finetune"``).
+        probability (``"logreg"``, ``"finetune"``).
     ``adata.uns[key_added]`` : :class:`dict`
         Method, parameters and the model's provenance; with ``"finetune"``, the model it was fine-tuned from
         (``fine_tuned_from``: sha256, ``fine_tuned_from_name``, ``fine_tuned_from_version``) and the fine-tuning
@@ -281,7 +291,7 @@ def annotate(
     check_storable_key(key_added)
     if save_model is not None:
         if method != "finetune":
-            msg = "save_model keeps a fine-tuned model: pass method='finetune', or drop save_model for 'knn'."
+            msg = f"save_model keeps a fine-tuned model: pass method='finetune', or drop save_model for {method!r}."
             raise ValueError(msg)
         check_writable(save_model, "save_model", suffix=".safetensors")
     pretrained = resolve_model(model)
@@ -309,7 +319,7 @@ def annotate(
         if method != "finetune":
             msg = (
                 f"reference=None with a fine-tuned model needs method='finetune' (got {method!r}): the labels come "
-                f"from model {pretrained.name!r}'s classifier, and method='knn' needs a labelled reference."
+                f"from model {pretrained.name!r}'s classifier, and method='knn' or 'logreg' needs a labelled reference."
             )
             raise ValueError(msg)
         query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, use_raw=use_raw, **options)
@@ -354,6 +364,16 @@ def annotate(
         winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
         classes = np.asarray(codes.categories)
         details |= {"n_neighbors": k, "labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
+        details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
+    elif method == "logreg":
+        reference_embedding = reference_job.run(device=device, progress=progress)
+        query_embedding = query_job.run(device=device, progress=progress)
+        probe = LinearProbe.fit(reference_embedding, codes.codes)
+        probabilities = probe.probabilities(query_embedding)
+        winner = probabilities.argmax(1)
+        confidence = probabilities[np.arange(winner.size), winner]
+        classes = np.asarray(codes.categories)[probe.classes]
+        details |= {"labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
         details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
     else:
         if reference_job is not None:
