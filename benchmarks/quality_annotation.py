@@ -1,4 +1,4 @@
-"""Annotation quality on a held-out batch: PanFoMa kNN and fine-tuning vs logistic regression and PCA+kNN.
+"""Annotation quality on a held-out batch: PanFoMa kNN, linear probe and fine-tuning vs logistic regression, PCA+kNN.
 
 The reference is one batch (study or protocol) of a labelled dataset, the query another, so every query cell
 comes from a batch the reference never saw. Baselines see the same reference cells:
@@ -87,7 +87,7 @@ def main() -> None:
         start = time.perf_counter()
         for method, prediction in _baselines(reference, query, label, counts).items():
             predictions[method] = (prediction, time.perf_counter() - start)
-        for method in ("knn", "finetune"):
+        for method in ("knn", "logreg", "finetune"):
             start = time.perf_counter()
             result = pf.tl.annotate(
                 query,

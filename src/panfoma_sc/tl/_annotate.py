@@ -201,10 +201,10 @@ def annotate(
 
     ``method="logreg"``: both datasets are embedded with the same model; a logistic regression (L2, each
     embedding dimension standardized on the reference) fitted on the reference's embedding predicts the query
-    (a linear probe, as CellTypist on genes); the confidence is the predicted class probability. In
-    PanFoMaBench's annotation task its macro-F1 was higher than kNN's on 6 of 9 datasets, equal on 2 and lower
-    on 1 (test sets of 28 to 100 cells: the intervals overlap); kNN stays the default, as the label transfer of
-    scanpy's ``ingest`` and scArches.
+    (a linear probe, as CellTypist on genes); the confidence is the predicted class probability. Against kNN
+    it tends to win macro-F1 where classes are many and unbalanced (rare types), at times at some cost in
+    accuracy: see the Benchmark page. kNN stays the default, as the label transfer of scanpy's ``ingest`` and
+    scArches.
 
     ``method="finetune"``: a classification head is first fitted on the frozen model's embeddings of the
     reference (a linear probe), then the whole model is fine-tuned with it (class-balanced loss, early stopping
