@@ -356,23 +356,21 @@ def annotate(
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
-    if method == "knn":
+    if method in ("knn", "logreg"):  # zero-shot: both embedded with the same model
         reference_embedding = reference_job.run(device=device, progress=progress)
         query_embedding = query_job.run(device=device, progress=progress)
-        k = min(n_neighbors, reference_embedding.shape[0])
-        neighbors, distances = _nearest_reference_cells(reference_embedding, query_embedding, k, seed=seed)
-        winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
-        classes = np.asarray(codes.categories)
-        details |= {"n_neighbors": k, "labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
-        details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
-    elif method == "logreg":
-        reference_embedding = reference_job.run(device=device, progress=progress)
-        query_embedding = query_job.run(device=device, progress=progress)
-        probe = LinearProbe.fit(reference_embedding, codes.codes)
-        probabilities = probe.probabilities(query_embedding)
-        winner = probabilities.argmax(1)
-        confidence = probabilities[np.arange(winner.size), winner]
-        classes = np.asarray(codes.categories)[probe.classes]
+        if method == "knn":
+            k = min(n_neighbors, reference_embedding.shape[0])
+            neighbors, distances = _nearest_reference_cells(reference_embedding, query_embedding, k, seed=seed)
+            winner, confidence = _weighted_vote(codes.codes[neighbors], distances, np.asarray(codes.categories))
+            classes = np.asarray(codes.categories)
+            details["n_neighbors"] = k
+        else:
+            probe = LinearProbe.fit(reference_embedding, codes.codes)
+            probabilities = probe.probabilities(query_embedding)
+            winner = probabilities.argmax(1)
+            confidence = probabilities[np.arange(winner.size), winner]
+            classes = np.asarray(codes.categories)[probe.classes]
         details |= {"labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
         details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
     else:
