@@ -32,6 +32,18 @@ def test_knn_annotation_writes_labels_and_confidence(split, tiny_checkpoint):
     confidence = query.obs["panfoma_label_confidence"].to_numpy()
     assert ((confidence > 0) & (confidence <= 1)).all()
     assert query.uns["panfoma_label"]["params"]["n_neighbors"] == 15
+    assert "reference_layer" not in query.uns["panfoma_label"]["params"]  # X: nothing to record
+
+
+def test_the_reference_layer_is_recorded_and_read(split, tiny_checkpoint):
+    reference, query = split
+    options = {"labels_key": "cell_type", "model": tiny_checkpoint, "progress": False, "copy": True}
+    expected = pf.tl.annotate(query, reference, **options)
+    reference.layers["counts"] = reference.X.copy()
+    reference.X = reference.X * 0  # only the layer holds the expression
+    result = pf.tl.annotate(query, reference, reference_layer="counts", **options)
+    assert result.uns["panfoma_label"]["params"]["reference_layer"] == "counts"
+    assert result.obs["panfoma_label"].tolist() == expected.obs["panfoma_label"].tolist()
 
 
 def test_logreg_annotation_is_a_linear_probe_on_the_embeddings(split, tiny_checkpoint):

@@ -49,6 +49,10 @@ def test_annotate_and_integrate_read_raw(scaled, tiny_checkpoint):
     pf.tl.annotate(query, reference, labels_key="bulk_labels", use_raw=True, reference_use_raw=True, **options)
     assert query.obs["panfoma_label"].astype(str).tolist() == expected.obs["panfoma_label"].astype(str).tolist()
     np.testing.assert_allclose(query.obs["panfoma_label_confidence"], expected.obs["panfoma_label_confidence"])
+    params = query.uns["panfoma_label"]["params"]
+    assert params["use_raw"] is True
+    assert params["reference_use_raw"] is True
+    assert "reference_use_raw" not in expected.uns["panfoma_label"]["params"]
     pf.tl.integrate(scaled, "batch", use_raw=True, max_steps=1, **options)
     assert scaled.obsm["X_panfoma_integrated"].shape == (scaled.n_obs, 32)
 

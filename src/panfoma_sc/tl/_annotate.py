@@ -356,6 +356,15 @@ def annotate(
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
+    if reference_job is not None:
+        details |= {
+            "labels_key": labels_key,
+            "reference_n_cells": int(reference_job.n_cells),
+            "reference_layer": reference_job.layer,  # None (X) is left out of the record
+            "reference_use_raw": True if reference_job.use_raw else None,
+            "reference_genes": reference_job.match.summary(),
+            "shared_genes": shared_genes,
+        }
     if method in ("knn", "logreg"):  # zero-shot: both embedded with the same model
         reference_embedding = reference_job.run(device=device, progress=progress)
         query_embedding = query_job.run(device=device, progress=progress)
@@ -371,8 +380,6 @@ def annotate(
             winner = probabilities.argmax(1)
             confidence = probabilities[np.arange(winner.size), winner]
             classes = np.asarray(codes.categories)[probe.classes]
-        details |= {"labels_key": labels_key, "reference_n_cells": int(reference_embedding.shape[0])}
-        details |= {"reference_genes": reference_job.match.summary(), "shared_genes": shared_genes}
     else:
         if reference_job is not None:
             from ..train import FineTuneConfig, finetune_classifier
@@ -390,10 +397,6 @@ def annotate(
             )
             query_job.model = pretrained
             details |= {
-                "labels_key": labels_key,
-                "reference_n_cells": int(reference_job.n_cells),
-                "reference_genes": reference_job.match.summary(),
-                "shared_genes": shared_genes,
                 "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),  # -1: the linear probe
                 "epochs": int((history["epoch"] >= 0).sum()),
             }
