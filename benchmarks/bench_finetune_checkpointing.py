@@ -3,7 +3,8 @@
 ``pf.tl.integrate`` (150 lung cell-line cells, two batches, batch 32, 4 epochs) and
 ``pf.tl.annotate(method="finetune")`` (256 pbmc3k reference cells, 64 query cells, batch 32, 2 epochs), each call
 in a fresh process; ``--rounds`` rounds, the order of the two settings alternating between rounds. Peak memory is
-the increase of the process's peak RSS over the loaded model and data (CPU) or ``torch.cuda.max_memory_allocated``.
+the increase of the process's peak RSS over the loaded model and data (CPU) or ``torch.cuda.max_memory_allocated``;
+on CPU, ``held_after_mib`` is how much of it the process still holds once the call has returned.
 
 Usage::
 
@@ -57,12 +58,15 @@ def measure(task: str, checkpointing: bool, opts: dict) -> dict:
         call()
         _perf.synchronize(opts["device"])
         seconds = time.perf_counter() - start
-    return {
+    row = {
         "task": task,
         "checkpointing": checkpointing,
         "seconds": round(seconds, 1),
         "peak_increase_mib": round(memory.increase),
     }
+    if opts["device"] == "cpu":  # what the process still holds once the call has returned
+        row["held_after_mib"] = round(_perf.current_rss_mib() - baseline)
+    return row
 
 
 def main() -> None:
@@ -80,7 +84,8 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
     print()
-    table = _perf.print_table(rows, ["task", "checkpointing", "round", "seconds", "peak_increase_mib"])
+    columns = ["task", "checkpointing", "round", "seconds", "peak_increase_mib"]
+    table = _perf.print_table(rows, columns + (["held_after_mib"] if args.device == "cpu" else []))
     _perf.set_threads(args.threads)
     _perf.write_json(
         f"finetune-checkpointing-{args.device}",

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._arguments import MAX_SEED, require_integer, require_number
+from .._memory import returns_freed_memory
 from .._settings import settings, torch_threads
 from ..data.rows import iter_row_blocks, row_major
 from ..data.tokenizer import sample_expression_targets
@@ -247,6 +248,7 @@ def _step_tokens(
     return tokens_to_torch(tokenizer(block, cells.gene_ids, cells.cell_keys[rows], seed=seed), device)
 
 
+@returns_freed_memory
 @torch_threads()
 @keeps_torch_rng
 def finetune_classifier(
@@ -531,6 +533,7 @@ class _IntegrationObjective(nn.Module):
         return loss_value, loss_mvc, loss_batch, batch_mmd(output.cell_embedding, batches)
 
 
+@returns_freed_memory
 @torch_threads()
 @keeps_torch_rng
 def finetune_integration(

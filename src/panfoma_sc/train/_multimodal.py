@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._memory import returns_freed_memory
 from .._settings import settings, torch_threads
 from ..data.features import append_feature_tokens
 from ..models._pretrained import PretrainedModel, tokens_to_torch
@@ -151,6 +152,7 @@ class _JointObjective(nn.Module):
         return losses
 
 
+@returns_freed_memory
 @torch_threads()
 @keeps_torch_rng
 def finetune_multimodal(

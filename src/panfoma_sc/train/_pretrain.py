@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._arguments import is_integer
+from .._memory import returns_freed_memory
 from .._settings import settings, torch_threads
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
@@ -404,6 +405,7 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+@returns_freed_memory
 @torch_threads()
 def pretrain(
     files: Sequence[str | Path],
