@@ -96,6 +96,27 @@ def test_causal_depthwise_conv_gradients_equal_conv1d(length: int, with_bias: bo
         torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("length", [1, 3, 40])
+def test_causal_depthwise_conv_with_silu_equals_silu_of_conv1d(length: int):
+    """The fused activation recomputes the convolution in the backward pass; values and gradients are unchanged."""
+    torch.manual_seed(2)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, dtype=torch.float64)
+    x = torch.randn(2, length, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, length, 6, dtype=torch.float64)
+    parameters = [x, *conv.parameters()]
+    expected_out = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2))
+    expected = torch.autograd.grad((expected_out * upstream).sum(), parameters)
+    out = causal_depthwise_conv(x, conv.weight, conv.bias, silu=True)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((out * upstream).sum(), parameters)
+    for name, mine, reference in zip(["x", "weight", "bias"], got, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12, msg=name)
+    fused = torch.autograd.gradcheck(
+        lambda x, w, b: causal_depthwise_conv(x, w, b, silu=True), tuple(parameters), eps=1e-6, atol=1e-8
+    )
+    assert fused
+
+
 def test_ssd_scan_gradients_pass_gradcheck():
     # the within-chunk term has a written-out backward pass: check it against finite differences too
     inputs = [t.requires_grad_() for t in _scan_inputs(21, 1, seed=11, batch=1)]

@@ -84,7 +84,42 @@ class EncoderBlock(nn.Module):
             q, k, v, attn_mask=keep[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
         )  # (S, H, T, D/H)
         x = x + self.attn_out(attn.transpose(1, 2).reshape(seqs, steps, width))
-        return x + F.dropout(self.ffn(self.norm_ffn(x)), self.dropout, self.training)
+        expand, _, contract = self.ffn  # Linear, GELU, Linear: GELU and the second Linear run as one function
+        hidden = expand(self.norm_ffn(x))
+        return x + F.dropout(_GeluLinear.apply(hidden, contract.weight, contract.bias), self.dropout, self.training)
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(F.gelu(hidden), weight, bias)`` keeping only ``hidden`` for the backward pass.
+
+    Left to autograd, both the GELU's input and its output (the second Linear's input) are kept: two tensors of
+    ``ffn_mult * d_model`` per token and encoder repeat, the largest activations of the encoder. The GELU is
+    recomputed in the backward pass instead (elementwise, cheap). Under autocast the product runs in the dtype
+    autocast gave the forward pass, and the weight gradient comes back in the weight's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias):
+        out = F.linear(F.gelu(hidden), weight, bias)
+        ctx.save_for_backward(hidden, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight = ctx.saved_tensors
+        dtype = grad_out.dtype  # the forward product's dtype (bf16 under autocast)
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.ops.aten.gelu_backward(grad_out @ weight.to(dtype), hidden.to(dtype)).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            activated = F.gelu(hidden.to(dtype))
+            grad_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ activated.reshape(-1, activated.shape[-1])
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_hidden, grad_weight, grad_bias
 
 
 class LocalEncoder(nn.Module):

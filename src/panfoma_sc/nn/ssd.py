@@ -387,7 +387,7 @@ class Mamba2(nn.Module):
         conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         z_weight, xBC_weight, dt_weight = torch.split(self.in_proj.weight, [self.d_inner, conv_dim, self.nheads])
         z, xBC, dt = F.linear(u, z_weight), F.linear(u, xBC_weight), F.linear(u, dt_weight)
-        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))  # (b, L, conv_dim)
+        xBC = causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, silu=True)  # (b, L, conv_dim)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.unflatten(-1, (self.nheads, self.headdim))  # (b, L, h, p)
         B = B.unflatten(-1, (self.ngroups, self.d_state))  # (b, L, g, n)
@@ -405,17 +405,21 @@ class Mamba2(nn.Module):
         return self.out_proj(y)
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def causal_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, silu: bool = False
+) -> torch.Tensor:
     """Causal depthwise 1-D convolution along the steps of ``x`` ``(batch, length, channels)``.
 
     Equals ``nn.Conv1d(channels, channels, k, groups=channels, padding=k - 1)`` applied to the channels-first
     transpose and cut to ``length`` steps (``weight`` ``(channels, 1, k)``, ``bias`` ``(channels,)``), computed as
     ``k`` shifted multiply-adds in the steps-first layout, so the input and output need no transposed copies. The
-    backward pass is written out the same way (:class:`_CausalDepthwiseConv`).
+    backward pass is written out the same way (:class:`_CausalDepthwiseConv`). ``silu=True`` returns
+    ``F.silu`` of the result, as ``mamba_ssm``'s ``causal_conv1d(..., activation="silu")``: the backward pass
+    recomputes the convolution instead of keeping its output (a tensor the size of ``x`` less per layer in training).
     """
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
-    return _CausalDepthwiseConv.apply(x, weight, bias)
+    return _CausalDepthwiseConv.apply(x, weight, bias, silu)
 
 
 def _shifted_taps(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -435,19 +439,26 @@ class _CausalDepthwiseConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, silu):
         width = weight.shape[-1]
         # (k, channels), tap k-1 on the current step; in x's dtype, as conv1d runs under autocast
         taps = weight.reshape(weight.shape[0], width).t().to(x.dtype).contiguous()
-        ctx.save_for_backward(x, taps)
-        ctx.weight_shape, ctx.weight_dtype, ctx.bias_dtype = weight.shape, weight.dtype, bias.dtype
-        return _shifted_taps(x, taps, bias.to(x.dtype))
+        ctx.weight_shape, ctx.weight_dtype, ctx.bias_dtype, ctx.silu = weight.shape, weight.dtype, bias.dtype, silu
+        bias = bias.to(x.dtype)
+        ctx.save_for_backward(x, taps, bias)
+        out = _shifted_taps(x, taps, bias)
+        return F.silu(out) if silu else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, taps = ctx.saved_tensors
+        x, taps, bias = ctx.saved_tensors
         grad_out = grad_out.to(x.dtype)
+        if ctx.silu:  # through silu(c) = c * sigmoid(c), with c recomputed: d/dc = s * (1 + c * (1 - s))
+            conv = _shifted_taps(x, taps, bias)
+            gate = torch.sigmoid(conv)
+            grad_out = grad_out * gate * conv.mul_(1 - gate).add_(1)
+            del conv, gate
         width = taps.shape[0]
         grad_x = grad_bias = grad_weight = None
         if ctx.needs_input_grad[0]:  # the transposed (anti-causal) convolution of the gradient
@@ -462,4 +473,4 @@ class _CausalDepthwiseConv(torch.autograd.Function):
             grad_weight = grad_taps.flip(0).t().reshape(ctx.weight_shape).to(ctx.weight_dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(dim=(0, 1)).to(ctx.bias_dtype)
-        return grad_x, grad_weight, grad_bias
+        return grad_x, grad_weight, grad_bias, None
