@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from panfoma_sc._settings import Settings
@@ -127,3 +129,18 @@ def test_embed_runs_with_omp_num_threads_even_after_another_library_changed_torc
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_folders_set_at_runtime_are_paths_and_empty_means_unset(monkeypatch, tmp_path):
+    monkeypatch.delenv("PANFOMA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    settings = Settings()
+    settings.cache_dir = str(tmp_path / "mine")
+    assert settings.cache_dir == tmp_path / "mine"
+    for unset in ("", None):
+        settings.cache_dir = unset
+        assert settings.cache_dir == tmp_path / "panfoma-sc"  # the default, not Path("") (the current folder)
+        settings.data_dir = unset
+        assert settings.data_dir is None
+    settings.data_dir = "~/data"
+    assert settings.data_dir == Path("~/data").expanduser()

@@ -82,9 +82,11 @@ class Settings:
         measured no gain (it competes with the model's own Python work for the GIL). Does not change results.
     cache_dir
         Where downloaded checkpoints and user registrations live (env ``PANFOMA_CACHE_DIR``; unset or empty:
-        ``$XDG_CACHE_HOME/panfoma-sc``, else ``~/.cache/panfoma-sc``).
+        ``$XDG_CACHE_HOME/panfoma-sc``, else ``~/.cache/panfoma-sc``). Set it to a path (``~`` expanded);
+        ``None`` or ``""`` sets the default again.
     data_dir
         Folder of real datasets for :mod:`panfoma_sc.datasets` (env ``PANFOMA_DATA_DIR``; unset or empty: none).
+        ``None`` or ``""`` unsets it.
     n_threads
         CPU threads torch uses while panfoma-sc runs a model (embedding, fine-tuning, pretraining); ``None``
         (default): ``$OMP_NUM_THREADS`` when it is set, else torch's own setting. The count is set for the run
@@ -106,6 +108,15 @@ class Settings:
     data_dir: Path | None = field(default_factory=lambda: _env_path("PANFOMA_DATA_DIR"))
     n_threads: int | None = None
     activation_checkpointing: bool = False
+
+    def __setattr__(self, name: str, value) -> None:
+        # folders as Path; an empty value means unset, as for the environment variables (Path("") is the current
+        # folder, where registrations would land unseen)
+        if name == "cache_dir":
+            value = _default_cache_dir() if value is None or value == "" else Path(value).expanduser()
+        elif name == "data_dir":
+            value = None if value is None or value == "" else Path(value).expanduser()
+        super().__setattr__(name, value)
 
     def resolve_device(self, device: str | None = None) -> str:
         """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved.

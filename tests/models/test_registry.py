@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import socket
@@ -311,3 +312,109 @@ def test_loading_a_folder_says_it_is_a_folder(tiny_checkpoint, tmp_path):
         pf.models.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="is a folder"):
         pf.models.load(str(tmp_path) + "/")
+
+
+def _register_many(args) -> None:
+    """One process of the concurrency test: register its names (top level, so it pickles)."""
+    cache_dir, path, names = args
+    pf.settings.cache_dir = Path(cache_dir)
+    for name in names:
+        pf.models.register(name, path)
+
+
+def test_registrations_made_at_the_same_time_all_land(tiny_checkpoint):
+    """Several notebooks or array jobs registering at once: no entry is lost (the registry is locked)."""
+    import multiprocessing
+
+    names = [[f"job{process}-{k}" for k in range(4)] for process in range(4)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_register_many, [(str(pf.settings.cache_dir), str(tiny_checkpoint), group) for group in names])
+    threads = [threading.Thread(target=pf.models.register, args=(f"thread{k}", tiny_checkpoint)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    listed = set(pf.models.available()["name"])
+    assert {name for group in names for name in group} <= listed
+    assert {f"thread{k}" for k in range(6)} <= listed
+    assert not list(pf.settings.cache_dir.glob("*.partial"))
+
+
+def test_a_wrong_registered_checksum_is_named_as_a_possible_cause(tiny_checkpoint, http_server):
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256="0" * 64)
+    with pytest.raises(ValueError, match=r"the sha256 given when registering is wrong .*overwrite=True"):
+        pf.models.load("remote")
+
+
+def test_a_damaged_cached_copy_is_named_when_downloading_it_again_fails(tiny_checkpoint, http_server):
+    root, base_url, server = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    cached = Path(pf.models.load("remote").path)
+    cached.write_bytes(cached.read_bytes()[:100])
+    server.shutdown()
+    with pytest.raises(ConnectionError, match=r"cached copy .* does not match its sha256 \(damaged or incomplete\)"):
+        pf.models.load("remote")
+
+
+def test_an_unreadable_cached_file_is_named_with_the_fix(tiny_checkpoint, http_server, monkeypatch):
+    """Another user's 0600 download in a shared cache. Tests run as root, who reads any file: the refusal is mocked."""
+    from panfoma_sc.models import _registry
+
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    cached = Path(pf.models.load("remote").path)
+    readable = os.access
+
+    def refused(path):
+        if Path(path) == cached:
+            raise PermissionError(13, "Permission denied", str(path))
+        return sha256sum(path)
+
+    monkeypatch.setattr(_registry, "sha256sum", refused)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != cached and readable(path, mode))
+    assert not pf.models.available().set_index("name").loc["remote", "available_offline"]
+    with pytest.raises(ValueError, match=r"cannot be read \(Permission denied\).*chmod a\+r.*PANFOMA_CACHE_DIR"):
+        pf.models.load("remote")
+
+
+def test_a_download_gets_the_permissions_of_a_normally_created_file(tiny_checkpoint, http_server):
+    """pooch's temporary file is 0600: in a shared cache other users could not read the checkpoint."""
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    umask = os.umask(0o022)
+    try:
+        cached = Path(pf.models.load("remote").path)
+    finally:
+        os.umask(umask)
+    assert cached.stat().st_mode & 0o777 == 0o644
+    assert (pf.settings.cache_dir / "registry.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_permission_error_while_downloading_names_the_cache_folder(tiny_checkpoint, http_server, monkeypatch):
+    """pooch reports an unwritable cache as a PermissionError without a file name: not a network problem."""
+    import pooch
+
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+
+    def refused(*args, **kwargs):
+        raise PermissionError("Pooch could not write to data cache folder")
+
+    monkeypatch.setattr(pooch, "retrieve", refused)
+    with pytest.raises(ValueError, match=r"cache folder .*cannot be created or written to") as error:
+        pf.models.load("remote")
+    assert "network" not in str(error.value)
+
+
+def test_model_sizes_are_integers_in_the_listing(tiny_checkpoint):
+    pf.models.register("remote", "https://example.org/m.safetensors", sha256="0" * 64)
+    table = pf.models.available().set_index("name")
+    assert table.loc["panfoma-tiny", "d_model"] == 128
+    assert str(table["d_model"].dtype) == "Int64"
+    assert table["d_model"].isna()["remote"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import re
+import tempfile
 from dataclasses import MISSING, asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -215,8 +219,14 @@ def _locate(entry: RegistryEntry) -> Path:
     if entry.path:
         return Path(entry.path)
     target = _cached_path(entry)
-    if target.is_file() and sha256sum(target) == entry.sha256:
-        return target  # offline once cached
+    damaged = False
+    if target.is_file():
+        try:
+            if sha256sum(target) == entry.sha256:
+                return target  # offline once cached
+        except OSError as err:  # e.g. a shared cache whose file another user downloaded without read permission
+            raise _cached_file_error(target, err) from err
+        damaged = True
     import pooch
     import requests
 
@@ -228,23 +238,61 @@ def _locate(entry: RegistryEntry) -> Path:
     except ValueError as err:  # pooch's hash mismatch
         msg = (
             f"Checksum mismatch downloading {entry.name!r} from {entry.url}: expected sha256 {entry.sha256}. "
-            f"({err}) The server's file changed or the transfer was corrupted; try again, or check the URL."
+            f"({err}) Either the sha256 given when registering is wrong (register it again with the right one: "
+            f"pf.models.register({entry.name!r}, {entry.url!r}, sha256=..., overwrite=True)), or the server's file "
+            "changed or the transfer was corrupted: check the URL and try again."
         )
         raise ValueError(msg) from err
     except requests.RequestException as err:  # server down, refused, timed out, 404, ...
-        raise ConnectionError(_download_error_message(entry, err)) from err
+        raise ConnectionError(_download_error_message(entry, err, damaged=damaged, target=target)) from err
     except OSError as err:
-        if err.filename is not None:  # writing the download into the cache folder failed (disk full, permissions)
+        if err.filename is not None or isinstance(err, PermissionError) or err.errno in _CACHE_ERRNOS:
+            # writing the download into the cache folder failed (permissions, disk full, read-only file system)
             raise _cache_error(Path(settings.cache_dir), err) from err
-        raise ConnectionError(_download_error_message(entry, err)) from err
+        raise ConnectionError(_download_error_message(entry, err, damaged=damaged, target=target)) from err
+    _usual_file_permissions(Path(fetched))
     return Path(fetched)
 
 
-def _download_error_message(entry: RegistryEntry, err: Exception) -> str:
-    """Why downloading ``entry`` failed (``err``, in one line) and the two ways out: fix the URL, or a local file."""
+#: errors of writing into the cache folder rather than of the download itself
+_CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def _usual_file_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of a file created normally (temporary files, pooch's included, are 0600).
+
+    Otherwise other users of a shared ``PANFOMA_CACHE_DIR`` could not read the checkpoint or the registry.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):  # not our file (another user wrote it at the same time): leave it be
+        path.chmod(0o666 & ~umask)
+
+
+def _cached_file_error(path: Path, err: OSError) -> ValueError:
+    msg = (
+        f"The cached checkpoint {str(path)!r} cannot be read ({err.strerror or err}). In a shared cache folder, "
+        "ask its owner to make it readable (chmod a+r), or set PANFOMA_CACHE_DIR to a folder of your own."
+    )
+    return ValueError(msg)
+
+
+def _download_error_message(
+    entry: RegistryEntry, err: Exception, *, damaged: bool = False, target: Path | None = None
+) -> str:
+    """Why downloading ``entry`` failed (``err``, in one line) and the two ways out: fix the URL, or a local file.
+
+    ``damaged``: a cached copy (``target``) was there but did not match the sha256, which is why it was downloaded.
+    """
     reason = " ".join(str(err).split()) or type(err).__name__
+    why = (
+        f"The cached copy {str(target)!r} does not match its sha256 (damaged or incomplete), so it was downloaded "
+        "again. "
+        if damaged
+        else ""
+    )
     return (
-        f"Downloading model {entry.name!r} from {entry.url} failed: {reason}. Check the URL and the network "
+        f"{why}Downloading model {entry.name!r} from {entry.url} failed: {reason}. Check the URL and the network "
         "connection and try again, or download the file yourself and register the local copy: "
         f"pf.models.register({entry.name!r}, 'path/to/model.safetensors', sha256={entry.sha256!r}, overwrite=True)."
     )
@@ -349,10 +397,7 @@ def register(
         )
         raise ValueError(msg)
     sha256 = None if sha256 is None else sha256.strip().lower()
-    user = _user_entries()  # a broken registry is refused here, never overwritten
-    if name in user and not overwrite:
-        msg = f"A model named {name!r} is already registered; pass overwrite=True to replace it."
-        raise ValueError(msg)
+    _refuse_taken_name(_user_entries(), name, overwrite)  # a broken registry is refused here, never overwritten
     location = _parse_location(str(path_or_url))
     if isinstance(location, str):
         if not sha256:
@@ -360,10 +405,27 @@ def register(
             raise ValueError(msg)
         entry = RegistryEntry(name=name, sha256=sha256, url=location, description=description)
     else:
-        entry = _local_entry(name, location.resolve(), sha256, description)
-    user[name] = entry
-    _write_user_entries(user)
+        entry = _local_entry(name, location.resolve(), sha256, description)  # reads the file: outside the lock
+    with _registry_lock():  # read, change and write as one step: registrations made at the same time all land
+        user = _user_entries()
+        _refuse_taken_name(user, name, overwrite)
+        user[name] = entry
+        _write_user_entries(user)
     return entry
+
+
+def _refuse_taken_name(user: dict[str, RegistryEntry], name: str, overwrite: bool) -> None:
+    if name in user and not overwrite:
+        msg = f"A model named {name!r} is already registered; pass overwrite=True to replace it."
+        raise ValueError(msg)
+
+
+def _registry_lock():
+    """An exclusive lock on the user registry, across threads and processes (a lock file beside it)."""
+    from filelock import FileLock
+
+    lock_file = _cache_folder() / f"{_USER_REGISTRY}.lock"
+    return FileLock(str(lock_file), timeout=60)
 
 
 def _check_name(name: str) -> None:
@@ -413,11 +475,18 @@ def _local_entry(name: str, path: Path, sha256: str | None, description: str) ->
 def _write_user_entries(entries: dict[str, RegistryEntry]) -> None:
     """Replace the user registry atomically (a half-written registry would lose every registration)."""
     registry_file = _cache_folder() / _USER_REGISTRY
-    tmp = registry_file.with_suffix(".json.partial")
+    text = json.dumps([asdict(e) for e in entries.values()], indent=2)
+    tmp = None
     try:
-        tmp.write_text(json.dumps([asdict(e) for e in entries.values()], indent=2), encoding="utf-8")
-        tmp.replace(registry_file)
+        # a name of its own: another writer's partial file is never replaced or moved into place by this one
+        handle, tmp = tempfile.mkstemp(dir=registry_file.parent, prefix=f"{_USER_REGISTRY}.", suffix=".partial")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        _usual_file_permissions(Path(tmp))
+        Path(tmp).replace(registry_file)
     except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise _cache_error(Path(settings.cache_dir), err) from err
 
 
@@ -433,7 +502,8 @@ def available() -> pd.DataFrame:
     rows = []
     for entry in _entries().values():
         config = entry.config or {}
-        local = (_cached_path(entry) if entry.source == "url" else _locate(entry)).is_file()
+        file = _cached_path(entry) if entry.source == "url" else _locate(entry)
+        local = file.is_file() and os.access(file, os.R_OK)
         rows.append(
             {
                 "name": entry.name,
@@ -446,7 +516,10 @@ def available() -> pd.DataFrame:
                 "description": entry.description,
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for column in ("d_model", "n_genes"):  # integers, missing for URL entries: 128, not 128.0
+        table[column] = table[column].astype("Int64")
+    return table
 
 
 def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
