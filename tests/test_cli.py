@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import scanpy as sc
 
+import panfoma_sc as pf
 from panfoma_sc.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
 
@@ -50,16 +51,29 @@ def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
 
 
 def _only_backed_reads(monkeypatch) -> list[str]:
-    """Make ``anndata.read_h5ad`` fail unless it opens the file backed; returns the files it opened."""
-    opened, read = [], ad.read_h5ad
+    """Make ``anndata.read_h5ad`` fail and record the files opened with their matrices on disk.
 
-    def backed_only(filename, backed=None, **kwargs):
-        assert backed == "r", f"{filename} was read into memory"
-        opened.append(str(filename))
-        return read(filename, backed=backed, **kwargs)
+    Every matrix of an opened file (``X``, layers, ``raw/X``) must still be on disk once the command has run.
+    """
+    from panfoma_sc.data import lazy_h5ad
 
-    monkeypatch.setattr(ad, "read_h5ad", backed_only)
+    opened, lazily = [], lazy_h5ad.read_h5ad_lazily
+
+    def no_reading(filename, *args, **kwargs):
+        raise AssertionError(f"{filename} was read with anndata.read_h5ad")
+
+    def recorded(path):
+        adata = lazily(path)
+        opened.append((str(path), adata))
+        return adata
+
+    monkeypatch.setattr(ad, "read_h5ad", no_reading)
+    monkeypatch.setattr(lazy_h5ad, "read_h5ad_lazily", recorded)
     return opened
+
+
+def _on_disk(matrix) -> bool:
+    return isinstance(matrix, h5py.Dataset) or type(matrix).__name__ in ("_CSRDataset", "_CSCDataset")
 
 
 def test_commands_stream_the_input_and_keep_the_rest_of_the_file(pbmc68k, tiny_checkpoint, tmp_path, monkeypatch):
@@ -76,7 +90,10 @@ def test_commands_stream_the_input_and_keep_the_rest_of_the_file(pbmc68k, tiny_c
     assert main(["embed", str(source), str(embedded), *model]) == EXIT_OK
     reference = str(tmp_path / "reference.h5ad")
     assert main(["annotate", str(embedded), reference, str(labelled), "--labels-key", "louvain", *model]) == EXIT_OK
-    assert opened == [str(source), str(embedded), reference]
+    assert [path for path, _ in opened] == [str(source), str(embedded), reference]
+    for _, adata in opened:
+        assert _on_disk(adata.X)
+        assert all(_on_disk(matrix) for matrix in adata.layers.values())
     monkeypatch.undo()
     result, original = ad.read_h5ad(labelled), data[:40]
     assert result.obsm["X_panfoma"].shape == (40, 32)
@@ -119,6 +136,42 @@ def test_a_column_major_input_is_read_into_memory_with_a_warning(pbmc68k, tiny_c
         assert file["X/data"].compression == "gzip"
 
 
+def test_a_layer_is_streamed_from_the_file_too(pbmc68k, tiny_checkpoint, tmp_path, monkeypatch):
+    """anndata's backed mode reads every layer into memory; the commands read the layer's cells as they go."""
+    data = pbmc68k[:50].copy()
+    data.layers["counts"] = data.X.copy()
+    data.layers["other"] = data.X.copy()
+    data.X = data.X * 0  # only the layer holds the expression
+    source, target = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    data.write_h5ad(source)
+    expected = pbmc68k[:50].copy()
+    pf.tl.embed(expected, model=tiny_checkpoint, progress=False)
+    opened = _only_backed_reads(monkeypatch)
+    command = ["embed", str(source), str(target), "--layer", "counts", "--model", str(tiny_checkpoint), "--quiet"]
+    assert main(command) == EXIT_OK
+    (_, adata), *_ = opened
+    assert all(_on_disk(matrix) for matrix in adata.layers.values())
+    monkeypatch.undo()
+    result = ad.read_h5ad(target)
+    np.testing.assert_allclose(result.obsm["X_panfoma"], expected.obsm["X_panfoma"], rtol=1e-5, atol=1e-6)
+    assert result.uns["panfoma"]["params"]["layer"] == "counts"
+    assert (result.layers["other"] != data.layers["other"]).nnz == 0
+
+
+def test_a_column_major_layer_is_read_into_memory_with_a_warning(pbmc68k, tiny_checkpoint, tmp_path, caplog):
+    from scipy import sparse
+
+    data = pbmc68k[:30].copy()
+    data.layers["counts"] = sparse.csc_matrix(data.X)
+    source, target = tmp_path / "csc.h5ad", tmp_path / "out.h5ad"
+    data.write_h5ad(source)
+    command = ["embed", str(source), str(target), "--layer", "counts", "--model", str(tiny_checkpoint), "--quiet"]
+    assert main(command) == EXIT_OK
+    assert "stores layers['counts'] by column (CSC)" in caplog.text
+    assert "adata.layers['counts'] = adata.layers['counts'].tocsr()" in caplog.text
+    assert ad.read_h5ad(target).obsm["X_panfoma"].shape == (30, 32)
+
+
 def test_bad_numbers_are_refused_before_the_input_is_read(tmp_path, capsys, monkeypatch):
     """A large input is not read (minutes, gigabytes) only to find that --batch-size was 0."""
     import pytest
@@ -127,6 +180,7 @@ def test_bad_numbers_are_refused_before_the_input_is_read(tmp_path, capsys, monk
         raise AssertionError("the input was read before the options were checked")
 
     monkeypatch.setattr(ad, "read_h5ad", no_reading)
+    monkeypatch.setattr("panfoma_sc.data.lazy_h5ad.read_h5ad_lazily", no_reading)
     files = [str(tmp_path / "in.h5ad"), str(tmp_path / "out.h5ad")]
     for command, expected in [
         (["embed", *files, "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0."),
@@ -281,6 +335,11 @@ def test_models_register_and_list(tiny_checkpoint, capsys):
     assert main(["models", "register", "mine", str(tiny_checkpoint)]) == EXIT_OK
     assert main(["models", "list"]) == EXIT_OK
     assert "mine" in capsys.readouterr().out
+    # the register subcommand's errors name its own options
+    assert main(["models", "register", "mine", str(tiny_checkpoint)]) == EXIT_BAD_INPUT
+    assert "already registered; pass --overwrite to replace it." in capsys.readouterr().err
+    assert main(["models", "register", "web", "https://example.org/m.safetensors"]) == EXIT_BAD_INPUT
+    assert "needs --sha256 ..." in capsys.readouterr().err
 
 
 def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path, capsys):

@@ -40,23 +40,26 @@ def _check_paths(inputs: Sequence[str | None], outputs: Sequence[str], save_mode
 
 
 def _open_input(path: str, layer: str | None, *, use_raw: bool = False):
-    """``path`` opened backed, so that the tools stream its cells and memory stays flat however large it is.
+    """``path`` with its matrices left on disk, so that the tools stream its cells and memory stays flat.
 
-    A file whose ``X`` (``raw/X`` with ``use_raw``) is stored by column (CSC) cannot be read cell by cell: it is
-    read into memory, as the commands did before they streamed, with a warning that says how to store it so that
-    it streams. A ``layer`` is in memory already (anndata reads layers when it opens a backed file).
+    ``X``, every layer and ``.raw``'s ``X`` are read a block of rows at a time (:func:`read_h5ad_lazily`; anndata's
+    own backed mode would read every layer into memory). The one matrix the command reads (``X``, ``layer`` or
+    ``raw/X``) is read into memory only when it is stored by column (CSC), which cannot be read cell by cell, with
+    a warning that says how to store it so that it streams.
     """
     import anndata as ad
 
+    from .data.lazy_h5ad import read_h5ad_lazily
     from .data.rows import csr_conversion, is_backed_column_major
 
-    adata = ad.read_h5ad(path, backed="r")
+    adata = read_h5ad_lazily(path)
     if use_raw:
         matrix, name = (adata.raw.X, "adata.raw.X") if adata.raw is not None else (None, "")
+    elif layer is None:
+        matrix, name = adata.X, "adata.X"
     else:
-        matrix, name = (adata.X, "adata.X") if layer is None and "X" in adata.file else (None, "")
+        matrix, name = adata.layers.get(layer), f"adata.layers[{layer!r}]"
     if matrix is not None and is_backed_column_major(matrix):
-        adata.file.close()
         logger.warning(
             "%s stores %s by column (CSC), which cannot be read cell by cell: reading all of it into memory. "
             "To stream it, store it as CSR once: adata = anndata.read_h5ad(path); %s; adata.write_h5ad(...).",
@@ -64,7 +67,13 @@ def _open_input(path: str, layer: str | None, *, use_raw: bool = False):
             name.removeprefix("adata."),
             csr_conversion(name),
         )
-        return ad.read_h5ad(path)
+        in_memory = matrix.to_memory()
+        if use_raw:
+            adata.raw = ad.AnnData(X=in_memory, obs=adata.obs[[]], var=adata.raw.var)
+        elif layer is None:
+            adata.X = in_memory
+        else:
+            adata.layers[layer] = in_memory
     return adata
 
 
@@ -668,16 +677,18 @@ class _OptionWording(logging.Filter):
 
 
 def _command_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
-    """The long options of the command that ran (``--layer``, ``--gene-symbols``, ...)."""
+    """The long options of the command that ran (``--layer``, ``--gene-symbols``, ...), subcommands' included."""
     options = set(parser._option_string_actions)
     for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and args.command in action.choices:
-            options |= set(action.choices[args.command]._option_string_actions)
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:  # e.g. models -> register: --sha256, --overwrite
+                options |= _command_options(chosen, args)
     return {option for option in options if option.startswith("--")}
 
 
 #: ``name='value'`` or ``name=value`` in a message written for Python callers
-_PYTHON_ARGUMENT = re.compile(r"\b([a-z][a-z_]*)=(?:'([^']*)'|([^\s,;)']+))")
+_PYTHON_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|([^\s,;)']+))")
 
 
 def _as_options(message: str, options: set[str]) -> str:

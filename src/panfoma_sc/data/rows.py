@@ -102,10 +102,10 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
 
 
 def csr_conversion(where: str) -> str:
-    """The statement that stores the matrix ``where`` (``"adata.X"``, ``"adata.raw.X"``) as CSR, for messages."""
+    """The statement that stores the matrix ``where`` (``"adata.X"``, ``"adata.raw.X"``, ...) as CSR, for messages."""
     if where.endswith(".raw.X"):  # .raw cannot be assigned to in place
         return "raw = adata.raw.to_adata(); raw.X = raw.X.tocsr(); adata.raw = raw"
-    return "adata.X = adata.X.tocsr()"
+    return f"{where} = {where}.tocsr()"
 
 
 def is_backed_column_major(matrix) -> bool:
