@@ -182,3 +182,14 @@ def test_training_curve_takes_one_column_name_and_checks_smooth():
     history["loss_text"] = "high"
     with pytest.raises(ValueError, match=r"\['loss_text'\] are not numeric"):
         pf.pl.training_curve(history, columns=["loss_text"], show=False)
+
+
+def test_several_components_keep_the_confidence_scale_on_every_panel(labelled, caplog):
+    labelled.obsm["X_umap"] = np.random.default_rng(1).normal(size=(labelled.n_obs, 3)).astype(np.float32)
+    axes = pf.pl.embedding(labelled, components=["1,2", "2,3"], show=False)
+    assert len(axes) == 4  # the label and its confidence, each on both pairs of components
+    confidence_panels = [ax for ax in axes if ax.get_title() == "panfoma_label_confidence"]
+    assert len(confidence_panels) == 2
+    for ax in confidence_panels:
+        assert ax.collections[0].get_clim() == (0.0, 1.0)
+    assert "vmin" not in caplog.text

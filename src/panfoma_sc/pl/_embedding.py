@@ -92,8 +92,11 @@ def embedding(
         raise ValueError(msg)
     # "Unknown" grey: through each such column's own uns colours, which scanpy reads, so other columns keep theirs
     greyed = {} if kwargs.get("palette") is not None else _colors_with_grey_unknown(adata, colors)
-    kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels])
-    kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels])
+    # one value per drawn panel: scanpy draws every colour for each of several components ("1,2", "2,3")
+    components = kwargs.get("components")
+    per_panel = len(components) if isinstance(components, list | tuple) and len(components) > 1 else 1
+    kwargs.setdefault("vmin", [0.0 if p.endswith("_confidence") else None for p in panels for _ in range(per_panel)])
+    kwargs.setdefault("vmax", [1.0 if p.endswith("_confidence") else None for p in panels for _ in range(per_panel)])
     before = {key: adata.uns[key] for key in greyed if key in adata.uns}
     adata.uns.update(greyed)
     try:
