@@ -63,3 +63,23 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(data_folder, monkeypatch):
     monkeypatch.setattr(pf.settings, "data_dir", data_folder / "absent")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pf.datasets.data_dir()
+
+
+def test_folders_are_not_datasets_and_a_name_of_both_kinds_needs_its_extension(data_folder):
+    (data_folder / "folder.h5ad").mkdir()
+    assert pf.datasets.available() == ["tiny"]
+    with pytest.raises(FileNotFoundError, match=r"Dataset 'folder' not found"):
+        pf.datasets.path("folder")
+    md = pytest.importorskip("mudata", reason="MuData datasets need the multiomics extra")
+    rna = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    md.MuData({"rna": rna}).write(data_folder / "tiny.h5mu")
+    assert pf.datasets.available() == ["tiny.h5ad", "tiny.h5mu"]
+    with pytest.raises(ValueError, match=r"'tiny' is ambiguous: \['tiny\.h5ad', 'tiny\.h5mu'\].*Pass the file name"):
+        pf.datasets.load("tiny")
+    assert isinstance(pf.datasets.load("tiny.h5mu"), md.MuData)
+
+
+def test_a_damaged_file_is_named(data_folder):
+    (data_folder / "broken.h5ad").write_bytes(b"not an hdf5 file")
+    with pytest.raises(OSError, match=r"Dataset file '.*broken\.h5ad' cannot be read .*damaged or incomplete"):
+        pf.datasets.load("broken")

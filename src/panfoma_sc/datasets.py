@@ -47,9 +47,10 @@ def data_dir() -> Path:
 
 
 def available() -> list[str]:
-    """Names of the datasets in the folder (file names without extension)."""
-    folder = data_dir()
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in DATASET_SUFFIXES)
+    """Names of the datasets in the folder: file names without extension, with it where a name has both kinds."""
+    files = [p for p in data_dir().iterdir() if p.suffix in DATASET_SUFFIXES and p.is_file()]
+    stems = [p.stem for p in files]
+    return sorted(p.stem if stems.count(p.stem) == 1 else p.name for p in files)
 
 
 def path(name: str) -> Path:
@@ -74,9 +75,12 @@ def path(name: str) -> Path:
     folder = data_dir()
     _check_plain_name(name)
     names = [name] if Path(name).suffix in DATASET_SUFFIXES else [name + suffix for suffix in DATASET_SUFFIXES]
-    for candidate in (folder / n for n in names):
-        if candidate.is_file():
-            return candidate
+    found = [candidate for candidate in (folder / n for n in names) if candidate.is_file()]
+    if len(found) > 1:
+        msg = f"Dataset name {name!r} is ambiguous: {[p.name for p in found]} both exist. Pass the file name."
+        raise ValueError(msg)
+    if found:
+        return found[0]
     if (folder / name).is_file():
         msg = (
             f"{name!r} is a file of the dataset folder but not a dataset (those are {' or '.join(DATASET_SUFFIXES)} "
@@ -123,5 +127,10 @@ def load(name: str, *, backed: bool = False) -> ad.AnnData | MuData:
         except ImportError as err:
             msg = f"{file.name} is a MuData file: reading it needs mudata: pip install 'panfoma-sc[multiomics]'."
             raise ImportError(msg) from err
-        return mudata.read_h5mu(file, backed="r" if backed else False)
-    return ad.read_h5ad(file, backed="r" if backed else None)
+    try:
+        if file.suffix == ".h5mu":
+            return mudata.read_h5mu(file, backed="r" if backed else False)
+        return ad.read_h5ad(file, backed="r" if backed else None)
+    except OSError as err:  # h5py's "file signature not found" names neither the file nor what to do
+        msg = f"Dataset file {str(file)!r} cannot be read ({err}): it is damaged or incomplete; copy it again."
+        raise OSError(msg) from err
