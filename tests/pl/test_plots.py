@@ -193,3 +193,13 @@ def test_several_components_keep_the_confidence_scale_on_every_panel(labelled, c
     for ax in confidence_panels:
         assert ax.collections[0].get_clim() == (0.0, 1.0)
     assert "vmin" not in caplog.text
+
+
+def test_training_curve_labels_the_axis_as_losses_and_refuses_an_empty_history():
+    history = pd.DataFrame({"step": [0, 1, 2], "loss_mmd": [0.3, 0.2, 0.1]})
+    ax = pf.pl.training_curve(history, smooth=1, show=False)
+    assert ax.get_ylabel() == "loss"
+    ax = pf.pl.training_curve(history, smooth=2, show=False)
+    assert ax.get_ylabel() == "loss (mean of 2 logged steps)"
+    with pytest.raises(ValueError, match="history has no rows"):
+        pf.pl.training_curve(history.iloc[:0], show=False)

@@ -88,6 +88,9 @@ def training_curve(
     if not_numeric:
         msg = f"history column(s) {not_numeric} are not numeric: pass step and loss columns of numbers."
         raise ValueError(msg)
+    if frame.empty:
+        msg = "history has no rows: the run logged no step yet (its history.csv fills as training runs)."
+        raise ValueError(msg)
     own_axes = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -97,7 +100,7 @@ def training_curve(
         values = frame[column].rolling(int(smooth), min_periods=1).mean()
         ax.plot(frame["step"], values, label=column)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel("loss" if smooth == 1 else f"loss (mean of {smooth} logged steps)")
     ax.legend(frameon=False)
     if show is None:
         show = not return_fig and own_axes
