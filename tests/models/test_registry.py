@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from safetensors.numpy import save_file
@@ -418,3 +419,18 @@ def test_model_sizes_are_integers_in_the_listing(tiny_checkpoint):
     assert table.loc["panfoma-tiny", "d_model"] == 128
     assert str(table["d_model"].dtype) == "Int64"
     assert table["d_model"].isna()["remote"]
+
+
+def test_a_downloaded_url_entry_shows_its_size_and_a_replaced_download_is_removed(tiny_checkpoint, http_server):
+    root, base_url, _ = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    url = f"{base_url}/remote.safetensors"
+    pf.models.register("remote", url, sha256=sha256sum(tiny_checkpoint))
+    assert pd.isna(pf.models.available().set_index("name").loc["remote", "size_mb"])
+    first = Path(pf.models.load("remote").path)
+    size_mb = pf.models.available().set_index("name").loc["remote", "size_mb"]
+    assert size_mb == round(first.stat().st_size / 1e6, 2)
+    other = root / "other.safetensors"
+    save_file({"x": np.zeros(3, dtype=np.float32)}, other)  # any other file: only its checksum matters here
+    pf.models.register("remote", f"{base_url}/other.safetensors", sha256=sha256sum(other), overwrite=True)
+    assert not first.exists()

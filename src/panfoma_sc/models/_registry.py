@@ -409,8 +409,11 @@ def register(
     with _registry_lock():  # read, change and write as one step: registrations made at the same time all land
         user = _user_entries()
         _refuse_taken_name(user, name, overwrite)
+        replaced = user.get(name)
         user[name] = entry
         _write_user_entries(user)
+    if replaced is not None and replaced.source == "url" and _cached_path(replaced) != _cached_path(entry):
+        _cached_path(replaced).unlink(missing_ok=True)  # the download of the replaced entry: nothing loads it now
     return entry
 
 
@@ -504,13 +507,14 @@ def available() -> pd.DataFrame:
         config = entry.config or {}
         file = _cached_path(entry) if entry.source == "url" else _locate(entry)
         local = file.is_file() and os.access(file, os.R_OK)
+        size = entry.size or (file.stat().st_size if local else None)  # a URL entry's size once downloaded
         rows.append(
             {
                 "name": entry.name,
                 "version": entry.version,
                 "source": entry.source,
                 "available_offline": local,
-                "size_mb": round(entry.size / 1e6, 2) if entry.size else None,
+                "size_mb": round(size / 1e6, 2) if size else None,
                 "d_model": config.get("d_model"),
                 "n_genes": config.get("n_genes"),
                 "description": entry.description,
