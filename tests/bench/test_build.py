@@ -376,3 +376,30 @@ def test_build_replaces_an_earlier_build_whole_or_not_at_all(tmp_path, monkeypat
         pf.bench.build([path], seed=2, **options)
     assert "Replacing the earlier benchmark build" in caplog.text
     assert pf.bench.read_manifest(tmp_path / "manifest.json")["seed"] == 2
+
+
+@pytest.mark.parametrize("missing", [np.nan, "", "unknown"])
+def test_a_named_donor_column_with_missing_values_is_refused_before_any_work(tmp_path, monkeypatch, missing):
+    """Else the file was split by another column without a word, and donors landed in training and test."""
+    path = _toy_file(tmp_path, donors=4, batches=True)
+    adata = ad.read_h5ad(path)
+    adata.obs["donor"] = adata.obs["donor"].astype(object)
+    adata.obs.iloc[5, adata.obs.columns.get_loc("donor")] = missing
+    adata.write_h5ad(path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a file was processed before the donors were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._build.harmonize_genes", no_work)
+    expected = r"toy\.h5ad: 1 of its 40 labelled cells have no value in donor_key='donor' .* Fill in their value"
+    with pytest.raises(ValueError, match=expected):
+        pf.bench.build([path], label_key="cell_type", donor_key="donor", batch_key="batch", qc=PANEL_QC)
+
+
+def test_a_named_batch_column_that_splits_a_file_must_be_complete(tmp_path):
+    path = _toy_file(tmp_path, batches=True)
+    adata = ad.read_h5ad(path)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("batch")] = np.nan
+    adata.write_h5ad(path)
+    with pytest.raises(ValueError, match=r"1 of its 40 labelled cells have no value in batch_key='batch'"):
+        pf.bench.build([path], label_key="cell_type", batch_key="batch", qc=PANEL_QC)

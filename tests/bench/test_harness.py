@@ -246,3 +246,72 @@ def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch):
     assert results.loc["kept", "status"] == "ok"
     assert results.loc["dropped", "status"] == "failed"
     assert "no result" in results.loc["dropped", "reason"]
+
+
+@pytest.mark.parametrize(
+    ("batches", "message"),
+    [
+        (
+            {"toy.h5ad": None, "other.h5ad": ["b1", "b2"]},
+            r"Dataset 'toy': batch_key='batch' is not a column of \['toy.h5ad'\], and the integration task needs "
+            r"every cell's batch\. Add the column",
+        ),
+        (
+            {"toy.h5ad": ["b1"], "other.h5ad": ["b1"]},
+            r"batch_key='batch' holds a single batch \(\['b1'\]\) .* drop 'integration' from this dataset's tasks",
+        ),
+    ],
+)
+def test_integration_without_two_known_batches_stops_the_run_before_any_work(
+    tmp_path, monkeypatch, refused_run, batches, message
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a dataset was built before its batches were checked")
+
+    monkeypatch.setattr("panfoma_sc.bench._harness.build", no_work)
+    config = _toy_config(
+        tmp_path,
+        files=list(batches),
+        tasks=["integration"],
+        batch_key="batch",
+        methods={"integration": ["pca"]},
+    )
+    rng = np.random.default_rng(1)
+    for name, values in batches.items():  # written after the config, which writes a toy.h5ad of its own
+        adata = ad.AnnData(rng.poisson(1.0, (40, 30)).astype(np.float32))
+        adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
+        if values is not None:
+            adata.obs["batch"] = np.resize(values, 40)
+        adata.write_h5ad(tmp_path / name)
+    assert re.search(message, refused_run(config))
+
+
+def test_a_gene_table_named_in_the_config_maps_ensembl_ids(tmp_path, monkeypatch):
+    """Files by symbol and by Ensembl ID share genes once the config names the table (not PANFOMA_DATA_DIR's)."""
+    from panfoma_sc.bench._harness import _gene_table
+
+    monkeypatch.setattr(pf.settings, "data_dir", None)
+    rng = np.random.default_rng(2)
+    symbols = [f"GENE{i}" for i in range(30)]
+    ids = [f"ENSG{i:011d}" for i in range(30)]
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "ids.csv").write_text("".join(f"{e}.3,{s}\n" for e, s in zip(ids, symbols, strict=True)))
+    for name, genes in (("by_symbol", symbols), ("by_id", ids)):
+        adata = ad.AnnData(rng.poisson(1.0, (40, 30)).astype(np.float32))
+        adata.var_names = genes
+        adata.obs["cell_type"] = np.repeat(["a", "b"], 20)
+        adata.write_h5ad(tmp_path / f"{name}.h5ad")
+    dataset = {"name": "two", "files": ["by_symbol.h5ad", "by_id.h5ad"], "gene_table": "tables/ids.csv"}
+    assert _gene_table(dataset, tmp_path) == tmp_path / "tables" / "ids.csv"
+    files = [tmp_path / f for f in dataset["files"]]
+    qc = pf.bench.QCThresholds(min_genes=1, min_cells=1)
+    built = pf.bench.build(files, label_key="cell_type", gene_table=_gene_table(dataset, tmp_path), qc=qc)
+    assert built.n_vars == 30
+    with pytest.raises(ValueError, match=r"share no gene after harmonization.*give a gene table"):
+        pf.bench.build(files, label_key="cell_type", gene_table=_gene_table({}, tmp_path), qc=qc)
+
+
+def test_a_missing_gene_table_stops_the_run_before_any_work(tmp_path, monkeypatch, refused_run):
+    monkeypatch.setitem(TASKS, "forgetful", _forgetful)
+    config = _toy_config(tmp_path, gene_table="tables/absent.csv")
+    assert re.search(r"Input files not found in .*\{'toy': \['tables/absent.csv'\]\}", refused_run(config))

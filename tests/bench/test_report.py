@@ -71,3 +71,40 @@ def test_pca_components_are_capped_by_the_training_cells_and_recorded():
     (row,) = pf.bench.TASKS["annotation"](ctx, spec, ["pca_knn"]).rows
     assert row["status"] == "ok", row["reason"]
     assert row["n_comps"] == 11  # 12 training cells: at most 11 components, not the 20 asked for
+
+
+def test_summary_means_are_over_the_datasets_every_method_ran():
+    """A method that failed on a hard dataset must not rank above one that ran it (review of 2026-11-29)."""
+    from panfoma_sc.bench._figures import summary_table
+
+    rows = [
+        ("easy", "panfoma", 0.9),
+        ("easy", "logreg", 0.8),
+        ("hard", "logreg", 0.4),  # panfoma failed here: no ok row
+    ]
+    results = pd.DataFrame(
+        [{"dataset": d, "task": "annotation", "method": m, "status": "ok", "macro_f1": f} for d, m, f in rows]
+        + [{"dataset": "hard", "task": "annotation", "method": "panfoma", "status": "failed", "macro_f1": np.nan}]
+    )
+    table, columns, title = summary_table(results, "annotation")
+    assert table.loc["panfoma", "mean"] == pytest.approx(0.9)
+    assert table.loc["logreg", "mean"] == pytest.approx(0.8)  # not 0.6: "hard" is left out of every mean
+    assert columns[-1][1] == "Mean of 1 shared"
+    assert title.endswith("; mean over the 1 of 2 datasets every method ran")
+    integration = results.assign(task="integration", total=results["macro_f1"])
+    table, _, title = summary_table(integration, "integration")
+    assert table.loc["logreg", "total"] == pytest.approx(0.8)
+    assert title == "Integration (mean over the 1 of 2 datasets every method ran)"
+    everywhere = results[results["dataset"] == "easy"]
+    assert summary_table(everywhere, "annotation")[2] == "Annotation: macro-F1 on test cells"
+
+
+def test_notes_of_scored_rows_are_shown_once_per_dataset(tmp_path):
+    """A score whose test cells include classes never trained on is read differently: the report says so."""
+    note = "test: test classes absent from training ['nk']"
+    rows = [ROW | {"reason": note}, ROW | {"method": "panfoma_knn", "reason": note}, ROW | {"dataset": "clean"}]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    report = pf.bench.render_report(tmp_path)
+    assert "## Notes on scored results" in report
+    assert report.count("test classes absent from training") == 1
+    assert "| clean |" not in report.split("## Notes on scored results")[1]

@@ -23,7 +23,7 @@ from .._paths import check_h5ad_input
 from ..pp import check_expression
 from ._harmonize import default_gene_table, harmonize_genes, read_gene_table
 from ._qc import QCThresholds, expression_kind, quality_control
-from ._splits import MISSING_VALUES, group_column, split_cells, split_groups
+from ._splits import MISSING_VALUES, group_column, known_values, split_cells, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,8 @@ def _check_inputs(
     keep: Mapping[str, Sequence[str]] | None,
     test_groups: Sequence[str] | None = None,
     layer: str | None = None,
+    *,
+    batch_required: bool = False,
 ) -> dict[str, tuple[str | None, str, set[str]]]:
     """Refuse missing or unreadable files, obs columns, cells and test groups before any file is processed.
 
@@ -230,7 +232,10 @@ def _check_inputs(
     name is an error, not a silent fallback. Every file must keep cells with a label after ``keep``. Each of
     ``test_groups`` must be a split group of its file as the obs say before QC: ``"<file stem>:<value>"`` of the
     donor or batch column the file is split by, or the file stem for a file without one. ``layer``, when given,
-    must be a layer of every file.
+    must be a layer of every file. A named ``donor_key`` must give every labelled, kept cell of a file that has
+    it a donor (else those cells could share a donor with another split, and the file would silently be split
+    by another column); a named ``batch_key`` likewise where it splits the file. ``batch_required`` (the
+    integration task): ``batch_key`` is a column of every file, known for every cell, with two values or more.
 
     Returns
     -------
@@ -282,6 +287,8 @@ def _check_inputs(
             seen = sorted({c for present in columns.values() for c in present})
             msg = f"{what} names {column!r}, which is not an obs column of any input file (columns: {seen})."
             raise KeyError(msg)
+    if batch_required:
+        _check_batches(observations, batch_key, keep, label_key)
     plan: dict[str, tuple[str | None, str, set[str]]] = {}
     emptied: set[str] = set()
     for file, obs in observations.items():
@@ -304,12 +311,65 @@ def _check_inputs(
                 raise ValueError(msg)
             kept &= labelled
         column, unit = _split_column(obs[kept], donor_key, batch_key)
+        named = [("donor_key", donor_key)]
+        if not unit.startswith("donor"):  # the batch column splits this file
+            named.append(("batch_key", batch_key))
+        for what, key in named:
+            if key is not None and key in obs.columns:
+                _check_complete(obs.loc[kept, key], file.name, what, key)
         plan[file.stem] = (column, unit, set(_file_groups(obs[kept], file.stem, column)))
         # groups of the file as it is, all of whose cells keep or the labels remove
         unfiltered = _file_groups(obs, file.stem, _split_column(obs, donor_key, batch_key)[0])
         emptied |= set(unfiltered) - set(unfiltered[kept])
     _check_test_groups(test_groups, plan, emptied)
     return plan
+
+
+def _check_complete(values: pd.Series, file: str, what: str, key: str) -> None:
+    """Refuse a named split column without a value for some of the cells that are benchmarked."""
+    missing = int(known_values(values).isna().sum())
+    if missing:
+        msg = (
+            f"{file}: {missing} of its {values.size} labelled cells have no value in {what}={key!r} (NaN, empty or "
+            f"a word for missing: {sorted(MISSING_VALUES - {''})}). Cells without one could share a "
+            f"{'donor' if what == 'donor_key' else 'batch'} with cells of another split. Fill in their value, drop "
+            f"those cells (e.g. keep = {{{key!r} = [...]}}), or leave {what} out."
+        )
+        raise ValueError(msg)
+
+
+def _check_batches(
+    observations: Mapping[Path, pd.DataFrame],
+    batch_key: str | None,
+    keep: Mapping[str, Sequence[str]] | None,
+    label_key: str | None,
+) -> None:
+    """The integration task's batches: ``batch_key`` in every file, known for every cell, two values or more."""
+    if batch_key is None:
+        return  # the config check asks for batch_key with the integration task
+    lacking = [file.name for file, obs in observations.items() if batch_key not in obs.columns]
+    if lacking:
+        msg = (
+            f"batch_key={batch_key!r} is not a column of {lacking}, and the integration task needs every cell's "
+            "batch. Add the column to those files (e.g. the study or protocol name for all their cells), or leave "
+            "them out of this dataset."
+        )
+        raise KeyError(msg)
+    values: set[str] = set()
+    for file, obs in observations.items():
+        kept, _ = _keep_mask(obs, keep)
+        if label_key is not None:
+            kept &= _labelled(obs, label_key)
+        batches = obs.loc[kept, batch_key]
+        _check_complete(batches, file.name, "batch_key", batch_key)
+        values |= set(known_values(batches).dropna())
+    if len(values) < 2:
+        msg = (
+            f"batch_key={batch_key!r} holds a single batch ({sorted(values)}) in the cells benchmarked: the "
+            "integration task needs two batches or more. Name the column that holds the batches, or drop "
+            "'integration' from this dataset's tasks."
+        )
+        raise ValueError(msg)
 
 
 def _check_test_groups(
@@ -599,7 +659,11 @@ def build(
         inputs.append(entry)
     combined = ad.concat(parts, join=join, label="dataset", index_unique="-" if len(parts) > 1 else None, fill_value=0)
     if combined.n_vars == 0:
-        msg = "The files share no gene after harmonization: use join='outer' or check the gene names."
+        msg = (
+            "The files share no gene after harmonization. Check the gene names: where one file names genes by "
+            "Ensembl ID and another by symbol, give a gene table (gene_table=...) so that both become symbols. "
+            "join='outer' keeps every gene, filling each file's missing genes with zeros."
+        )
         raise ValueError(msg)
     combined.obs["dataset"] = combined.obs["dataset"].astype("category")
     n_groups = combined.obs["split_group"].nunique()

@@ -80,6 +80,7 @@ DATASET_KEYS = frozenset(
         "cv",
         "note",
         "gates",
+        "gene_table",
     }
 )
 #: Dataset keys of :func:`build` that :func:`build_paired` has no use for.
@@ -100,7 +101,9 @@ def load_config(path: str | Path) -> dict:
     as ``n_comps``, ``finetune_max_epochs``, ``integrate_max_steps``, ``joint_max_epochs``), ``[tasks.<task>]``
     (``methods`` to run) and one ``[[datasets]]`` table per dataset (``name``, ``files``, ``tasks``,
     ``label_key``, ``batch_key``, ``donor_key``, ``keep``, ``layer``, ``qc``, ``join``, ``fractions``, ``test_groups``,
-    ``max_cells``, ``methods`` (a table ``{task = [methods]}``), ``umap``, ``cv``, ``note``, ``gates``).
+    ``max_cells``, ``methods`` (a table ``{task = [methods]}``), ``umap``, ``cv``, ``note``, ``gates``,
+    ``gene_table``: a headerless ``ensembl_id,symbol`` CSV relative to ``data_dir``, default the data folder's
+    ``genes/GENCODEv44_gene_id_to_name.csv``, else ``PANFOMA_DATA_DIR``'s).
     A task runs the methods its dataset lists, else those of ``[tasks.<task>]``, else its defaults; an empty
     list is refused (drop the task from the dataset's ``tasks`` instead). ``data_dir`` is relative to the
     config file; without it files are looked up in ``PANFOMA_DATA_DIR``. A dataset of one paired ``.h5mu`` file
@@ -386,10 +389,16 @@ def _check_build_options(dataset: Mapping, where: str) -> None:
     if test_groups is not None and (isinstance(test_groups, str) or not isinstance(test_groups, list)):
         msg = f"{where}: test_groups must be a list, e.g. test_groups = [{str(test_groups)!r}]."
         raise ValueError(msg)
-    named = (("label_key", "cell_type"), ("donor_key", "donor"), ("batch_key", "batch"), ("layer", "counts"))
+    named = (
+        ("label_key", "cell_type"),
+        ("donor_key", "donor"),
+        ("batch_key", "batch"),
+        ("layer", "counts"),
+        ("gene_table", "genes/GENCODEv44_gene_id_to_name.csv"),
+    )
     for key, example in named:
         if key in dataset and (not isinstance(dataset[key], str) or not dataset[key]):
-            what = "layer" if key == "layer" else "obs column"
+            what = {"layer": "layer", "gene_table": "file (relative to data_dir) or 'auto'"}.get(key, "obs column")
             msg = f"{where}: {key} = {dataset[key]!r}: name one {what} as a string, e.g. {key} = {example!r}."
             raise ValueError(msg)
     if "gates" in dataset:

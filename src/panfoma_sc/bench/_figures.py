@@ -51,6 +51,46 @@ def _label(method: str, n_comps: Iterable[object] = ()) -> str:
     return method_label(method, n_comps)
 
 
+def _shared_datasets(rows: pd.DataFrame) -> list[str]:
+    """The datasets on which every method of ``rows`` has a result."""
+    methods_per_dataset = rows.groupby("dataset")["method"].nunique()
+    return sorted(methods_per_dataset.index[methods_per_dataset == rows["method"].nunique()])
+
+
+def summary_table(results: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[tuple[str, str, bool]], str] | None:
+    """What :func:`plot_results_table` draws: methods x scores, the columns (name, header, is an aggregate), title.
+
+    Means are taken over the datasets on which every method has a result, so that a method that failed on a hard
+    dataset does not rank higher for it; the title says so when that leaves some datasets out.
+    """
+    rows = results[(results["task"] == task) & (results["status"] == "ok")]
+    if rows.empty:
+        return None
+    shared = _shared_datasets(rows)
+    n_datasets = rows["dataset"].nunique()
+    everywhere = len(shared) == n_datasets
+    datasets = "datasets" if everywhere else f"the {len(shared)} of {n_datasets} datasets every method ran"
+    if task in {"integration", "multiomics"}:
+        spec = INTEGRATION_COLUMNS if task == "integration" else MULTIOMICS_COLUMNS
+        columns = [(c, h, a) for c, h, a in spec if c in rows]
+        if not columns:
+            return None
+        table = rows[rows["dataset"].isin(shared)].groupby("method")[[c for c, _, _ in columns]].mean()
+        table = table.reindex(sorted(rows["method"].unique()))
+        title = f"{'Integration' if task == 'integration' else 'Multi-omics'} (mean over {datasets})"
+    elif "macro_f1" in rows:
+        table = rows.pivot_table(index="method", columns="dataset", values="macro_f1")
+        table["mean"] = table[shared].mean(axis=1)
+        columns = [(c, str(c).replace("_", " ")[:22], False) for c in table.columns[:-1]]
+        columns.append(("mean", "Mean macro-F1" if everywhere else f"Mean of {len(shared)} shared", True))
+        cells = "test cells" if task == "annotation" else "held-out patients"
+        title = f"{task.replace('_', ' ').capitalize()}: macro-F1 on {cells}"
+        title += "" if everywhere else f"; mean over {datasets}"
+    else:  # a task registered elsewhere, without scores this figure knows
+        return None
+    return table.sort_values(columns[-1][0], ascending=True, na_position="first"), columns, title
+
+
 def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Path | None:
     """A scib-metrics-style table: methods as rows, scores as coloured circles, aggregates as bars.
 
@@ -71,23 +111,11 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
     The path, or ``None`` when the task has no successful rows or no scores this figure knows.
     """
     plt = _pyplot()
+    summary = summary_table(results, task)
+    if summary is None:
+        return None
+    table, columns, title = summary
     rows = results[(results["task"] == task) & (results["status"] == "ok")]
-    if rows.empty:
-        return None
-    if task in {"integration", "multiomics"}:
-        spec = INTEGRATION_COLUMNS if task == "integration" else MULTIOMICS_COLUMNS
-        columns = [(c, h, a) for c, h, a in spec if c in rows]
-        if not columns:
-            return None
-        table = rows.groupby("method")[[c for c, _, _ in columns]].mean()
-    elif "macro_f1" in rows:
-        table = rows.pivot_table(index="method", columns="dataset", values="macro_f1")
-        table["mean"] = table.mean(axis=1)
-        columns = [(c, str(c).replace("_", " ")[:22], False) for c in table.columns[:-1]]
-        columns.append(("mean", "Mean macro-F1", True))
-    else:  # a task registered elsewhere, without scores this figure knows
-        return None
-    table = table.sort_values(columns[-1][0], ascending=True)
     n_rows, n_cols = table.shape[0], len(columns)
     fig, ax = plt.subplots(figsize=(2.2 + 1.15 * n_cols + 2.2, 0.9 + 0.45 * n_rows))
     cmap = plt.get_cmap("viridis")
@@ -126,12 +154,7 @@ def plot_results_table(results: pd.DataFrame, task: str, path: str | Path) -> Pa
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
-    title = {
-        "integration": "Integration (mean over datasets)",
-        "multiomics": "Multi-omics (mean over datasets)",
-        "annotation": "Annotation: macro-F1 on test donors",
-    }
-    ax.set_title(title.get(task, f"{task.replace('_', ' ')}: macro-F1 on held-out patients"), fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=130)

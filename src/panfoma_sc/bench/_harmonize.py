@@ -153,7 +153,15 @@ def harmonize_genes(
         "n_alias_renamed": counts["alias"],
         "n_duplicate_columns_merged": int(adata.n_vars - out.n_vars),
     }
-    if counts["ensembl_unmapped"]:
+    if counts["ensembl_unmapped"] and gene_table is None:
+        logger.warning(
+            "%d genes are Ensembl IDs and no gene table was given: they stay IDs, so they match no gene symbol of "
+            "other files. Pass a headerless ensembl_id,symbol CSV (GENCODE's) as gene_table (in a benchmark config: "
+            "gene_table = 'path/relative/to/data_dir.csv'), or place it in the data folder as %s.",
+            counts["ensembl_unmapped"],
+            GENE_TABLE_NAME,
+        )
+    elif counts["ensembl_unmapped"]:
         logger.warning(
             "%d Ensembl IDs are not in the gene table (kept as IDs: retired IDs, or another species).",
             counts["ensembl_unmapped"],

@@ -18,6 +18,7 @@ import pandas as pd
 from ._baselines import MethodContext
 from ._build import _check_inputs, _input_files, build, read_manifest, write_manifest
 from ._config import DEFAULT_METHODS, load_config, validate_config
+from ._harmonize import GENE_TABLE_NAME
 from ._paired import build_paired, check_paired_input
 from ._qc import QCThresholds
 from ._tasks import TASKS
@@ -59,6 +60,9 @@ def _check_data(config: Mapping, folder: Path) -> None:
         dataset["name"]: [str(f) for f in dataset["files"] if not (folder / f).is_file()]
         for dataset in config["datasets"]
     }
+    for dataset in config["datasets"]:  # a named gene table is an input too
+        if dataset.get("gene_table", "auto") != "auto" and not (folder / dataset["gene_table"]).is_file():
+            missing.setdefault(dataset["name"], []).append(str(dataset["gene_table"]))
     missing = {name: files for name, files in missing.items() if files}
     if missing:
         msg = (
@@ -66,6 +70,17 @@ def _check_data(config: Mapping, folder: Path) -> None:
             "(or PANFOMA_DATA_DIR) at the folder that holds them; nothing was run."
         )
         raise FileNotFoundError(msg)
+
+
+def _gene_table(dataset: Mapping, folder: Path) -> Path | str:
+    """A dataset's Ensembl-to-symbol table: its ``gene_table``, else the data folder's GENCODE table, else "auto".
+
+    ``gene_table`` is relative to the data folder; ``"auto"`` makes :func:`build` look in PANFOMA_DATA_DIR.
+    """
+    if dataset.get("gene_table", "auto") != "auto":
+        return folder / dataset["gene_table"]
+    beside = folder / GENE_TABLE_NAME
+    return beside if beside.is_file() else "auto"
 
 
 def _check_datasets(config: Mapping, folder: Path) -> None:
@@ -89,6 +104,7 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
                 dataset.get("keep"),
                 dataset.get("test_groups"),
                 dataset.get("layer"),
+                batch_required="integration" in dataset.get("tasks", []),
             )
         except (KeyError, ValueError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -297,6 +313,7 @@ def _run_datasets(config: Mapping, folder: Path, out: Path, command: str | None)
                 fractions=tuple(dataset.get("fractions", (0.6, 0.2, 0.2))),
                 test_groups=dataset.get("test_groups"),
                 max_cells=dataset.get("max_cells"),
+                gene_table=_gene_table(dataset, folder),
                 seed=seed,
             )
         manifest = read_manifest(adata)

@@ -222,6 +222,11 @@ def render_report(folder: str | Path) -> str:
                 if umap.is_file():
                     lines += [f"![UMAPs, {dataset}](figures/{umap.name})", ""]
 
+    noted = results[(results["status"] == "ok") & results.get("reason", pd.Series(dtype=str)).fillna("").ne("")]
+    if not noted.empty:  # e.g. test classes absent from training: scores to read with that in mind
+        notes = noted.groupby(["dataset", "task"], sort=False)["reason"].agg(lambda r: "; ".join(dict.fromkeys(r)))
+        lines += ["## Notes on scored results", "", _markdown(notes.reset_index(name="note")), ""]
+
     not_run = results[results["status"] != "ok"]
     if not not_run.empty:
         reasons = not_run["reason"].astype(str).map(lambda r: r if len(r) <= 140 else r[:137] + "...")

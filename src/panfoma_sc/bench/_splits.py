@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["BATCH_COLUMNS", "DONOR_COLUMNS", "MISSING_VALUES", "group_column", "split_cells", "split_groups"]
+__all__ = [
+    "BATCH_COLUMNS",
+    "DONOR_COLUMNS",
+    "MISSING_VALUES",
+    "group_column",
+    "known_values",
+    "split_cells",
+    "split_groups",
+]
 
 #: obs columns naming the donor/patient, in order of preference.
 DONOR_COLUMNS: tuple[str, ...] = (
@@ -37,7 +45,8 @@ MISSING_VALUES = frozenset({"", "nan", "none", "na", "unknown", "n/a"})
 SPLITS = ("train", "val", "test")
 
 
-def _known(values: pd.Series) -> pd.Series:
+def known_values(values: pd.Series) -> pd.Series:
+    """``values`` as stripped strings, NaN where missing (NaN, empty, or a word such as ``unknown`` or ``n/a``)."""
     text = values.astype(str).str.strip()
     return text.where(~text.str.lower().isin(MISSING_VALUES) & values.notna())
 
@@ -69,7 +78,7 @@ def group_column(
     for unit, candidates in (("donor", [*donors, *DONOR_COLUMNS]), ("batch", [*batches, *BATCH_COLUMNS])):
         for column in candidates:
             if column in obs.columns:
-                known = _known(obs[column])
+                known = known_values(obs[column])
                 if known.notna().all() and known.nunique() >= min_groups:
                     return column, unit
     return None, "cells"
