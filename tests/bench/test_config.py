@@ -78,6 +78,11 @@ CASES = {
     "no files": (_drop_dataset_key("files"), r"dataset 'one' lacks \['files'\]"),
     "files as a string": (_set_dataset("files", "two.h5ad"), r"files must be a non-empty list"),
     "no label_key for annotation": (_drop_dataset_key("label_key"), r"the annotation task needs \['label_key'\]"),
+    "gene_table not a string": (_set_dataset("gene_table", 5), r"dataset 'two': gene_table = 5: name one file"),
+    "no batch_key for integration": (
+        _set_dataset("tasks", ["integration"]),
+        r"the integration task needs \['batch_key'\]: name the obs column\(s\), e\.g\. batch_key = 'batch'\.",
+    ),
     "n_boot 0": (lambda c: c["run"].update(n_boot=0), r"n_boot=0: use an integer >= 1"),
     "seed not a number": (lambda c: c["run"].update(seed="abc"), r"\[run\] seed='abc': use an integer"),
     "max_cells 0": (_set_dataset("max_cells", 0), r"max_cells=0: use an integer >= 1"),

@@ -308,7 +308,9 @@ def _check_dataset(dataset: object, index: int, source: str) -> str:
     for task in tasks:
         missing = [key for key in REQUIRED_KEYS.get(task, ()) if not dataset.get(key)]
         if missing:
-            msg = f"{where}: the {task} task needs {missing}: name the obs column(s), e.g. label_key = 'cell_type'."
+            examples = {"label_key": "label_key = 'cell_type'", "batch_key": "batch_key = 'batch'"}
+            shown = ", ".join(examples.get(key, f"{key} = '...'") for key in missing)
+            msg = f"{where}: the {task} task needs {missing}: name the obs column(s), e.g. {shown}."
             raise ValueError(msg)
     return name
 
