@@ -25,7 +25,8 @@ def read_h5ad_lazily(path: str | Path) -> AnnData:
     DataFrame in ``obsm``, a sparse ``obsm`` entry) are read into memory.
 
     The file stays open for reading while the returned object (or a matrix of it) is alive. Files written by
-    anndata before 0.7 (no encoding attributes) are opened with ``anndata.read_h5ad(path, backed="r")`` instead.
+    anndata before 0.7 (no encoding attributes), and any file where anndata is older than 0.11 (no
+    ``anndata.io``, whose datasets AnnData holds), are opened with ``anndata.read_h5ad(path, backed="r")``.
 
     Parameters
     ----------
@@ -38,32 +39,36 @@ def read_h5ad_lazily(path: str | Path) -> AnnData:
     """
     import anndata as ad
 
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        return ad.read_h5ad(path, backed="r")
     file = h5py.File(path, "r")
     if "encoding-type" not in file.attrs:
         file.close()
         return ad.read_h5ad(path, backed="r")
-    obs, var = ad.io.read_elem(file["obs"]), ad.io.read_elem(file["var"])
+    obs, var = read_elem(file["obs"]), read_elem(file["var"])
     adata = AnnData(
         X=_on_disk(file["X"]) if "X" in file else None,
         obs=obs,
         var=var,
         layers={name: _on_disk(element) for name, element in file.get("layers", {}).items()},
         obsm={name: _on_disk(element) for name, element in file.get("obsm", {}).items()},
-        uns=ad.io.read_elem(file["uns"]) if "uns" in file else None,
+        uns=read_elem(file["uns"]) if "uns" in file else None,
     )
     if "raw" in file:
         raw = file["raw"]
-        adata.raw = AnnData(X=_on_disk(raw["X"]), obs=obs[[]], var=ad.io.read_elem(raw["var"]))
+        adata.raw = AnnData(X=_on_disk(raw["X"]), obs=obs[[]], var=read_elem(raw["var"]))
     return adata
 
 
 def _on_disk(element: h5py.Group | h5py.Dataset):
     """A sparse matrix as anndata's backed dataset, a dense numeric array as the h5py dataset, else in memory."""
-    import anndata as ad
+    from anndata.io import read_elem, sparse_dataset
 
     encoding = element.attrs.get("encoding-type", "")
     if isinstance(element, h5py.Group) and encoding in _SPARSE:
-        return ad.io.sparse_dataset(element)
+        return sparse_dataset(element)
     if isinstance(element, h5py.Dataset) and encoding in ("array", "") and element.dtype.kind in "biuf":
         return element
-    return ad.io.read_elem(element)
+    return read_elem(element)
