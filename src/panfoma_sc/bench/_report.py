@@ -272,7 +272,8 @@ def render_report(folder: str | Path) -> str:
         "",
         "- Classifiers are fitted on the train and val donors and scored on the test donors (pan-cancer: each "
         "patient in turn is the test set). 95% intervals: percentile bootstrap over test donors (over cells "
-        "where a dataset has a single donor, which ignores donor-to-donor variation).",
+        "where the test cells come from a single donor, as in a dataset of one donor: such intervals ignore "
+        "donor-to-donor variation; results.csv's ci_unit says which).",
         "- Integration metrics use scib-metrics on every cell of the dataset: AvgBIO = mean(NMI, ARI, ASW "
         "label), AvgBATCH = mean(ASW batch, graph connectivity), Total = 0.6 AvgBIO + 0.4 AvgBATCH.",
         "- Multi-omics: every cell is embedded; the cells with a label from protein-marker gating are scored "
