@@ -105,7 +105,9 @@ def csr_conversion(where: str) -> str:
     """The statement that stores the matrix ``where`` (``"adata.X"``, ``"adata.raw.X"``, ...) as CSR, for messages."""
     if where.endswith(".raw.X"):  # .raw cannot be assigned to in place
         return "raw = adata.raw.to_adata(); raw.X = raw.X.tocsr(); adata.raw = raw"
-    return f"{where} = {where}.tocsr()"
+    if where.startswith("adata.layers["):
+        return f"{where} = {where}.tocsr()"
+    return "adata.X = adata.X.tocsr()"  # X, also where ``where`` describes it in words ("X of training file ...")
 
 
 def is_backed_column_major(matrix) -> bool:
