@@ -315,6 +315,14 @@ def test_loading_a_folder_says_it_is_a_folder(tiny_checkpoint, tmp_path):
         pf.models.load(str(tmp_path) + "/")
 
 
+def _serve_and_register(tiny_checkpoint, http_server, sha256: str | None = None):
+    """Serve the tiny checkpoint as ``remote.safetensors`` and register it as ``remote`` (its real checksum)."""
+    root, base_url, server = http_server
+    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
+    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256 or sha256sum(tiny_checkpoint))
+    return root, base_url, server
+
+
 def _register_many(args) -> None:
     """One process of the concurrency test: register its names (top level, so it pickles)."""
     cache_dir, path, names = args
@@ -342,17 +350,13 @@ def test_registrations_made_at_the_same_time_all_land(tiny_checkpoint):
 
 
 def test_a_wrong_registered_checksum_is_named_as_a_possible_cause(tiny_checkpoint, http_server):
-    root, base_url, _ = http_server
-    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
-    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256="0" * 64)
+    _serve_and_register(tiny_checkpoint, http_server, sha256="0" * 64)
     with pytest.raises(ValueError, match=r"the sha256 given when registering is wrong .*overwrite=True"):
         pf.models.load("remote")
 
 
 def test_a_damaged_cached_copy_is_named_when_downloading_it_again_fails(tiny_checkpoint, http_server):
-    root, base_url, server = http_server
-    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
-    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    *_, server = _serve_and_register(tiny_checkpoint, http_server)
     cached = Path(pf.models.load("remote").path)
     cached.write_bytes(cached.read_bytes()[:100])
     server.shutdown()
@@ -364,9 +368,7 @@ def test_an_unreadable_cached_file_is_named_with_the_fix(tiny_checkpoint, http_s
     """Another user's 0600 download in a shared cache. Tests run as root, who reads any file: the refusal is mocked."""
     from panfoma_sc.models import _registry
 
-    root, base_url, _ = http_server
-    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
-    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    _serve_and_register(tiny_checkpoint, http_server)
     cached = Path(pf.models.load("remote").path)
     readable = os.access
 
@@ -384,9 +386,7 @@ def test_an_unreadable_cached_file_is_named_with_the_fix(tiny_checkpoint, http_s
 
 def test_a_download_gets_the_permissions_of_a_normally_created_file(tiny_checkpoint, http_server):
     """pooch's temporary file is 0600: in a shared cache other users could not read the checkpoint."""
-    root, base_url, _ = http_server
-    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
-    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    _serve_and_register(tiny_checkpoint, http_server)
     umask = os.umask(0o022)
     try:
         cached = Path(pf.models.load("remote").path)
@@ -400,9 +400,7 @@ def test_a_permission_error_while_downloading_names_the_cache_folder(tiny_checkp
     """pooch reports an unwritable cache as a PermissionError without a file name: not a network problem."""
     import pooch
 
-    root, base_url, _ = http_server
-    shutil.copy(tiny_checkpoint, root / "remote.safetensors")
-    pf.models.register("remote", f"{base_url}/remote.safetensors", sha256=sha256sum(tiny_checkpoint))
+    _serve_and_register(tiny_checkpoint, http_server)
 
     def refused(*args, **kwargs):
         raise PermissionError("Pooch could not write to data cache folder")
