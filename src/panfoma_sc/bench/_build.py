@@ -287,8 +287,10 @@ def _check_inputs(
             seen = sorted({c for present in columns.values() for c in present})
             msg = f"{what} names {column!r}, which is not an obs column of any input file (columns: {seen})."
             raise KeyError(msg)
+    batch_required = batch_required and batch_key is not None  # the config check asks for it with integration
     if batch_required:
-        _check_batches(observations, batch_key, keep, label_key)
+        _check_batch_column_everywhere(observations, batch_key)
+    batches: set[str] = set()
     plan: dict[str, tuple[str | None, str, set[str]]] = {}
     emptied: set[str] = set()
     for file, obs in observations.items():
@@ -312,15 +314,24 @@ def _check_inputs(
             kept &= labelled
         column, unit = _split_column(obs[kept], donor_key, batch_key)
         named = [("donor_key", donor_key)]
-        if not unit.startswith("donor"):  # the batch column splits this file
+        if batch_required or not unit.startswith("donor"):  # integration needs it, or it splits this file
             named.append(("batch_key", batch_key))
         for what, key in named:
             if key is not None and key in obs.columns:
                 _check_complete(obs.loc[kept, key], file.name, what, key)
+        if batch_required:
+            batches |= set(obs.loc[kept, batch_key].astype(str))
         plan[file.stem] = (column, unit, set(_file_groups(obs[kept], file.stem, column)))
         # groups of the file as it is, all of whose cells keep or the labels remove
         unfiltered = _file_groups(obs, file.stem, _split_column(obs, donor_key, batch_key)[0])
         emptied |= set(unfiltered) - set(unfiltered[kept])
+    if batch_required and len(batches) < 2:
+        msg = (
+            f"batch_key={batch_key!r} holds a single batch ({sorted(batches)}) in the cells benchmarked: the "
+            "integration task needs two batches or more. Name the column that holds the batches, or drop "
+            "'integration' from this dataset's tasks."
+        )
+        raise ValueError(msg)
     _check_test_groups(test_groups, plan, emptied)
     return plan
 
@@ -338,15 +349,8 @@ def _check_complete(values: pd.Series, file: str, what: str, key: str) -> None:
         raise ValueError(msg)
 
 
-def _check_batches(
-    observations: Mapping[Path, pd.DataFrame],
-    batch_key: str | None,
-    keep: Mapping[str, Sequence[str]] | None,
-    label_key: str | None,
-) -> None:
-    """The integration task's batches: ``batch_key`` in every file, known for every cell, two values or more."""
-    if batch_key is None:
-        return  # the config check asks for batch_key with the integration task
+def _check_batch_column_everywhere(observations: Mapping[Path, pd.DataFrame], batch_key: str) -> None:
+    """The integration task needs every cell's batch: ``batch_key`` must be a column of every file."""
     lacking = [file.name for file, obs in observations.items() if batch_key not in obs.columns]
     if lacking:
         msg = (
@@ -355,21 +359,6 @@ def _check_batches(
             "them out of this dataset."
         )
         raise KeyError(msg)
-    values: set[str] = set()
-    for file, obs in observations.items():
-        kept, _ = _keep_mask(obs, keep)
-        if label_key is not None:
-            kept &= _labelled(obs, label_key)
-        batches = obs.loc[kept, batch_key]
-        _check_complete(batches, file.name, "batch_key", batch_key)
-        values |= set(known_values(batches).dropna())
-    if len(values) < 2:
-        msg = (
-            f"batch_key={batch_key!r} holds a single batch ({sorted(values)}) in the cells benchmarked: the "
-            "integration task needs two batches or more. Name the column that holds the batches, or drop "
-            "'integration' from this dataset's tasks."
-        )
-        raise ValueError(msg)
 
 
 def _check_test_groups(

@@ -219,14 +219,14 @@ def _locate(entry: RegistryEntry) -> Path:
     if entry.path:
         return Path(entry.path)
     target = _cached_path(entry)
-    damaged = False
+    damaged = None  # a cached copy that does not match the sha256: why the file is downloaded again
     if target.is_file():
         try:
             if sha256sum(target) == entry.sha256:
                 return target  # offline once cached
         except OSError as err:  # e.g. a shared cache whose file another user downloaded without read permission
             raise _cached_file_error(target, err) from err
-        damaged = True
+        damaged = target
     import pooch
     import requests
 
@@ -244,12 +244,12 @@ def _locate(entry: RegistryEntry) -> Path:
         )
         raise ValueError(msg) from err
     except requests.RequestException as err:  # server down, refused, timed out, 404, ...
-        raise ConnectionError(_download_error_message(entry, err, damaged=damaged, target=target)) from err
+        raise ConnectionError(_download_error_message(entry, err, damaged=damaged)) from err
     except OSError as err:
         if err.filename is not None or isinstance(err, PermissionError) or err.errno in _CACHE_ERRNOS:
             # writing the download into the cache folder failed (permissions, disk full, read-only file system)
             raise _cache_error(Path(settings.cache_dir), err) from err
-        raise ConnectionError(_download_error_message(entry, err, damaged=damaged, target=target)) from err
+        raise ConnectionError(_download_error_message(entry, err, damaged=damaged)) from err
     _usual_file_permissions(Path(fetched))
     return Path(fetched)
 
@@ -277,18 +277,16 @@ def _cached_file_error(path: Path, err: OSError) -> ValueError:
     return ValueError(msg)
 
 
-def _download_error_message(
-    entry: RegistryEntry, err: Exception, *, damaged: bool = False, target: Path | None = None
-) -> str:
+def _download_error_message(entry: RegistryEntry, err: Exception, *, damaged: Path | None = None) -> str:
     """Why downloading ``entry`` failed (``err``, in one line) and the two ways out: fix the URL, or a local file.
 
-    ``damaged``: a cached copy (``target``) was there but did not match the sha256, which is why it was downloaded.
+    ``damaged``: a cached copy that did not match the sha256, which is why the file was downloaded again.
     """
     reason = " ".join(str(err).split()) or type(err).__name__
     why = (
-        f"The cached copy {str(target)!r} does not match its sha256 (damaged or incomplete), so it was downloaded "
+        f"The cached copy {str(damaged)!r} does not match its sha256 (damaged or incomplete), so it was downloaded "
         "again. "
-        if damaged
+        if damaged is not None
         else ""
     )
     return (
