@@ -441,3 +441,12 @@ def test_a_reader_taking_one_line_then_closing_gets_it_and_no_traceback(tmp_path
     assert first == "{\n"
     assert "Traceback" not in stderr
     assert "BrokenPipeError" not in stderr
+
+
+def test_registry_advice_is_worded_as_the_models_register_command(capsys):
+    """The registry's hints name pf.models.register(...); on the command line they name the command."""
+    assert main(["models", "describe", "mine"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Unknown model 'mine'" in err
+    assert "add yours with panfoma models register NAME PATH_OR_URL --sha256 SHA256." in err
+    assert "pf.models.register" not in err

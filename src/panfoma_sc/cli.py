@@ -653,10 +653,10 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         raise
     except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
         message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        print(f"panfoma: error: {_as_options(message, options)}", file=sys.stderr)
+        print(f"panfoma: error: {_as_options(_as_register_command(message), options)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
-        print(f"panfoma: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"panfoma: failed: {type(err).__name__}: {_as_register_command(str(err))}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         for handler in handlers:
@@ -708,6 +708,31 @@ def _as_options(message: str, options: set[str]) -> str:
         return f"{flag} {value}{end}"
 
     return _PYTHON_ARGUMENT.sub(option, message)
+
+
+#: the registry's advice for Python callers: ``pf.models.register('name', 'path', sha256='...', overwrite=True)``
+_REGISTER_CALL = re.compile(r"pf\.models\.register\(([^()]*)\)")
+
+
+def _as_register_command(message: str) -> str:
+    """The registry's ``pf.models.register(...)`` advice worded as the ``panfoma models register`` command."""
+    import shlex
+
+    def command(match: re.Match) -> str:
+        words = ["panfoma models register"]
+        for argument in (part.strip() for part in match.group(1).split(", ")):
+            key, equals, value = argument.partition("=")
+            if not equals:  # positional: a quoted value, or a placeholder such as name / path_or_url
+                quoted = len(key) > 1 and key[0] == key[-1] == "'"
+                words.append(shlex.quote(key[1:-1]) if quoted else key.upper())
+            elif key == "overwrite":
+                words.append("--overwrite")
+            else:  # sha256='...' or the placeholder sha256=...
+                value = value.strip("'")
+                words.append(f"--{key.replace('_', '-')} {key.upper() if value == '...' else value}")
+        return " ".join(words)
+
+    return _REGISTER_CALL.sub(command, message)
 
 
 def _stdout_is_closed_pipe() -> bool:
