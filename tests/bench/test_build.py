@@ -64,6 +64,18 @@ def test_build_without_donors_splits_by_cells_and_flags_it():
     assert set(bench.obs["split"]) == {"train", "val", "test"}
 
 
+def test_build_flags_splits_left_without_cells(caplog):
+    path = _data_file("pbmc_sorted_9types_mudan_2115cells.h5ad")
+    with caplog.at_level("WARNING", logger="panfoma_sc.bench"):
+        bench = pf.bench.build([path], label_key="cell_type", max_cells=3)
+    empty = {"train", "val", "test"} - set(bench.obs["split"])
+    assert empty  # three cells of different types all go to train
+    flag = next(flag for flag in pf.bench.read_manifest(bench)["flags"] if "hold no cell" in flag)
+    assert all(repr(split) in flag for split in empty)
+    assert "Raise max_cells" in flag
+    assert flag in caplog.text
+
+
 def test_build_harmonizes_several_studies_onto_common_genes():
     files = [
         _data_file("tumour_thyroid_atc2_numbat_173cells.h5ad"),
