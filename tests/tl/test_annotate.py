@@ -277,19 +277,39 @@ def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_ove
     assert caplog.text.count("which no earlier pf.tl.annotate call wrote") == 2
     assert "replaces adata.obs['panfoma_label_confidence'], which" in caplog.text
     assert "replaces adata.uns['panfoma'], which" in caplog.text
+    caplog.clear()
+    query.uns["mine"] = {"params": {"method": "knn"}}  # the user's own record, whose method happens to be knn
+    pf.tl.embed(query, tiny_checkpoint, key_added="embedded", progress=False)
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(query, reference, labels_key="named", key_added="mine", **kwargs)
+        pf.tl.annotate(query, reference, labels_key="named", key_added="embedded", **kwargs)
+    assert "adata.uns['mine'], which no earlier pf.tl.annotate call wrote" in caplog.text
+    assert "replaces adata.uns['embedded'], which an earlier pf.tl.embed call wrote" in caplog.text
     assert "share only" not in text
     caplog.clear()
     half = query.n_vars // 2
-    query_part, reference_part = query[:, :half].copy(), reference[:, half:].copy()
+    query_part, reference_part = query[:, : half + 100].copy(), reference[:, half - 100 :].copy()
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
         pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)
-    assert "The query and the reference share only 0 of the" in caplog.text
-    assert query_part.uns["panfoma_label"]["params"]["shared_genes"] == 0
+    shared = query_part.uns["panfoma_label"]["params"]["shared_genes"]
+    assert 0 < shared <= 200
+    assert f"The query and the reference share only {shared} of the" in caplog.text
     assert query_part.uns["panfoma_label"]["params"]["reference_genes"]["n_matched"] > 0
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
         pf.tl.annotate(query_part, reference_part, labels_key="cell_type", **kwargs)  # rerun: our own column
     assert "which no earlier pf.tl.annotate call wrote" not in caplog.text
+
+
+def test_a_query_and_reference_without_common_genes_are_refused_before_any_work(split, tiny_checkpoint):
+    reference, query = split
+    half = query.n_vars // 2
+    query_part, reference_part = query[:, :half].copy(), reference[:, half:].copy()
+    before = query_part.copy()
+    for method in ("knn", "finetune"):
+        with pytest.raises(ValueError, match=r"share none of their model genes.*disjoint genes"):
+            pf.tl.annotate(query_part, reference_part, labels_key="cell_type", method=method, model=tiny_checkpoint)
+    assert_equal(query_part, before)
 
 
 def test_a_gene_subset_is_warned_about_once_per_dataset_each_by_its_own_name(split, tiny_checkpoint, caplog):

@@ -67,6 +67,30 @@ def test_saved_classifier_predicts_the_same_and_registers(split, tiny_checkpoint
     np.testing.assert_allclose(again.obs["panfoma_label_confidence"], first.obs["panfoma_label_confidence"], atol=1e-6)
 
 
+def test_a_failed_prediction_leaves_no_saved_model_and_no_labels(split, tiny_checkpoint, tmp_path, monkeypatch):
+    reference, query = split
+    before = query.copy()
+    path = tmp_path / "classifier.safetensors"
+
+    def fail(self, **kwargs):
+        raise RuntimeError("prediction failed")
+
+    monkeypatch.setattr(EmbeddingJob, "predict", fail)
+    with pytest.raises(RuntimeError, match="prediction failed"):
+        pf.tl.annotate(
+            query,
+            reference,
+            labels_key="cell_type",
+            model=tiny_checkpoint,
+            method="finetune",
+            max_epochs=1,
+            save_model=path,
+            progress=False,
+        )
+    assert not path.exists()
+    assert_equal(query, before)
+
+
 def test_finetuning_fits_the_reference_labels(pbmc_sorted, tiny_checkpoint):
     model = pf.models.load(tiny_checkpoint)
     job = EmbeddingJob.prepare(pbmc_sorted, model)

@@ -388,3 +388,26 @@ def test_replacing_a_result_no_panfoma_tool_wrote_is_warned_about(pbmc68k, tiny_
         pf.tl.embed(adata, tiny_checkpoint, key_added="X_mine", progress=False, n_genes=32)
         pf.tl.embed(adata, tiny_checkpoint, key_added="X_pf", progress=False, n_genes=32, copy=True)
     assert "no panfoma tool wrote" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"), pytest.raises(ValueError, match="batch_size"):
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_mine", batch_size=0, progress=False)  # refused: no warning
+    assert "replaces" not in caplog.text
+
+
+def test_replacing_another_panfoma_tools_result_names_that_tool(pbmc68k, tiny_checkpoint, caplog):
+    adata = pbmc68k[:40].copy()
+    adata.obs["batch"] = np.repeat(["a", "b"], 20)
+    pf.tl.integrate(adata, "batch", model=tiny_checkpoint, max_steps=1, n_genes=32, progress=False)
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_panfoma_integrated", progress=False, n_genes=32)
+    expected = "pf.tl.embed replaces adata.obsm['X_panfoma_integrated'] and adata.uns['X_panfoma_integrated'], which "
+    assert expected + "an earlier pf.tl.integrate call wrote" in caplog.text
+    assert adata.uns["X_panfoma_integrated"]["params"]["tool"] == "pf.tl.embed"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):  # now embed's own result: a rerun
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_panfoma_integrated", progress=False, n_genes=32)
+    assert "replaces" not in caplog.text
+    del adata.uns["X_panfoma_integrated"]["params"]["tool"]  # a record from before records named their tool
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        pf.tl.embed(adata, tiny_checkpoint, key_added="X_panfoma_integrated", progress=False, n_genes=32)
+    assert "replaces" not in caplog.text

@@ -28,6 +28,8 @@ def test_integrate_writes_embedding_and_scanpy_runs_on_it(two_batches, tiny_chec
     assert params["batch_key"] == "batch"
     assert params["n_batches"] == 2
     assert params["steps"] == 3
+    assert params["fine_tuning"]["max_steps"] == 3
+    assert not {"validation_fraction", "patience", "probe_steps"} & set(params["fine_tuning"])  # classifier only
     sc.pp.neighbors(two_batches, use_rep="X_panfoma_integrated")
     # the saved model reproduces the embedding
     again = pf.tl.embed(two_batches, path, progress=False, copy=True)

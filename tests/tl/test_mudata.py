@@ -104,7 +104,9 @@ def test_replacing_mudata_entries_no_panfoma_tool_wrote_is_warned_about(citeseq,
 
 def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkpoint, tmp_path):
     zero_shot = pf.tl.embed(citeseq.mod["rna"], tiny_checkpoint, progress=False, copy=True).obsm["X_panfoma"]
-    result = pf.tl.integrate(citeseq, "batch", model=tiny_checkpoint, max_steps=2, progress=False, copy=True)
+    result = pf.tl.integrate(
+        citeseq, "batch", model=tiny_checkpoint, max_steps=2, batch_size=16, progress=False, copy=True
+    )
     assert "X_panfoma_integrated" not in citeseq.obsm
     joint = result.obsm["X_panfoma_integrated"]
     assert joint.shape == (citeseq.n_obs, 32)
@@ -112,8 +114,17 @@ def test_integrate_joint_protein_then_scanpy_graph_and_umap(citeseq, tiny_checkp
     assert np.isfinite(joint).all()
     assert not np.allclose(joint, zero_shot, atol=1e-3)
     uns = result.uns["X_panfoma_integrated"]
-    assert uns["params"]["method"] == "joint"
-    assert uns["params"]["steps"] == 2
+    params = uns["params"]
+    assert params["method"] == "joint"
+    assert params["steps"] == 2
+    base = pf.models.load(tiny_checkpoint)
+    # the joint network exists only in this result: named after its starting point, with the settings that shaped it
+    assert params["model"] == f"{base.name}-joint"
+    assert "sha256" not in params
+    assert (params["fine_tuned_from"], params["fine_tuned_from_name"]) == (base.sha256, base.name)
+    assert params["fine_tuning"]["batch_size"] == 16
+    assert params["fine_tuning"]["max_steps"] == 2
+    assert not {"validation_fraction", "patience", "probe_steps"} & set(params["fine_tuning"])
     prot = uns["modalities"]["prot"]
     assert prot["n_features"] == 14  # the 10k panel has 14 of the 29 antibodies
     assert prot["n_left_out_not_in_every_batch"] == 15
@@ -191,6 +202,10 @@ def _bad_citeseq(citeseq, case):
         return citeseq, {"batch_key": "donor"}, KeyError, "batch_key='donor'"
     if case == "bad method":
         return citeseq, {"method": "wnn"}, ValueError, "method='wnn' is not available"
+    if case == "bad fine-tuning settings for late fusion":
+        return citeseq, {"method": "late_fusion", "max_epochs": -5}, ValueError, "max_epochs must be an integer >= 1"
+    if case == "bad learning rate":
+        return citeseq, {"method": "late_fusion", "learning_rate": -1.0}, ValueError, "learning_rate must be"
     if case == "key named like a modality":
         return citeseq, {"key_added": "prot"}, ValueError, r"key_added='prot' is the name of a modality"
     raise AssertionError(case)
@@ -209,6 +224,8 @@ CASES = [
     "single batch",
     "missing batch column",
     "bad method",
+    "bad fine-tuning settings for late fusion",
+    "bad learning rate",
     "key named like a modality",
 ]
 

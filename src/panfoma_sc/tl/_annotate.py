@@ -16,7 +16,7 @@ from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, check_storable_key, warn_if_replacing
+from ._keys import check_result_target, check_storable_key, warn_if_replacing, written_by
 from ._linear_probe import LinearProbe
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
@@ -79,8 +79,11 @@ def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
 
 
 def _is_annotation(params: Mapping) -> bool:
-    """Whether an ``uns`` record comes from an earlier :func:`annotate` call."""
-    return params.get("method") in METHODS
+    """Whether an ``uns`` record comes from an earlier :func:`annotate` call (older records name no tool)."""
+    return written_by(params, TOOL) and ("tool" in params or params.get("method") in METHODS)
+
+
+TOOL = "pf.tl.annotate"
 
 
 def _check_arguments(
@@ -117,10 +120,18 @@ def _prepare_reference(reference: AnnData, pretrained: PretrainedModel, **option
 
 
 def _warn_if_few_shared_genes(query: EmbeddingJob, reference: EmbeddingJob) -> int:
-    """Log a warning when the two datasets share few of their model genes; returns how many they share."""
+    """Refuse datasets sharing no model gene, warn when they share few; returns how many they share."""
     query_genes, reference_genes = set(query.match.gene_ids.tolist()), set(reference.match.gene_ids.tolist())
     shared = len(query_genes & reference_genes)
     union = len(query_genes | reference_genes)
+    if shared == 0:
+        msg = (
+            f"The query and the reference share none of their model genes (the query holds {len(query_genes)}, the "
+            f"reference {len(reference_genes)}): their embeddings would come from disjoint genes, so no label can "
+            "transfer. Check that both name genes the same way (symbols or Ensembl IDs; gene_symbols= names a var "
+            "column of symbols) and that they measure overlapping genes."
+        )
+        raise ValueError(msg)
     if shared < SHARED_GENES_WARNING * union:
         logger.warning(
             "The query and the reference share only %d of the %d model genes either holds (%.0f%%): their cells "
@@ -347,7 +358,7 @@ def annotate(
     if not copy:
         warn_if_replacing(
             adata,
-            tool="pf.tl.annotate",
+            tool=TOOL,
             uns_key=key_added,
             obs_keys=[key_added, f"{key_added}_confidence"],
             is_rerun=_is_annotation,
@@ -402,10 +413,10 @@ def annotate(
             }
             if "validation_accuracy" in history:
                 details["validation_accuracy"] = float(history["validation_accuracy"].max())
-            if save_model is not None:
-                pretrained.save(save_model)
-                details["saved_model"] = str(save_model)
         probabilities = query_job.predict(device=device, progress=progress)
+        if save_model is not None and reference_job is not None:  # after the prediction: a failed call saves nothing
+            pretrained.save(save_model)
+            details["saved_model"] = str(save_model)
         winner = probabilities.argmax(1)
         confidence = probabilities[np.arange(winner.size), winner]
         classes = np.asarray(pretrained.classes, dtype=object)
@@ -417,5 +428,5 @@ def annotate(
     categories = list(dict.fromkeys([*classes, UNKNOWN]))
     adata.obs[key_added] = pd.Categorical(predicted, categories=categories)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.uns[key_added] = query_job.provenance(**details)
+    adata.uns[key_added] = query_job.provenance(TOOL, **details)
     return adata if copy else None

@@ -96,7 +96,8 @@ def embed(
         Show a progress bar.
     seed
         Seed of the per-cell gene sampling and token order (the result is deterministic on CPU for a given seed;
-        another seed moves embeddings slightly: cosine at least 0.997 on 150 pbmc3k cells).
+        another seed moves embeddings slightly: between seeds 0 and 1, cosine at least 0.995 on 150 pbmc3k cells
+        with all genes, 0.997 with 2,000 highly variable genes).
 
     Returns
     -------
@@ -145,8 +146,6 @@ def embed(
             precision=precision,
         )
     check_result_target(adata, copy=copy)
-    if not copy:
-        warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
     job = EmbeddingJob.prepare(
         adata,
         resolve_model(model),
@@ -160,10 +159,12 @@ def embed(
         precision=precision,
         device=device,
     )
+    if not copy:  # once every check passed: a refused call replaces nothing
+        warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
     embedding = job.run(device=device, progress=progress)
     if copy:  # after the work: a backed input is streamed, and bad input fails before anything is loaded
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     adata.obsm[keys.obsm] = embedding
-    adata.uns[keys.uns] = job.provenance(obsm_key=keys.obsm)
+    adata.uns[keys.uns] = job.provenance("pf.tl.embed", obsm_key=keys.obsm)
     logger.info("Wrote the embedding to adata.obsm[%r] and details to adata.uns[%r].", keys.obsm, keys.uns)
     return adata if copy else None

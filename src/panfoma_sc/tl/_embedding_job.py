@@ -174,16 +174,17 @@ class EmbeddingJob:
             rows=self.rows,
         )
 
-    def provenance(self, **extra: Any) -> dict[str, Any]:
+    def provenance(self, tool: str, **extra: Any) -> dict[str, Any]:
         """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind.
 
-        The parameters name the model (name, version, sha256) and, for a fine-tuned one, the model it started from
+        The parameters name the tool that wrote the record (``"pf.tl.embed"``, ...), the model (name, version, sha256) and, for a fine-tuned one, the model it started from
         (``fine_tuned_from`` is its sha256, with ``fine_tuned_from_name`` and ``fine_tuned_from_version``) and the
         fine-tuning settings.
         """
         version = self.model.info.get("version")
         base = self.model.info.get("fine_tuned_from", {})  # a fine-tuned model: its starting point and settings
         params = {
+            "tool": tool,
             "model": self.model.name,
             "sha256": self.model.sha256,
             "model_version": None if version is None else str(version),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anndata import AnnData
 
-from .._arguments import require_flag, require_number
+from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
@@ -217,6 +217,9 @@ def integrate(
         ("feature_weight", feature_weight),
     ):
         require_number(name, weight, 0)
+    require_integer("max_epochs", max_epochs, 1)  # as FineTuneConfig, here for every path (late fusion has none)
+    require_integer("max_steps", max_steps, 1, allow_none=True)
+    require_number("learning_rate", learning_rate, 0, low_open=True)
     if method not in ("joint", "late_fusion"):
         msg = f"method={method!r} is not available; use 'joint' or 'late_fusion' (with a MuData)."
         raise ValueError(msg)
@@ -308,6 +311,7 @@ def integrate(
     adata.obsm[keys.obsm] = embedding
     tail = history.tail(max(len(history) // 10, 1))
     adata.uns[keys.uns] = job.provenance(
+        "pf.tl.integrate",
         obsm_key=keys.obsm,
         batch_key=batch_key,
         n_batches=len(codes.categories),

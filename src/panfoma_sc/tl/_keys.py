@@ -18,6 +18,7 @@ __all__ = [
     "check_storable_key",
     "embedding_keys",
     "warn_if_replacing",
+    "written_by",
     "written_by_panfoma",
 ]
 
@@ -71,6 +72,14 @@ def written_by_panfoma(params: Mapping) -> bool:
     return "panfoma_sc_version" in params
 
 
+def written_by(params: Mapping, tool: str) -> bool:
+    """Whether an ``uns`` record's parameters come from an earlier call of ``tool`` (e.g. ``"pf.tl.embed"``).
+
+    Records name their tool (``params["tool"]``); a panfoma record from before that counts as any tool's.
+    """
+    return written_by_panfoma(params) and params.get("tool", tool) == tool
+
+
 def warn_if_replacing(
     data: AnnData | MuData,
     *,
@@ -78,20 +87,24 @@ def warn_if_replacing(
     uns_key: str,
     obsm_keys: Sequence[str] = (),
     obs_keys: Sequence[str] = (),
-    is_rerun: Callable[[Mapping], bool] = written_by_panfoma,
+    is_rerun: Callable[[Mapping], bool] | None = None,
     owner: str = "no panfoma tool",
     name: str = "adata",
 ) -> None:
     """Warn before replacing ``obsm``/``obs``/``uns`` entries that an earlier run of the tool did not write.
 
-    ``uns[uns_key]`` holds a tool's record; when its ``params`` pass ``is_rerun``, replacing the entries is what a
-    rerun means and passes silently, as in scanpy. ``owner`` names who should have written them in the message
-    (``"no panfoma tool"``, ``"no earlier pf.tl.annotate call"``) and ``name`` the object (``"mdata"``).
+    ``uns[uns_key]`` holds a tool's record; when its ``params`` pass ``is_rerun`` (default: :func:`written_by`
+    ``tool``), replacing the entries is what a rerun means and passes silently, as in scanpy. The message names
+    the panfoma tool that wrote them when another one did, else ``owner`` (``"no panfoma tool"``, ``"no earlier
+    pf.tl.annotate call"``); ``name`` names the object (``"mdata"``).
     """
     record = data.uns.get(uns_key)
     params = record.get("params") if isinstance(record, Mapping) else None
-    if isinstance(params, Mapping) and is_rerun(params):
-        return
+    if isinstance(params, Mapping):
+        if (is_rerun or (lambda recorded: written_by(recorded, tool)))(params):
+            return
+        if written_by_panfoma(params) and isinstance(params.get("tool"), str):
+            owner = f"an earlier {params['tool']} call"
     taken = [f"obsm[{key!r}]" for key in obsm_keys if key in data.obsm]
     taken += [f"obs[{key!r}]" for key in obs_keys if key in data.obs.columns]
     taken += [f"uns[{uns_key!r}]"] if uns_key in data.uns else []

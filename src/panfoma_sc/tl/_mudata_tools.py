@@ -80,7 +80,7 @@ def embed_mudata(
     if copy:
         mdata = mdata.copy()
     rna = mdata.mod[modality]
-    provenance = job.provenance(obsm_key=keys.obsm, modality=modality)
+    provenance = job.provenance("pf.tl.embed", obsm_key=keys.obsm, modality=modality)
     rna.obsm[keys.obsm] = embedding
     rna.uns[keys.uns] = provenance
     joint = np.full((mdata.n_obs, embedding.shape[1]), np.nan, dtype=np.float32)
@@ -156,6 +156,7 @@ def integrate_mudata(
     shared, rows = modality_rows(mdata, [modality, *others.values()], require_all=True)
     codes = _batch_codes(mdata, batch_key, modality, shared)
     job = _prepare_rna(mdata, modality, rows[modality], model=model, device=device, **job_kwargs)
+    config = _finetune_config(job, finetune)  # checks the settings before the features are computed
     batches = None if codes is None else np.asarray(codes.codes, dtype=np.int64)
     features: list[ModalityFeatures] = []
     if "protein" in others:
@@ -171,11 +172,13 @@ def integrate_mudata(
     if not copy:
         _warn_if_replacing(mdata, keys, tool="pf.tl.integrate")
     # every check passed: compute, then write
+    lineage = {}
     if method == "joint":
-        embedding, history = _joint(job, features, batches, codes, finetune, device, progress)
+        embedding, history = _joint(job, features, batches, codes, config, finetune, device, progress)
         job.precision_used = "fp32"  # the joint encoder embeds without autocast
+        lineage = _joint_lineage(job.model, config)
     else:
-        embedding, history = _late_fusion(job, features, batches, codes, finetune, device, progress)
+        embedding, history = _late_fusion(job, features, batches, codes, config, finetune, device, progress)
     if copy:
         mdata = mdata.copy()
     mdata.obsm[keys.obsm] = embedding
@@ -186,8 +189,9 @@ def integrate_mudata(
         "n_batches": None if codes is None else len(codes.categories),
         "steps": None if history is None else len(history),
         **_applied_finetune_settings(method, finetune, fine_tuned=history is not None),
+        **lineage,
     }
-    provenance = job.provenance(obsm_key=keys.obsm, **params)
+    provenance = job.provenance("pf.tl.integrate", obsm_key=keys.obsm, **params)
     provenance["modalities"] = {f.modality: f.summary for f in features}
     if history is not None and len(history):
         tail = history.tail(max(len(history) // 10, 1))
@@ -205,6 +209,26 @@ def _applied_finetune_settings(method: str, finetune: dict[str, Any], *, fine_tu
     return {k: v for k, v in finetune.items() if v is not None and k not in skip}
 
 
+def _joint_lineage(model: PretrainedModel, config) -> dict[str, Any]:
+    """Provenance of the joint network, which exists only in the result: named after its starting point.
+
+    As a fine-tuned model's record: ``model`` is ``<base>-joint`` (no checkpoint, so no sha256), ``fine_tuned_from``
+    the base's sha256 with its name and version, and ``fine_tuning`` the settings used (``batch_size`` included).
+    """
+    from ..train import integration_settings
+
+    version = model.info.get("version")
+    return {
+        "model": f"{model.name}-joint",
+        "sha256": None,
+        "model_version": None,
+        "fine_tuned_from": model.sha256,
+        "fine_tuned_from_name": model.name,
+        "fine_tuned_from_version": None if version is None else str(version),
+        "fine_tuning": integration_settings(config),
+    }
+
+
 def _finetune_config(job: EmbeddingJob, finetune: dict[str, Any]):
     from ..train import FineTuneConfig
 
@@ -218,7 +242,7 @@ def _finetune_config(job: EmbeddingJob, finetune: dict[str, Any]):
     )
 
 
-def _joint(job, features, batches, codes, finetune, device, progress):
+def _joint(job, features, batches, codes, config, finetune, device, progress):
     from ..data.features import feature_bins
     from ..train import FeatureTokens, finetune_multimodal
 
@@ -236,7 +260,7 @@ def _joint(job, features, batches, codes, finetune, device, progress):
         tokens,
         batches,
         1 if codes is None else len(codes.categories),
-        config=_finetune_config(job, finetune),
+        config=config,
         feature_weight=finetune["feature_weight"],
         adversarial_weight=finetune["adversarial_weight"],
         mmd_weight=finetune["mmd_weight"],
@@ -247,7 +271,7 @@ def _joint(job, features, batches, codes, finetune, device, progress):
     return embedding, history
 
 
-def _late_fusion(job, features, batches, codes, finetune, device, progress):
+def _late_fusion(job, features, batches, codes, config, finetune, device, progress):
     history = None
     if codes is not None:  # the RNA part is batch-corrected as pf.tl.integrate does on an AnnData
         from ..train import finetune_integration
@@ -257,7 +281,7 @@ def _late_fusion(job, features, batches, codes, finetune, device, progress):
             job.cell_rows(),
             batches,
             len(codes.categories),
-            config=_finetune_config(job, finetune),
+            config=config,
             adversarial_weight=finetune["adversarial_weight"],
             mmd_weight=finetune["mmd_weight"],
             device=device,

@@ -10,7 +10,7 @@ from ._corpus import (
     default_pretraining_files,
 )
 from ._distributed import finish_distributed, init_distributed
-from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration
+from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration, integration_settings
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._multimodal import FeatureTokens, MultimodalEncoder, finetune_multimodal
 from ._pretrain import InvalidSettingError, PretrainingObjective, TrainingConfig, check_resumable, pretrain
@@ -38,5 +38,6 @@ __all__ = [
     "finetune_multimodal",
     "finish_distributed",
     "init_distributed",
+    "integration_settings",
     "pretrain",
 ]

@@ -448,6 +448,15 @@ def dataclass_dict(config: FineTuneConfig) -> dict[str, Any]:
     return {k: v for k, v in vars(config).items() if v is not None}
 
 
+#: :class:`FineTuneConfig` fields that only the classifier uses (integration has no labels to validate on)
+CLASSIFIER_ONLY = ("validation_fraction", "patience", "probe_steps")
+
+
+def integration_settings(config: FineTuneConfig) -> dict[str, Any]:
+    """JSON-able settings of an integration run: those it uses, without the classifier-only ones."""
+    return {k: v for k, v in dataclass_dict(config).items() if k not in CLASSIFIER_ONLY}
+
+
 def _base_model_provenance(model: PretrainedModel) -> dict[str, Any]:
     """What a fine-tuned model records of its starting point: name, version and checksum (``None`` when unknown).
 
@@ -652,7 +661,7 @@ def finetune_integration(
             "mmd_weight": mmd_weight,
             "steps": len(history),
         },
-        "fine_tuning": dataclass_dict(config),
+        "fine_tuning": integration_settings(config),
     }
     tuned = PretrainedModel.from_network(
         objective.network.eval(),

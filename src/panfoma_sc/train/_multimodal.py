@@ -26,7 +26,7 @@ from ._finetune import (
     _scheduled_minibatches,
     _step_budget,
     batch_mmd,
-    dataclass_dict,
+    integration_settings,
     keeps_torch_rng,
 )
 
@@ -273,5 +273,5 @@ def finetune_multimodal(
             bar.update(1)
             bar.set_postfix(feature=f"{record['loss_feature']:.3f}", mvc=f"{record['loss_mvc']:.3f}")
     network.eval()
-    logger.info("Joint fine-tuning: %d steps (%s).", len(history), dataclass_dict(config))
+    logger.info("Joint fine-tuning: %d steps (%s).", len(history), integration_settings(config))
     return encoder, pd.DataFrame(history)
