@@ -177,9 +177,9 @@ class EmbeddingJob:
     def provenance(self, tool: str, **extra: Any) -> dict[str, Any]:
         """What to record in ``uns``: parameters (no ``None``, which h5ad cannot store), gene match, input kind.
 
-        The parameters name the tool that wrote the record (``"pf.tl.embed"``, ...), the model (name, version, sha256) and, for a fine-tuned one, the model it started from
-        (``fine_tuned_from`` is its sha256, with ``fine_tuned_from_name`` and ``fine_tuned_from_version``) and the
-        fine-tuning settings.
+        The parameters name the tool that wrote the record (``"pf.tl.embed"``, ...), the model (name, version,
+        sha256) and, for a fine-tuned one, the model it started from (``fine_tuned_from`` is its sha256, with
+        ``fine_tuned_from_name`` and ``fine_tuned_from_version``) and the fine-tuning settings.
         """
         version = self.model.info.get("version")
         base = self.model.info.get("fine_tuned_from", {})  # a fine-tuned model: its starting point and settings
