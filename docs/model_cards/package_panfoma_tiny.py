@@ -6,14 +6,17 @@ gene selection, value encoding) chosen on labelled files of the training corpus 
 evaluation sets), and updates ``src/panfoma_sc/models/registry.json``.
 
 With ``--metrics`` the held-out evaluation (``evaluate_panfoma_tiny.py``'s CSV) is stored in the checkpoint's
-metadata (``info["metrics"]``, shown by ``pf.models.describe``). ``--metrics`` without a run folder adds it to the
-bundled checkpoint as it is: the weights are copied byte for byte, only the metadata and so the sha256 change.
+metadata (``info["metrics"]``, shown by ``pf.models.describe``). ``--metrics`` or ``--gene-table`` without a run
+folder update the bundled checkpoint as it is: the weights are copied byte for byte, only the metadata and so the
+sha256 change. ``--gene-table`` (a headerless ``ensembl_id,symbol`` CSV such as GENCODE's) records every Ensembl ID
+of each vocabulary symbol, so that data indexed by any of them match.
 
 Usage (from the repository root)::
 
     python docs/model_cards/package_panfoma_tiny.py runs/panfoma-tiny-v1 --n-genes 256 --version 1.1 \
         --metrics docs/model_cards/panfoma-tiny-eval.csv
     python docs/model_cards/package_panfoma_tiny.py --metrics docs/model_cards/panfoma-tiny-eval.csv
+    python docs/model_cards/package_panfoma_tiny.py --gene-table ../shared/data/genes/GENCODEv44_gene_id_to_name.csv
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from panfoma_sc.data.vocab import GeneVocabulary, normalize_gene_name
 from panfoma_sc.models import read_checkpoint, sha256sum, write_checkpoint
 from panfoma_sc.nn import PanFoMa
+from panfoma_sc.train import ensembl_ids_by_symbol
 
 PACKAGE = Path("src/panfoma_sc/models")
 TARGET = PACKAGE / "weights" / "panfoma-tiny.safetensors"
@@ -71,17 +76,24 @@ def held_out_metrics(table: Path) -> dict:
     }
 
 
-def add_metrics(table: Path) -> str:
-    """Store ``held_out_metrics(table)`` in the bundled checkpoint's metadata, weights untouched; its sha256."""
+def update_bundled(metrics: Path | None, gene_table: Path | None) -> str:
+    """Store ``held_out_metrics(metrics)`` and/or the vocabulary's Ensembl IDs from ``gene_table`` in the bundled
+    checkpoint's metadata, weights untouched; returns its sha256."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
     with safe_open(str(TARGET), framework="numpy") as handle:
         metadata = dict(handle.metadata())
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    info = json.loads(metadata["info"])
-    info["metrics"] = held_out_metrics(table)
-    metadata["info"] = json.dumps(info)
+    if metrics is not None:
+        info = json.loads(metadata["info"])
+        info["metrics"] = held_out_metrics(metrics)
+        metadata["info"] = json.dumps(info)
+    if gene_table is not None:
+        vocab = GeneVocabulary.from_json(metadata["vocab"])
+        ids_of = ensembl_ids_by_symbol(gene_table)
+        ensembl_ids = [ids_of.get(normalize_gene_name(symbol), "") for symbol in vocab.symbols]
+        metadata["vocab"] = GeneVocabulary(vocab.symbols, ensembl_ids).to_json()
     partial = TARGET.with_suffix(".partial")
     save_file(tensors, str(partial), metadata=metadata)
     partial.replace(TARGET)
@@ -106,11 +118,12 @@ def main() -> None:
     parser.add_argument("--value-encoding", default="presence", choices=["presence", "rank"], help="at inference")
     parser.add_argument("--version", default="1")
     parser.add_argument("--metrics", type=Path, help="evaluate_panfoma_tiny.py's CSV, stored in the metadata")
+    parser.add_argument("--gene-table", type=Path, help="ensembl_id,symbol CSV: every Ensembl ID of each symbol")
     args = parser.parse_args()
     if args.run is None:
-        if args.metrics is None:
-            parser.error("pass a run folder to package, or --metrics to add to the bundled checkpoint")
-        entry = update_registry(add_metrics(args.metrics))
+        if args.metrics is None and args.gene_table is None:
+            parser.error("pass a run folder to package, or --metrics / --gene-table to update the bundled checkpoint")
+        entry = update_registry(update_bundled(args.metrics, args.gene_table))
         print(json.dumps({k: v for k, v in entry.items() if k != "config"}, indent=2))
         return
     if args.n_genes is None:

@@ -35,6 +35,27 @@ def test_lookup_by_ensembl_id_with_and_without_version(vocab: GeneVocabulary):
     np.testing.assert_array_equal(ids, [OFFSET + 0, OFFSET + 0, OFFSET + 1, OFFSET + 3])
 
 
+def test_every_ensembl_id_of_a_symbol_matches_it():
+    vocab = GeneVocabulary.from_genes(["MATR3", "TP53"], ["ENSG00000015479;ENSG00000280987", "ENSG00000141510"])
+    ids = vocab.lookup(["ENSG00000015479.20", "ENSG00000280987", "MATR3", "ENSG00000141510", "ENSG00000015479;"])
+    np.testing.assert_array_equal(ids, [OFFSET, OFFSET, OFFSET, OFFSET + 1, -1])
+    again = GeneVocabulary.from_json(vocab.to_json())
+    np.testing.assert_array_equal(again.lookup(["ENSG00000280987"]), [OFFSET])
+
+
+def test_ensembl_ids_by_symbol_keeps_every_id_of_a_symbol(tmp_path):
+    from panfoma_sc.train import ensembl_ids_by_symbol
+
+    table = tmp_path / "genes.csv"
+    table.write_text(
+        "ENSG00000280987.4,MATR3\nENSG00000015479.20,MATR3\nENSG00000141510.18,TP53\nENSG00000015479.20,MATR3\n"
+    )
+    assert ensembl_ids_by_symbol(table) == {
+        "MATR3": "ENSG00000280987;ENSG00000015479",
+        "TP53": "ENSG00000141510",
+    }
+
+
 def test_ensembl_ids_need_the_ensembl_column():
     plain = GeneVocabulary.from_genes(SYMBOLS)
     assert plain.lookup(["ENSG00000141510.16"]).tolist() == [-1]

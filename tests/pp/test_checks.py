@@ -45,6 +45,20 @@ def test_tpm_like_scale_is_nonnegative():
     assert check_expression(AnnData(X=tpm.astype(np.float32))).kind == "nonnegative"
 
 
+@pytest.mark.parametrize("dtype", [bool, np.float32])
+def test_a_binary_matrix_is_reported_and_warned_about(dtype, caplog):
+    presence = _counts() > 0
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        report = check_expression(AnnData(X=sparse.csr_matrix(presence.astype(dtype))))
+    assert report.kind == "binary"
+    assert "adata.X holds only 0 and 1" in caplog.text
+    assert "arbitrary subset" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfoma_sc"):
+        assert check_expression(AnnData(X=_counts())).kind == "counts"
+    assert "only 0 and 1" not in caplog.text
+
+
 def test_layer_is_used():
     counts = _counts()
     adata = AnnData(X=_log_normalized(counts), layers={"counts": sparse.csr_matrix(counts)})

@@ -84,6 +84,20 @@ def test_no_overlap_raises(vocab: GeneVocabulary):
     assert "gene_symbols" in str(info.value)  # names the fix
 
 
+def test_a_transposed_matrix_is_named_with_the_fix(vocab: GeneVocabulary):
+    genes_by_cells = AnnData(
+        X=np.ones((4, 3), dtype=np.float32),
+        obs=pd.DataFrame(index=["GENE1", "gene2", "ENSG00000000003", "GENE4"]),
+        var=pd.DataFrame(index=["AAACCTG-1", "AAACGGG-1", "AAAGATG-1"]),
+    )
+    with pytest.raises(ValueError, match=r"looks transposed .* reference = reference\.T\.copy\(\)") as info:
+        match_genes(genes_by_cells, vocab, adata_name="reference")
+    assert "obs_names are genes (['GENE1', 'gene2', 'ENSG00000000003'])" in str(info.value)
+    with pytest.raises(ValueError, match="gene_symbols") as info:  # cell names that are not genes: the usual hint
+        match_genes(_adata(["foo", "bar", "baz"]), vocab)
+    assert "transposed" not in str(info.value)
+
+
 def test_no_overlap_with_foreign_ensembl_ids_hints_species(vocab: GeneVocabulary):
     adata = _adata(["ENSMUSG00000000001", "ENSMUSG00000000003", "ENSMUSG00000000028"])
     with pytest.raises(ValueError, match="non-human species") as info:

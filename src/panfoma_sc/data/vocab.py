@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PAD_TOKEN", "SPECIAL_TOKENS", "GeneVocabulary", "normalize_gene_name"]
+__all__ = ["ENSEMBL_ID_SEPARATOR", "PAD_TOKEN", "SPECIAL_TOKENS", "GeneVocabulary", "normalize_gene_name"]
 
 PAD_TOKEN = "<pad>"
 CLS_TOKEN = "<cls>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN)
+
+#: separates the Ensembl IDs of a symbol that has several in :attr:`GeneVocabulary.ensembl_ids`
+ENSEMBL_ID_SEPARATOR = ";"
 
 _ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})\.\d+$", re.IGNORECASE)
 _ENSEMBL = re.compile(r"^ENS([A-Z]*)G\d{6,}$", re.IGNORECASE)
@@ -61,8 +64,9 @@ class GeneVocabulary:
     symbols
         Gene symbols in embedding order, without special tokens.
     ensembl_ids
-        Optional Ensembl gene ID of each symbol (same length; empty string where unknown), so that data
-        indexed by Ensembl IDs can be matched.
+        Optional Ensembl gene IDs of each symbol (same length; empty string where unknown), so that data
+        indexed by Ensembl IDs can be matched. A symbol with several IDs (GENCODE gives 147 of them two, e.g.
+        ``MATR3``) lists them all, separated by ``;``: data naming any of them match the symbol.
     """
 
     symbols: list[str]
@@ -83,9 +87,10 @@ class GeneVocabulary:
         offset = len(SPECIAL_TOKENS)
         self._index = {key: i + offset for i, key in enumerate(keys)}
         if self.ensembl_ids is not None:
-            for i, ensembl_id in enumerate(self.ensembl_ids):
-                if ensembl_id:
-                    self._index.setdefault(normalize_gene_name(ensembl_id), i + offset)
+            for i, ids in enumerate(self.ensembl_ids):
+                for ensembl_id in str(ids).split(ENSEMBL_ID_SEPARATOR):
+                    if ensembl_id:
+                        self._index.setdefault(normalize_gene_name(ensembl_id), i + offset)
 
     @classmethod
     def from_genes(cls, symbols: Iterable[str], ensembl_ids: Sequence[str] | None = None) -> GeneVocabulary:

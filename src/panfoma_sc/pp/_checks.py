@@ -67,7 +67,7 @@ def _clipped_at_one_maximum(gene_maxima: np.ndarray | float, variance: np.ndarra
 class ExpressionReport:
     """What :func:`check_expression` found."""
 
-    kind: str  # "counts", "log-normalized" or "nonnegative"
+    kind: str  # "counts", "binary" (0 and 1 only), "log-normalized" or "nonnegative"
     n_cells: int
     n_genes: int
     max_value: float
@@ -185,7 +185,15 @@ def check_expression(
             f"that PanFoMa reads. {unscaled}"
         )
         raise ValueError(msg)
-    if all_integer:
+    if all_integer and max_value == 1:
+        kind = "binary"
+        logger.warning(
+            "%s holds only 0 and 1 (a binary or boolean matrix, e.g. detection calls): the expressed genes of a cell "
+            "all tie, so where a cell has more of them than the model reads (n_genes), those it reads are an "
+            "arbitrary subset. Pass counts or log1p-normalized values if you have them.",
+            where,
+        )
+    elif all_integer:
         kind = "counts"
     elif max_value <= _LOG_SCALE_MAX:
         kind = "log-normalized"

@@ -80,6 +80,10 @@ def match_genes(
 ) -> GeneMatch:
     """Match ``adata``'s genes to ``vocab`` by symbol (any case) or Ensembl ID (version suffix ignored).
 
+    Every Ensembl ID the vocabulary lists for a symbol matches it. Outdated symbols are not translated to current
+    ones (``H3F3A`` and ``H3-3A`` are separate vocabulary genes, learned from datasets using each name). Where
+    several columns match one vocabulary gene, the first is used and the others are logged.
+
     Parameters
     ----------
     adata
@@ -115,6 +119,7 @@ def match_genes(
     vocab = _vocabulary(vocab)
     require_number("min_fraction", min_fraction, 0, 1)
     require_flag("use_raw", use_raw)
+    object_name = adata_name
     if use_raw:
         adata, adata_name = raw_values(adata, name=adata_name), f"{adata_name}.raw"
     if adata.n_vars == 0:
@@ -147,9 +152,10 @@ def match_genes(
         unmatched=unmatched,
     )
     if match.n_matched == 0:
+        hint = _transposed_hint(adata.obs_names, vocab, object_name) or _no_match_hint(names)
         msg = (
             f"None of the {len(names)} genes in {source} is in the model's vocabulary "
-            f"(e.g. {names[:3].tolist()}). {_no_match_hint(names)}"
+            f"(e.g. {names[:3].tolist()}). {hint}"
         )
         raise ValueError(msg)
     if match.fraction < min_fraction:
@@ -246,6 +252,17 @@ def _warn_if_gene_subset(adata: AnnData, adata_name: str = "adata") -> None:
 
 #: genome prefix of multi-genome references (10x "barnyard": ``hg19_CD3E``, ``GRCh38-CD3E``, ``mm10___Actb``)
 _GENOME_PREFIX = re.compile(r"^((?:hg|mm)\d\d|GRC[hm]\d\d)[_-]+", re.IGNORECASE)
+
+
+def _transposed_hint(obs_names: pd.Index, vocab: GeneVocabulary, name: str) -> str | None:
+    """The fix for a genes x cells matrix (text tables often are), when most cell names are vocabulary genes."""
+    sample = pd.Index(obs_names[:1000]).astype(str)
+    if len(sample) == 0 or (vocab.lookup(sample) >= 0).mean() <= 0.5:
+        return None
+    return (
+        f"Its obs_names are genes ({sample[:3].tolist()}): {name} looks transposed (genes x cells, as text tables "
+        f"often are). Make it cells x genes first: {name} = {name}.T.copy()."
+    )
 
 
 def _no_match_hint(names: np.ndarray) -> str:

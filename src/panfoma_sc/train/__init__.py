@@ -8,6 +8,7 @@ from ._corpus import (
     check_training_files,
     default_excluded_cells,
     default_pretraining_files,
+    ensembl_ids_by_symbol,
 )
 from ._distributed import finish_distributed, init_distributed
 from ._finetune import CellRows, FineTuneConfig, finetune_classifier, finetune_integration, integration_settings
@@ -33,6 +34,7 @@ __all__ = [
     "corpus_gene_factors",
     "default_excluded_cells",
     "default_pretraining_files",
+    "ensembl_ids_by_symbol",
     "finetune_classifier",
     "finetune_integration",
     "finetune_multimodal",

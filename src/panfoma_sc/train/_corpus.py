@@ -16,7 +16,7 @@ from scipy import sparse
 from .._arguments import is_integer
 from ..data.rows import ColumnMajorBackedError, check_row_readable, expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
-from ..data.vocab import GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
+from ..data.vocab import ENSEMBL_ID_SEPARATOR, GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
 from ..pp import ExpressionReport, check_expression, match_genes
 from ._held_out_cells import ExcludedCells, check_excluded_cells, training_rows
 
@@ -31,6 +31,7 @@ __all__ = [
     "check_training_files",
     "default_excluded_cells",
     "default_pretraining_files",
+    "ensembl_ids_by_symbol",
 ]
 
 #: Files of the shared data folder kept out of pretraining, with the reason. Their cells are the
@@ -201,8 +202,8 @@ def build_vocabulary(
     min_cells
         Keep genes seen expressed in at least this many cells overall.
     gene_table
-        Optional headerless CSV ``ensembl_id,symbol`` (e.g. GENCODE) to record each symbol's Ensembl ID, so
-        data indexed by Ensembl IDs match too.
+        Optional headerless CSV ``ensembl_id,symbol`` (e.g. GENCODE) to record each symbol's Ensembl IDs (all
+        of them, where a symbol has several), so data indexed by Ensembl IDs match too.
     exclude_cells
         ``{file name without .h5ad: {obs column: [values]}}``: cells not counted (those pretraining leaves out,
         e.g. :func:`default_excluded_cells`).
@@ -273,10 +274,8 @@ def build_vocabulary(
     symbols = [spelling[k] for k in keys]
     ensembl_ids = None
     if gene_table is not None:
-        table = pd.read_csv(gene_table, header=None, names=["ensembl_id", "symbol"], dtype=str)
-        table["key"] = table["symbol"].map(normalize_gene_name)
-        first_id = table.drop_duplicates("key").set_index("key")["ensembl_id"].map(normalize_gene_name)
-        ensembl_ids = [first_id.get(k, "") for k in keys]
+        ids_of = ensembl_ids_by_symbol(gene_table)
+        ensembl_ids = [ids_of.get(k, "") for k in keys]
     if spike_ins:
         logger.info("Vocabulary: %d ERCC spike-in controls left out (not genes).", len(spike_ins))
     vocab = GeneVocabulary(symbols, ensembl_ids)
@@ -284,6 +283,19 @@ def build_vocabulary(
         _require_vocabulary_genes(file, names, vocab)
     logger.info("Vocabulary: %d genes expressed in >= %d cells.", len(symbols), min_cells)
     return vocab
+
+
+def ensembl_ids_by_symbol(gene_table: str | Path) -> dict[str, str]:
+    """Every Ensembl ID of each symbol in a headerless ``ensembl_id,symbol`` CSV (e.g. GENCODE's).
+
+    Keys are normalized symbols (:func:`~panfoma_sc.data.vocab.normalize_gene_name`); values the symbol's IDs
+    (version suffixes removed) in the table's order, joined by ``;`` as :class:`GeneVocabulary` stores them.
+    """
+    table = pd.read_csv(gene_table, header=None, names=["ensembl_id", "symbol"], dtype=str).dropna()
+    table["key"] = table["symbol"].map(normalize_gene_name)
+    table["ensembl_id"] = table["ensembl_id"].map(normalize_gene_name)
+    table = table.drop_duplicates(["key", "ensembl_id"])
+    return table.groupby("key", sort=False)["ensembl_id"].agg(ENSEMBL_ID_SEPARATOR.join).to_dict()
 
 
 @dataclass
