@@ -67,13 +67,21 @@ def test_build_without_donors_splits_by_cells_and_flags_it():
 def test_build_flags_splits_left_without_cells(caplog):
     path = _data_file("pbmc_sorted_9types_mudan_2115cells.h5ad")
     with caplog.at_level("WARNING", logger="panfoma_sc.bench"):
-        bench = pf.bench.build([path], label_key="cell_type", max_cells=3)
-    empty = {"train", "val", "test"} - set(bench.obs["split"])
-    assert empty  # three cells of different types all go to train
+        bench = pf.bench.build([path], label_key="cell_type", max_cells=2)
+    assert "test" not in set(bench.obs["split"])  # one cell per type goes to train; two of one type: train + val
     flag = next(flag for flag in pf.bench.read_manifest(bench)["flags"] if "hold no cell" in flag)
-    assert all(repr(split) in flag for split in empty)
+    assert "'test'" in flag
     assert "Raise max_cells" in flag
     assert flag in caplog.text
+    two_groups = pf.bench.build(  # one protocol trains, one is held out: no validation cells, and no flag
+        [_data_file("lung_celllines_3cl_celseq2_dropseq.h5ad")],
+        label_key="cell_line",
+        batch_key="batch",
+        test_groups=["lung_celllines_3cl_celseq2_dropseq:Drop-seq"],
+        max_cells=60,
+    )
+    assert "val" not in set(two_groups.obs["split"])
+    assert not any("hold no cell" in flag for flag in pf.bench.read_manifest(two_groups)["flags"])
 
 
 def test_build_harmonizes_several_studies_onto_common_genes():

@@ -673,11 +673,12 @@ def build(
         split_unit = "cells"
         flags.append("a single donor/batch group overall: train/val/test are split by CELLS (same donor in all)")
     combined.obs["split"] = pd.Categorical(combined.obs["split"], categories=["train", "val", "test"])
-    empty = [split for split in ("train", "val", "test") if not (combined.obs["split"] == split).any()]
+    # an empty validation split is harmless (two groups: one trains, one is held out; fitting uses train + val)
+    empty = [split for split in ("train", "test") if not (combined.obs["split"] == split).any()]
     if empty:
         flags.append(
-            f"splits {empty} hold no cell ({combined.n_obs} cells in {n_groups} split group(s)): tasks that need them "
-            "cannot be scored. Raise max_cells, or give data with more donors."
+            f"splits {empty} hold no cell ({combined.n_obs} cells in {n_groups} split group(s)): tasks scored on "
+            "held-out cells cannot be scored. Raise max_cells, or give data with more donors."
         )
     manifest = _manifest(combined, inputs, flags, split_unit, parameters, seed)
     combined.uns[MANIFEST_KEY] = json.dumps(manifest)
