@@ -76,17 +76,9 @@ def test_a_failed_prediction_leaves_no_saved_model_and_no_labels(split, tiny_che
         raise RuntimeError("prediction failed")
 
     monkeypatch.setattr(EmbeddingJob, "predict", fail)
+    options = {"labels_key": "cell_type", "model": tiny_checkpoint, "method": "finetune", "max_epochs": 1}
     with pytest.raises(RuntimeError, match="prediction failed"):
-        pf.tl.annotate(
-            query,
-            reference,
-            labels_key="cell_type",
-            model=tiny_checkpoint,
-            method="finetune",
-            max_epochs=1,
-            save_model=path,
-            progress=False,
-        )
+        pf.tl.annotate(query, reference, save_model=path, progress=False, **options)
     assert not path.exists()
     assert_equal(query, before)
 
