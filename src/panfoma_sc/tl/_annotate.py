@@ -78,12 +78,13 @@ def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
     return [c for c in dict.fromkeys(ordered) if c in present]
 
 
+#: the tool name :func:`annotate` records in ``uns[key_added]["params"]["tool"]``
+TOOL = "pf.tl.annotate"
+
+
 def _is_annotation(params: Mapping) -> bool:
     """Whether an ``uns`` record comes from an earlier :func:`annotate` call (older records name no tool)."""
     return written_by(params, TOOL) and ("tool" in params or params.get("method") in METHODS)
-
-
-TOOL = "pf.tl.annotate"
 
 
 def _check_arguments(

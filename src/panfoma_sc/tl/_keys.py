@@ -101,7 +101,7 @@ def warn_if_replacing(
     record = data.uns.get(uns_key)
     params = record.get("params") if isinstance(record, Mapping) else None
     if isinstance(params, Mapping):
-        if (is_rerun or (lambda recorded: written_by(recorded, tool)))(params):
+        if is_rerun(params) if is_rerun is not None else written_by(params, tool):
             return
         if written_by_panfoma(params) and isinstance(params.get("tool"), str):
             owner = f"an earlier {params['tool']} call"
