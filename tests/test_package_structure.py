@@ -138,3 +138,13 @@ def test_numpydoc_docstring(f: FunctionType):
             documented.update(name.strip() for name in line.split(":")[0].split(","))
     undocumented = [p for p in params if p not in documented]
     assert not undocumented, f"parameters missing from the docstring: {undocumented}"
+
+
+def test_pf_train_is_there_on_first_access():
+    import panfoma_sc as pf
+    import panfoma_sc.train
+
+    assert pf.train is panfoma_sc.train
+    assert "train" in pf.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'trian'"):
+        pf.trian  # noqa: B018

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ._arguments import MAX_SEED
 from ._paths import write_h5ad_atomically
 from ._version import __version__
+from .data.vocab import DEFAULT_MIN_CELLS
 
 if TYPE_CHECKING:
     from .train import TrainingConfig
@@ -291,6 +292,9 @@ def _pretrain(args: argparse.Namespace) -> int:
             msg = f"--data-dir {args.data_dir!r} is not a folder."
             raise FileNotFoundError(msg)
         files += default_pretraining_files(args.data_dir)
+    if args.gene_table and not Path(args.gene_table).is_file():
+        msg = f"--gene-table {args.gene_table!r} is not a file: give a headerless ensembl_id,symbol CSV (GENCODE's)."
+        raise FileNotFoundError(msg)
     if not files:
         msg = "No training files: pass .h5ad files and/or a --data-dir that holds some."
         raise ValueError(msg)
@@ -344,7 +348,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 #: the ``panfoma pretrain`` options its vocabulary was built with, beside ``vocab.json``
 VOCAB_OPTIONS_FILE = "vocab_options.json"
 #: ``panfoma pretrain --min-cells`` when not given
-DEFAULT_MIN_CELLS = 20
 
 
 def _warn_of_unused_vocabulary_options(saved: Path, min_cells: int | None, gene_table: str | None) -> None:

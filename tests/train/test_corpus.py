@@ -218,3 +218,24 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(corpus_
     check_resumable(tmp_path, config, corpus_files)  # does not raise
     with pytest.raises(ValueError, match=r"block_rows: 1 -> 16"):
         check_resumable(tmp_path, TrainingConfig(**(config.to_dict() | {"block_rows": 16})), corpus_files)
+
+
+def test_resuming_with_another_number_of_processes_or_over_a_lone_model_is_refused(
+    corpus_files, vocab, tmp_path, monkeypatch
+):
+    tiny = {"d_model": 32, "n_heads": 4, "encoder_repeats": 1, "decoder_layers": 1, "n_genes": 32, "n_chunks": 4}
+    tiny |= {"d_state": 8, "headdim": 16, "ssd_chunk_size": 16}
+    config = TrainingConfig(model_overrides=tiny, n_genes=32, batch_size=16, max_steps=3, device="cpu", stop_after=1)
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
+    assert json.loads((tmp_path / "run.json").read_text())["world_size"] == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it before the process group exists
+    with pytest.raises(ValueError, match=r"processes \(torchrun --nproc_per_node\): 1 -> 2"):
+        check_resumable(tmp_path, config, corpus_files)
+    monkeypatch.delenv("WORLD_SIZE")
+    check_resumable(tmp_path, config, corpus_files)  # the same count: resumable
+    (tmp_path / "state.pt").unlink()  # a folder with a model and nothing to resume from
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"holds a model.safetensors but no state.pt .*\(--restart"):
+        pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    pretrain(corpus_files, tmp_path, vocab=vocab, config=config, resume=False, progress=False)  # started over

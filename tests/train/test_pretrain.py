@@ -124,7 +124,19 @@ def test_cli_refuses_bad_settings_and_missing_files_before_writing_anything(corp
     assert "missing.h5ad' does not exist" in capsys.readouterr().err
     assert main(["pretrain", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == EXIT_BAD_INPUT
     assert "is not a folder" in capsys.readouterr().err
+    assert main(["pretrain", str(corpus_files[0]), "--out", str(out), "--gene-table", "nope.csv"]) == EXIT_BAD_INPUT
+    assert "--gene-table 'nope.csv' is not a file: give a headerless ensembl_id,symbol CSV" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_api_and_the_command_build_the_same_vocabulary_by_default():
+    import inspect
+
+    from panfoma_sc import cli
+    from panfoma_sc.data.vocab import DEFAULT_MIN_CELLS
+
+    assert inspect.signature(build_vocabulary).parameters["min_cells"].default == DEFAULT_MIN_CELLS == 20
+    assert cli.DEFAULT_MIN_CELLS is DEFAULT_MIN_CELLS  # what --min-cells falls back to
 
 
 def test_build_vocabulary_keeps_expressed_symbols(corpus_files, vocab):
@@ -414,6 +426,11 @@ def test_a_file_without_vocabulary_genes_is_named_and_nothing_is_written(corpus_
     assert not (tmp_path / "api").exists()
     with pytest.raises(ValueError, match=pattern):
         PretrainingCorpus(files, vocab, batch_size=8)
+    human_ids = ad.read_h5ad(corpus_files[1])
+    human_ids.var_names = [f"ENSG{i:011d}" for i in range(human_ids.n_vars)]  # human IDs, a vocabulary without IDs
+    human_ids.write_h5ad(data_dir / "ensembl.h5ad")
+    with pytest.raises(ValueError, match=r"human Ensembl IDs and the vocabulary records none: .*--gene-table"):
+        build_vocabulary([human, data_dir / "ensembl.h5ad"], min_cells=1)
 
 
 def test_loss_goes_down_and_both_objectives_are_logged(corpus_files, vocab, tmp_path):

@@ -9,11 +9,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ENSEMBL_ID_SEPARATOR", "PAD_TOKEN", "SPECIAL_TOKENS", "GeneVocabulary", "normalize_gene_name"]
+__all__ = [
+    "DEFAULT_MIN_CELLS",
+    "ENSEMBL_ID_SEPARATOR",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "GeneVocabulary",
+    "normalize_gene_name",
+]
 
 PAD_TOKEN = "<pad>"
 CLS_TOKEN = "<cls>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN)
+
+#: genes a vocabulary keeps by default: those expressed in at least this many training cells (as panfoma-tiny's)
+DEFAULT_MIN_CELLS = 20
 
 #: separates the Ensembl IDs of a symbol that has several in :attr:`GeneVocabulary.ensembl_ids`
 ENSEMBL_ID_SEPARATOR = ";"

@@ -16,7 +16,15 @@ from scipy import sparse
 from .._arguments import is_integer
 from ..data.rows import ColumnMajorBackedError, check_row_readable, expression_matrix, iter_row_blocks
 from ..data.tokenizer import cell_keys_from_names
-from ..data.vocab import ENSEMBL_ID_SEPARATOR, GeneVocabulary, is_ensembl_id, is_spike_in, normalize_gene_name
+from ..data.vocab import (
+    DEFAULT_MIN_CELLS,
+    ENSEMBL_ID_SEPARATOR,
+    GeneVocabulary,
+    ensembl_species_prefix,
+    is_ensembl_id,
+    is_spike_in,
+    normalize_gene_name,
+)
 from ..pp import ExpressionReport, check_expression, match_genes
 from ._held_out_cells import ExcludedCells, check_excluded_cells, training_rows
 
@@ -153,11 +161,19 @@ def _require_vocabulary_genes(file: str | Path, names: pd.Index, vocab: GeneVoca
     """A ``ValueError`` naming ``file`` when none of its gene ``names`` is in ``vocab``."""
     if len(names) and (vocab.lookup(names) >= 0).any():
         return
+    human_ids = sum(ensembl_species_prefix(name) == "" for name in names[:200]) > min(len(names), 200) / 2
+    fix = (
+        "Its genes are human Ensembl IDs and the vocabulary records none: build it with a gene table "
+        "(build_vocabulary(..., gene_table='GENCODE.csv'), --gene-table on the command line; a headerless "
+        "ensembl_id,symbol CSV) so that they match, or write the file again with gene symbols as var_names."
+        if human_ids and vocab.ensembl_ids is None
+        else "Remove the file from the corpus (the files passed, or the --data-dir folder), or map its genes: write "
+        "it again with gene symbols of the vocabulary's species as var_names (another species' genes mapped to "
+        "their orthologs first)."
+    )
     msg = (
         f"Training file {str(file)!r}: none of its {len(names)} genes (var_names, e.g. {names[:3].tolist()}) is "
-        "in the run's vocabulary, so none of its cells can be trained on. Remove the file from the corpus (the "
-        "files passed, or the --data-dir folder), or map its genes: write it again with gene symbols of the "
-        "vocabulary's species as var_names (another species' genes mapped to their orthologs first)."
+        f"in the run's vocabulary, so none of its cells can be trained on. {fix}"
     )
     raise ValueError(msg)
 
@@ -185,7 +201,7 @@ def _cells_to_check(adata: ad.AnnData, max_cells: int) -> ad.AnnData:
 def build_vocabulary(
     files: Sequence[str | Path],
     *,
-    min_cells: int = 10,
+    min_cells: int = DEFAULT_MIN_CELLS,
     gene_table: str | Path | None = None,
     exclude_cells: ExcludedCells | None = None,
     block_size: int = 4096,

@@ -244,6 +244,13 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _world_size() -> int:
+    """Processes of this run: the process group's size, or ``torchrun``'s ``WORLD_SIZE`` before it is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _batch_stream(
     corpus: PretrainingCorpus, epoch: int, position: int, rank: int, world: int
 ) -> Iterator[tuple[int, int, CorpusBatch]]:
@@ -365,18 +372,26 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def check_resumable(out_dir: str | Path, config: TrainingConfig, files: Sequence[str | Path]) -> None:
-    """Refuse to resume the run in ``out_dir`` with other data or settings than it was started with.
+    """Refuse to resume the run in ``out_dir`` with other data, settings or processes than it was started with.
 
-    Nothing happens when ``out_dir`` holds no resumable run (no ``state.pt`` or no ``run.json``).
+    Nothing happens when ``out_dir`` holds no resumable run (no ``state.pt`` or no ``run.json``) and no checkpoint.
 
     Raises
     ------
     ValueError
-        The files (by name) or a setting outside :data:`RESUMABLE_CHANGES` differ from ``run.json``; the message
-        names each difference, saved then now.
+        The files (by name), a setting outside :data:`RESUMABLE_CHANGES` or the number of processes (under
+        ``torchrun``) differ from ``run.json``; the message names each difference, saved then now. Or ``out_dir``
+        holds a ``model.safetensors`` without the ``state.pt`` to resume from, which a new run would replace.
     """
     out_dir = Path(out_dir)
     run_file = out_dir / "run.json"
+    if not (out_dir / STATE_FILE).is_file() and (out_dir / MODEL_FILE).is_file():
+        msg = (
+            f"{str(out_dir)!r} holds a {MODEL_FILE} but no {STATE_FILE} to resume from: a new run there would replace "
+            "that model. Use another output folder, or start over in it with resume=False (--restart on the "
+            "command line)."
+        )
+        raise ValueError(msg)
     if not (out_dir / STATE_FILE).is_file() or not run_file.is_file():
         return
     saved = json.loads(run_file.read_text())
@@ -391,6 +406,10 @@ def check_resumable(out_dir: str | Path, config: TrainingConfig, files: Sequence
     saved_files, new_files = [Path(f).name for f in saved.get("files", [])], [Path(f).name for f in files]
     if saved_files != new_files:
         changed.append(f"files: {saved_files} -> {new_files}")
+    world = _world_size()
+    if saved.get("world_size", world) != world:  # runs from before it was recorded: not checked
+        # each process reads its own share of every step's batches: another count changes the batches and data order
+        changed.append(f"processes (torchrun --nproc_per_node): {saved['world_size']} -> {world}")
     if changed:
         msg = (
             f"{str(out_dir)!r} holds a run started with other settings, so it cannot be resumed exactly: "
@@ -481,7 +500,7 @@ def pretrain(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run.json").write_text(
-            json.dumps({"config": config.to_dict(), "files": [str(f) for f in files]}, indent=2)
+            json.dumps({"config": config.to_dict(), "files": [str(f) for f in files], "world_size": world}, indent=2)
         )
 
     torch.manual_seed(config.seed)
