@@ -347,7 +347,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 #: the ``panfoma pretrain`` options its vocabulary was built with, beside ``vocab.json``
 VOCAB_OPTIONS_FILE = "vocab_options.json"
-#: ``panfoma pretrain --min-cells`` when not given
 
 
 def _warn_of_unused_vocabulary_options(saved: Path, min_cells: int | None, gene_table: str | None) -> None:

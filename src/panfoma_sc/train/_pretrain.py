@@ -443,6 +443,11 @@ def pretrain(
     Under ``torchrun`` every rank reads its own share of batches and gradients are averaged (DDP).
     The files are checked first (:func:`~panfoma_sc.train.check_training_files`), before anything is written.
 
+    The checkpoint keeps the architecture's ``n_genes`` (1,024 for ``"panfoma-tiny"``) as the genes per cell that
+    :func:`panfoma_sc.tl.embed` reads by default, whatever ``config.n_genes`` trained with: pass ``n_genes=`` when
+    embedding, or choose the default when packaging the model (the bundled one was packaged with 256, chosen on
+    labelled training files, by ``docs/model_cards/package_panfoma_tiny.py``).
+
     A ``history.csv`` row gives the mean losses over the steps since the previous row, ``lr`` the learning rate
     the row's step trained with, ``elapsed_s`` the training wall time up to it (over all resumed sessions) and
     ``cells_per_s`` the throughput of the session.
