@@ -65,6 +65,18 @@ def ensembl_species_prefix(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def dominant_ensembl_species(names: Sequence[str], sample: int = 200) -> str | None:
+    """The species prefix most of ``names`` carry when more than half of the first ``sample`` are Ensembl IDs.
+
+    ``""`` for human ``ENSG`` IDs, e.g. ``"MUS"`` for mouse; ``None`` when the names are mostly not Ensembl IDs.
+    """
+    prefixes = [ensembl_species_prefix(str(name)) for name in names[:sample]]
+    ensembl = [prefix for prefix in prefixes if prefix is not None]
+    if len(ensembl) <= len(prefixes) / 2:
+        return None
+    return max(set(ensembl), key=ensembl.count)
+
+
 @dataclass
 class GeneVocabulary:
     """Ordered gene symbols of a model, special tokens first.

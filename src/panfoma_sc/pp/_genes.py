@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from .._arguments import require_flag, require_number
 from ..data.rows import raw_values
-from ..data.vocab import GeneVocabulary, ensembl_species_prefix
+from ..data.vocab import GeneVocabulary, dominant_ensembl_species
 
 logger = logging.getLogger(__name__)
 
@@ -282,11 +282,9 @@ def _no_match_hint(names: np.ndarray) -> str:
             f"strip it first, e.g. adata = adata[:, adata.var_names.str.startswith({prefix!r})].copy(); "
             f"adata.var_names = adata.var_names.str.removeprefix({prefix!r})."
         )
-    prefixes = [ensembl_species_prefix(n) for n in names[:200]]
-    ensembl = [p for p in prefixes if p is not None]
-    if len(ensembl) <= len(prefixes) / 2:
+    prefix = dominant_ensembl_species(names)
+    if prefix is None:
         return symbols_hint
-    prefix = max(set(ensembl), key=ensembl.count)
     if not prefix:
         return f"They are human Ensembl IDs of genes the vocabulary does not hold. {symbols_hint}"
     return (

@@ -20,7 +20,7 @@ from ..data.vocab import (
     DEFAULT_MIN_CELLS,
     ENSEMBL_ID_SEPARATOR,
     GeneVocabulary,
-    ensembl_species_prefix,
+    dominant_ensembl_species,
     is_ensembl_id,
     is_spike_in,
     normalize_gene_name,
@@ -161,12 +161,11 @@ def _require_vocabulary_genes(file: str | Path, names: pd.Index, vocab: GeneVoca
     """A ``ValueError`` naming ``file`` when none of its gene ``names`` is in ``vocab``."""
     if len(names) and (vocab.lookup(names) >= 0).any():
         return
-    human_ids = sum(ensembl_species_prefix(name) == "" for name in names[:200]) > min(len(names), 200) / 2
     fix = (
         "Its genes are human Ensembl IDs and the vocabulary records none: build it with a gene table "
         "(build_vocabulary(..., gene_table='GENCODE.csv'), --gene-table on the command line; a headerless "
         "ensembl_id,symbol CSV) so that they match, or write the file again with gene symbols as var_names."
-        if human_ids and vocab.ensembl_ids is None
+        if dominant_ensembl_species(names) == "" and vocab.ensembl_ids is None
         else "Remove the file from the corpus (the files passed, or the --data-dir folder), or map its genes: write "
         "it again with gene symbols of the vocabulary's species as var_names (another species' genes mapped to "
         "their orthologs first)."
