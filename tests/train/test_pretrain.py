@@ -433,6 +433,32 @@ def test_a_file_without_vocabulary_genes_is_named_and_nothing_is_written(corpus_
         build_vocabulary([human, data_dir / "ensembl.h5ad"], min_cells=1)
 
 
+def test_files_sharing_few_genes_are_warned_about_and_small_panels_are_not(corpus_files, tmp_path, caplog):
+    from panfoma_sc.train import PretrainingCorpus
+    from panfoma_sc.train._corpus import check_vocabulary_genes
+
+    whole = ad.read_h5ad(corpus_files[0])
+    panel = whole[:, :100].copy()  # a targeted panel: 100 of the other file's genes
+    panel.write_h5ad(tmp_path / "panel.h5ad")
+    other = ad.read_h5ad(corpus_files[1])
+    other.var_names = [f"G{i}" for i in range(other.n_vars)]  # names the first file never uses
+    other.write_h5ad(tmp_path / "other.h5ad")
+    disjoint = [corpus_files[0], tmp_path / "other.h5ad"]
+    vocab = build_vocabulary(disjoint, min_cells=1)
+    with caplog.at_level(logging.WARNING):
+        check_vocabulary_genes(disjoint, vocab)
+    warned = [r.getMessage() for r in caplog.records if "shares at most" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert re.search(r"Training file '[^']*shard0\.h5ad' shares at most 0 of \d+ vocabulary genes \(0%\) with any", warned[0])
+    assert "other.h5ad" in warned[1]
+    caplog.clear()
+    panel_files = [corpus_files[0], tmp_path / "panel.h5ad"]
+    with caplog.at_level(logging.WARNING):
+        check_vocabulary_genes(panel_files, build_vocabulary(panel_files, min_cells=1))
+        PretrainingCorpus(panel_files, build_vocabulary(panel_files, min_cells=1), batch_size=8).close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # nor embed's "only 100 genes"
+
+
 def test_loss_goes_down_and_both_objectives_are_logged(corpus_files, vocab, tmp_path):
     summary = pretrain(
         corpus_files, tmp_path, vocab=vocab, config=_config(max_steps=30, warmup_steps=3), progress=False

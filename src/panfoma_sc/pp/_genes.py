@@ -138,6 +138,43 @@ def match_genes(
         names = pd.Index(adata.var[gene_symbols].astype(str))
         source = f"{adata_name}.var[{gene_symbols!r}]"
 
+    match = match_names(
+        names, vocab, source=source, min_fraction=min_fraction, obs_names=adata.obs_names, object_name=object_name
+    )
+    _warn_if_gene_subset(adata, adata_name)
+    return match
+
+
+def match_names(
+    names: pd.Index,
+    vocab: GeneVocabulary,
+    *,
+    source: str,
+    min_fraction: float = 0.1,
+    obs_names: pd.Index | None = None,
+    object_name: str = "adata",
+) -> GeneMatch:
+    """Match gene ``names`` to ``vocab``, as :func:`match_genes` does, without its check of the object's gene count.
+
+    Parameters
+    ----------
+    names
+        The gene names, as strings.
+    vocab
+        The vocabulary.
+    source
+        Where the names come from, for messages (e.g. ``"adata.var_names"``).
+    min_fraction
+        Raise when fewer than this share of the genes match.
+    obs_names
+        The object's cell names: a message says when they, not ``names``, look like genes (a transposed matrix).
+    object_name
+        How messages call the object.
+
+    Returns
+    -------
+    The match; duplicated and unmatched genes are logged.
+    """
     ids = vocab.lookup(names)
     found = ids >= 0
     first = ~pd.Series(ids).duplicated().to_numpy()
@@ -152,7 +189,8 @@ def match_genes(
         unmatched=unmatched,
     )
     if match.n_matched == 0:
-        hint = _transposed_hint(adata.obs_names, vocab, object_name) or _no_match_hint(names)
+        transposed = None if obs_names is None else _transposed_hint(obs_names, vocab, object_name)
+        hint = transposed or _no_match_hint(names)
         msg = (
             f"None of the {len(names)} genes in {source} is in the model's vocabulary "
             f"(e.g. {names[:3].tolist()}). {hint}"
@@ -176,7 +214,6 @@ def match_genes(
     logger.info(
         "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction
     )
-    _warn_if_gene_subset(adata, adata_name)
     return match
 
 

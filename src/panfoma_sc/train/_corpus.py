@@ -25,7 +25,8 @@ from ..data.vocab import (
     is_spike_in,
     normalize_gene_name,
 )
-from ..pp import ExpressionReport, check_expression, match_genes
+from ..pp import ExpressionReport, check_expression
+from ..pp._genes import match_names
 from ._held_out_cells import ExcludedCells, check_excluded_cells, training_rows
 
 logger = logging.getLogger(__name__)
@@ -132,10 +133,18 @@ def check_training_files(
     return reports
 
 
+#: warn about a training file that shares less than this share of its genes (or of the other file's, when that
+#: holds fewer) with every other training file
+MIN_SHARED_GENE_FRACTION = 0.5
+
+
 def check_vocabulary_genes(files: Sequence[str | Path], vocab: GeneVocabulary) -> None:
     """Refuse training files none of whose genes is in ``vocab``: none of their cells could be trained on.
 
-    Only each file's ``var_names`` are read.
+    A file that shares less than half of its vocabulary genes with every other file (of the other file's genes,
+    where that holds fewer: a gene panel shares all of its genes with a whole transcriptome) is warned about:
+    another species, other gene names, other genes. Its cells are read through tokens the other files' cells never
+    use, so the model cannot learn how they relate. Only each file's ``var_names`` are read.
 
     Parameters
     ----------
@@ -149,12 +158,41 @@ def check_vocabulary_genes(files: Sequence[str | Path], vocab: GeneVocabulary) -
     ValueError
         A file has no gene of ``vocab``; the message names the file and says how to fix it.
     """
+    genes_of_files = []
     for file in files:
         adata = ad.read_h5ad(file, backed="r")
         try:
-            _require_vocabulary_genes(file, pd.Index(adata.var_names).astype(str), vocab)
+            names = pd.Index(adata.var_names).astype(str)
         finally:
             adata.file.close()
+        _require_vocabulary_genes(file, names, vocab)
+        ids = vocab.lookup(names)
+        genes_of_files.append(np.unique(ids[ids >= 0]))
+    _warn_if_files_share_few_genes(files, genes_of_files)
+
+
+def _warn_if_files_share_few_genes(files: Sequence[str | Path], genes_of_files: Sequence[np.ndarray]) -> None:
+    """Log a warning for each file sharing little of its genes with any other (:data:`MIN_SHARED_GENE_FRACTION`)."""
+    if len(files) < 2:
+        return
+    for i, (file, genes) in enumerate(zip(files, genes_of_files, strict=True)):
+        overlaps = [
+            (np.isin(genes, other).sum(), min(genes.size, other.size))
+            for j, other in enumerate(genes_of_files)
+            if j != i
+        ]
+        n_shared, of = max(overlaps, key=lambda shared_of: shared_of[0] / max(shared_of[1], 1))
+        if n_shared < MIN_SHARED_GENE_FRACTION * of:
+            logger.warning(
+                "Training file %r shares at most %d of %d vocabulary genes (%.0f%%) with any other training file: its "
+                "cells are read through genes the others' cells never show, so the model cannot learn how they "
+                "relate to the rest. Check that its var_names name the same kind of genes (symbols of the same "
+                "species, mapped to orthologs first for another species), or train on it separately.",
+                str(file),
+                n_shared,
+                of,
+                100 * n_shared / max(of, 1),
+            )
 
 
 def _require_vocabulary_genes(file: str | Path, names: pd.Index, vocab: GeneVocabulary) -> None:
@@ -397,7 +435,10 @@ class PretrainingCorpus:
         except ValueError:
             self.close()
             raise
-        self._matches = [match_genes(a, vocab, min_fraction=0.0) for a in self._data]
+        self._matches = [
+            match_names(pd.Index(a.var_names).astype(str), vocab, source=f"var_names of {str(f)!r}", min_fraction=0.0)
+            for f, a in zip(self.files, self._data, strict=True)
+        ]
         self._keys = [cell_keys_from_names(a.obs_names) for a in self._data]
         exclude_cells = _check_excluded_files(exclude_cells or {}, self.files)
         #: each file's training rows (sorted); the plans below draw positions in them
