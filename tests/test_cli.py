@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import anndata as ad
 import h5py
 import numpy as np
+import pytest
 import scanpy as sc
 
 import panfoma_sc as pf
@@ -244,6 +246,16 @@ def test_python_hints_become_options_switches_included():
     message = "Start over with restart=True, pass layer=None or n_genes=64. Keep seed=3 (no such option)."
     expected = "Start over with --restart, pass no --layer or --n-genes 64. Keep seed=3 (no such option)."
     assert _as_options(message, options) == expected
+    options = {"--n-neighbors", "--labels-key", "--key-added"}
+    message = (
+        "labels_key is required. Use a smaller n_neighbors; adata.obs_names, obs['key_added'], n_cells and "
+        "pf.tl.key_added() stay; key_added must be a string."
+    )
+    expected = (
+        "--labels-key is required. Use a smaller --n-neighbors; adata.obs_names, obs['key_added'], n_cells and "
+        "pf.tl.key_added() stay; --key-added must be a string."
+    )
+    assert _as_options(message, options) == expected
 
 
 def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -290,6 +302,10 @@ def test_annotate_never_writes_over_its_reference(pbmc68k, tiny_checkpoint, tmp_
     three = ["annotate", str(query), str(reference), str(reference), "--labels-key", "louvain", *model]
     assert main(three) == EXIT_BAD_INPUT
     assert "is the reference file: it would be overwritten" in capsys.readouterr().err
+    # QUERY REFERENCE with the output forgotten and a fine-tuned model (no --labels-key): the existing second file
+    # may be the reference, so it is not written over
+    assert main(["annotate", str(query), str(reference), *model]) == EXIT_BAD_INPUT
+    assert "the output exists. If" in capsys.readouterr().err
     assert reference.read_bytes() == before
 
 
@@ -366,6 +382,48 @@ def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path,
     args = ["integrate", str(paths["query"]), str(paths["integrated"]), "--batch-key", "batch", "--max-steps", "1"]
     assert main([*args, *model]) == EXIT_OK
     assert ad.read_h5ad(paths["integrated"]).obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)
+
+
+def test_annotate_with_a_fine_tuned_model_needs_no_method_and_unused_options_are_named(
+    pbmc_sorted, tiny_checkpoint, tmp_path, caplog
+):
+    query, reference = pbmc_sorted[::3].copy(), pbmc_sorted[1::3].copy()
+    paths = {name: tmp_path / f"{name}.h5ad" for name in ("query", "reference", "labelled", "again")}
+    query.write_h5ad(paths["query"])
+    reference.write_h5ad(paths["reference"])
+    tuned = tmp_path / "tuned.safetensors"
+    model = ["--model", str(tiny_checkpoint), "--quiet"]
+    args = ["annotate", str(paths["query"]), str(paths["reference"]), str(paths["labelled"]), "--labels-key"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "cell_type", "--method", "finetune", "--max-epochs", "1", "--n-neighbors", "5",
+                     "--save-model", str(tuned), *model]) == EXIT_OK  # fmt: skip
+    assert "--n-neighbors applies to --method knn only: ignored with --method finetune" in caplog.text
+    assert "--max-epochs" not in caplog.text
+    # two files and a fine-tuned model: its classes label the query, no --method needed
+    assert main(["annotate", str(paths["query"]), str(paths["again"]), "--model", str(tuned), "--quiet"]) == EXIT_OK
+    labels = ad.read_h5ad(paths["labelled"]).obs["panfoma_label"]
+    assert (ad.read_h5ad(paths["again"]).obs["panfoma_label"] == labels).all()
+
+
+def test_sigterm_while_writing_leaves_no_partial_output(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import signal
+
+    source = tmp_path / "in.h5ad"
+    pbmc68k[:20].copy().write_h5ad(source)
+
+    def terminated_midway(adata, source, destination, results):
+        with open(destination, "wb") as file:
+            file.write(b"half an h5ad")
+        os.kill(os.getpid(), signal.SIGTERM)  # as timeout, a batch scheduler or docker stop would
+
+    monkeypatch.setattr("panfoma_sc._paths._write_file_with_results", terminated_midway)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint), "--quiet"])
+    assert info.value.code == 128 + signal.SIGTERM
+    assert "panfoma: terminated" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.h5ad"]
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the command's only
 
 
 def test_annotate_and_integrate_refuse_bad_keys_with_exit_2(pbmc_sorted, tiny_checkpoint, tmp_path, capsys):

@@ -6,11 +6,12 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (clear messag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,23 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.reference is not None and Path(args.output).resolve() == Path(args.reference).resolve():
         msg = f"The output {args.output} is the reference file: it would be overwritten. Name another output file."
         raise ValueError(msg)
+    output = Path(args.output)
+    if args.reference is None and output.exists() and output.resolve() != Path(args.query).resolve():
+        # QUERY REFERENCE with the output forgotten reads as QUERY OUTPUT: never overwrite what may be the reference
+        msg = (
+            f"Two files were given (query {args.query}, output {args.output}) and the output exists. If "
+            f"{args.output} is the reference, pass QUERY REFERENCE OUTPUT; to label with a fine-tuned --model's "
+            "classes into that file, remove it first (or name the query itself as the output)."
+        )
+        raise ValueError(msg)
+    method = args.method or ("finetune" if args.reference is None else "knn")
+    method_options = {"n_neighbors": (args.n_neighbors, "knn"), "max_epochs": (args.max_epochs, "finetune")}
+    for name, (value, used_by) in method_options.items():
+        if value is not None and method != used_by:
+            logger.warning(
+                "--%s applies to --method %s only: ignored with --method %s.", name.replace("_", "-"), used_by, method
+            )
+    method_settings = {name: value for name, (value, _) in method_options.items() if value is not None}
     _check_paths([args.query, args.reference], [args.output], args.save_model)
     query = _open_input(args.query, args.layer, use_raw=args.use_raw)
     reference = (
@@ -155,9 +173,8 @@ def _annotate(args: argparse.Namespace) -> int:
         reference,
         labels_key=args.labels_key,
         model=args.model,
-        method=args.method,
-        n_neighbors=args.n_neighbors,
-        max_epochs=args.max_epochs,
+        method=method,
+        **method_settings,
         save_model=args.save_model,
         unknown_threshold=args.unknown_threshold,
         layer=args.layer,
@@ -252,7 +269,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_integer(1), help="cells per forward pass")
     parser.add_argument("--device", help="cpu, cuda, mps (default: auto)")
     parser.add_argument("--n-genes", type=_integer(1), help="genes per cell given to the model")
-    parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0)
+    parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="random seed (gene draws, fine-tuning)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -464,9 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("reference", nargs="?", help="labelled reference .h5ad (omit with a fine-tuned --model)")
     annotate.add_argument("output", help="output .h5ad (query plus the labels)")
     annotate.add_argument("--labels-key", help="reference obs column with the labels")
-    annotate.add_argument("--method", choices=["knn", "logreg", "finetune"], default="knn")
-    annotate.add_argument("--n-neighbors", type=_integer(1), default=15, help="reference neighbours per cell (knn)")
-    annotate.add_argument("--max-epochs", type=_integer(1), default=15, help="fine-tuning epochs at most (finetune)")
+    annotate.add_argument(
+        "--method",
+        choices=["knn", "logreg", "finetune"],
+        help="knn (default with a reference), logreg, or finetune (the default without one: a fine-tuned --model)",
+    )
+    annotate.add_argument("--n-neighbors", type=_integer(1), help="reference neighbours per cell (knn; default 15)")
+    annotate.add_argument("--max-epochs", type=_integer(1), help="fine-tuning epochs at most (finetune; default 15)")
     annotate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file (finetune)")
     annotate.add_argument("--unknown-threshold", type=_number(0, 1), default=0.5, help="below this confidence: Unknown")
     annotate.add_argument("--reference-layer", help="reference layer holding expression (default: X)")
@@ -486,8 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     integrate.add_argument("--max-epochs", type=_integer(1), default=4, help="fine-tuning passes over the cells")
     integrate.add_argument("--max-steps", type=_integer(1), help="cap on fine-tuning steps")
     weight, rate = _number(0), _number(0, low_open=True)
-    integrate.add_argument("--adversarial-weight", type=weight, default=1.0, help="adversarial batch-removal weight")
-    integrate.add_argument("--mmd-weight", type=weight, default=10.0, help="batch-MMD weight (0 when batches differ)")
+    integrate.add_argument(
+        "--adversarial-weight", type=weight, default=1.0, help="weight of the batch discriminator's terms (0: off)"
+    )
+    integrate.add_argument(
+        "--mmd-weight",
+        type=weight,
+        default=10.0,
+        help="weight of the batch-MMD term, which pulls batches together; lower it (or 0) when the batches hold "
+        "different cell populations",
+    )
     integrate.add_argument("--learning-rate", type=rate, default=1e-3, help="fine-tuning learning rate")
     integrate.add_argument("--key-added", default="X_panfoma_integrated", help="obsm key of the result")
     integrate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file")
@@ -502,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     register = models_commands.add_parser("register", help="add a checkpoint file or URL to your registry")
     register.add_argument("name")
     register.add_argument("path_or_url")
-    register.add_argument("--sha256")
-    register.add_argument("--description", default="")
+    register.add_argument("--sha256", help="expected checksum of the file (required for a URL)")
+    register.add_argument("--description", default="", help="one line shown by models list")
     register.add_argument("--overwrite", action="store_true", help="replace a checkpoint registered under this name")
     models.set_defaults(func=_models)
 
@@ -521,9 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="never train on the cells of FILE (name without .h5ad) with these obs[COLUMN] values; repeatable",
     )
     pre.add_argument("--out", required=True, help="output folder (resumed when it holds state.pt)")
-    pre.add_argument("--architecture", default="panfoma-tiny")
-    pre.add_argument("--n-genes", type=int, default=256, help="genes per cell while training")
-    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument(
+        "--architecture",
+        default="panfoma-tiny",
+        help="width and depth of a new model (the bundled panfoma-tiny checkpoint also changed some defaults: see "
+        "its model card)",
+    )
+    pre.add_argument(
+        "--n-genes",
+        type=int,
+        default=256,
+        help="genes per cell while training (embedding with the checkpoint reads the architecture's n_genes, 1024 "
+        "for panfoma-tiny, unless embed is given --n-genes)",
+    )
+    pre.add_argument("--batch-size", type=int, default=32, help="cells per optimizer step and process")
     pre.add_argument(
         "--block-rows",
         type=int,
@@ -534,17 +574,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--interleave", type=int, default=4, help="with --block-rows > 1: reads whose batches are dealt in turn"
     )
-    pre.add_argument("--grad-accumulation", type=int, default=1)
+    pre.add_argument("--grad-accumulation", type=int, default=1, help="batches summed into one optimizer step")
     pre.add_argument(
         "--activation-checkpointing",
         action="store_true",
         help="recompute layer activations in the backward pass: about a third of the memory, up to 1.2x the time",
     )
     pre.add_argument("--steps", type=int, default=1000, help="optimizer steps (the LR schedule spans them)")
-    pre.add_argument("--lr", type=float, default=1e-3)
-    pre.add_argument("--warmup", type=int, default=100)
-    pre.add_argument("--checkpoint-every", type=int, default=100)
-    pre.add_argument("--log-every", type=int, default=10)
+    pre.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay after the warm-up)")
+    pre.add_argument("--warmup", type=int, default=100, help="warm-up steps of the learning rate")
+    pre.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (state.pt)")
+    pre.add_argument("--log-every", type=int, default=10, help="steps per line of the loss history")
     pre.add_argument(
         "--min-cells", type=int, help=f"vocabulary: genes expressed in >= this many cells (default {DEFAULT_MIN_CELLS})"
     )
@@ -588,19 +628,39 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--freeze-gene-embedding", action="store_true", help="keep the gene-embedding table fixed")
     pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
-    pre.add_argument("--device")
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--device", help="cpu, cuda, mps (default: auto)")
+    pre.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of weights, data order and masks")
     pre.add_argument(
         "--restart", action="store_true", help="start over: ignore an existing state.pt and rebuild the vocabulary"
     )
-    pre.add_argument("--quiet", action="store_true")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_pretrain)
 
     from .bench._cli import add_bench_parser
 
     add_bench_parser(commands)
     _accept_verbose_after_subcommands(parser)
+    _show_defaults(parser)
     return parser
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Help that ends an option's text with its default, unless there is none or the text gives it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help shows its options' defaults."""
+    parser.formatter_class = _HelpWithDefaults
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _show_defaults(subparser)
 
 
 def _accept_verbose_after_subcommands(parser: argparse.ArgumentParser) -> None:
@@ -618,14 +678,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
     A reader that closes the output early (``panfoma models describe NAME | head -3``) ends the command
-    quietly with exit code 0, as the output it asked for was written.
+    quietly with exit code 0, as the output it asked for was written. Ctrl-C and SIGTERM (``timeout``, a batch
+    scheduler, ``docker stop``) stop it as an error does: no output file is left half written, and the exit code
+    is 128 + the signal's number (130, 143).
     """
     try:
         try:
-            return _dispatch(argv)
+            with _sigterm_as_exit():
+                return _dispatch(argv)
         finally:
             # buffered output is written here, not at interpreter exit, so that a closed pipe is caught below
             sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("panfoma: interrupted", file=sys.stderr)
+        return 128 + 2
     except BrokenPipeError:
         if not _stdout_is_closed_pipe():
             print("panfoma: failed: BrokenPipeError: a pipe other than the output closed", file=sys.stderr)
@@ -637,6 +703,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit(143)`` meanwhile, so that cleanup runs (a half-written output is removed)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        print("panfoma: terminated", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(argv: Sequence[str] | None) -> int:
@@ -693,8 +780,15 @@ def _command_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 _PYTHON_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|([^\s,;)']+))")
 
 
+#: a snake_case argument name on its own (``n_neighbors``), not an attribute (``adata.obs_names``), key or call
+_PYTHON_NAME = re.compile(r"(?<![\w.'\"\[-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w('\"\]=-])")
+
+
 def _as_options(message: str, options: set[str]) -> str:
-    """Python-style hints of the tools' messages (``layer='counts'``) worded as this command's options."""
+    """Python-style hints of the tools' messages (``layer='counts'``, ``n_neighbors``) worded as the command's options.
+
+    Only names that are options of the command are reworded; snake_case argument names standing alone are too.
+    """
 
     def option(match: re.Match) -> str:
         flag = "--" + match.group(1).replace("_", "-")
@@ -709,7 +803,11 @@ def _as_options(message: str, options: set[str]) -> str:
             return f"{flag}{end}"
         return f"{flag} {value}{end}"
 
-    return _PYTHON_ARGUMENT.sub(option, message)
+    def bare(match: re.Match) -> str:
+        flag = "--" + match.group(1).replace("_", "-")
+        return flag if flag in options else match.group(0)
+
+    return _PYTHON_NAME.sub(bare, _PYTHON_ARGUMENT.sub(option, message))
 
 
 #: the registry's advice for Python callers: ``pf.models.register('name', 'path', sha256='...', overwrite=True)``

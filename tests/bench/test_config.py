@@ -174,3 +174,20 @@ def test_a_config_that_does_not_parse_names_the_file_and_exits_2(tmp_path, capsy
         pf.bench.load_config(path)
     assert main(["bench", "run", str(path), "--out", str(tmp_path / "out")]) == EXIT_BAD_INPUT
     assert "is not valid" in capsys.readouterr().err
+
+
+def test_the_recorded_command_can_be_pasted_into_a_shell(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    import pandas as pd
+
+    recorded = {}
+
+    def run(config, out, *, command):
+        recorded["command"] = command
+        return pd.DataFrame({"status": ["ok"]})
+
+    monkeypatch.setattr("panfoma_sc.bench._harness.run", run)
+    config, out = tmp_path / "my bench.toml", tmp_path / "out dir"
+    assert main(["bench", "run", str(config), "--out", str(out)]) == 0
+    assert shlex.split(recorded["command"]) == ["panfoma", "bench", "run", str(config), "--out", str(out)]

@@ -131,6 +131,14 @@ def test_low_overlap_raises(vocab: GeneVocabulary):
     assert match.n_matched == 1
 
 
+def test_a_small_vocabulary_matching_all_its_genes_is_not_low_overlap(vocab: GeneVocabulary):
+    small = GeneVocabulary.from_genes(SYMBOLS[:3])  # e.g. a model pretrained on a targeted panel
+    adata = _adata([*SYMBOLS[:3], *(f"other{i}" for i in range(97))])  # 3 % of the file's genes, all of the model's
+    assert match_genes(adata, small).n_matched == 3
+    with pytest.raises(ValueError, match=r"Only 2 of 100 genes \(2\.0%\) .* vocabulary of 3 genes"):
+        match_genes(_adata([*SYMBOLS[:2], *(f"other{i}" for i in range(98))]), small, min_fraction=0.9)
+
+
 def test_input_left_untouched(vocab: GeneVocabulary):
     adata = _adata(["gene3", "foo"], symbol=["GENE3", "bar"])
     before = adata.var.copy()

@@ -92,6 +92,8 @@ def _config(**changes) -> TrainingConfig:
         ("mvc_genes", 0, "None or an integer >= 1"),
         ("value_encoding", "ranks", "'rank' or 'presence'"),
         ("max_minutes", 0, "None or > 0"),
+        ("seed", -1, "an integer from 0 to 4294967295"),
+        ("seed", 2**32, "an integer from 0 to 4294967295"),
     ],
 )
 def test_settings_that_cannot_train_are_refused(setting, value, expected):
@@ -449,7 +451,9 @@ def test_files_sharing_few_genes_are_warned_about_and_small_panels_are_not(corpu
         check_vocabulary_genes(disjoint, vocab)
     warned = [r.getMessage() for r in caplog.records if "shares at most" in r.getMessage()]
     assert len(warned) == 2, warned
-    assert re.search(r"Training file '[^']*shard0\.h5ad' shares at most 0 of \d+ vocabulary genes \(0%\) with any", warned[0])
+    assert re.search(
+        r"Training file '[^']*shard0\.h5ad' shares at most 0 of \d+ vocabulary genes \(0%\) with any", warned[0]
+    )
     assert "other.h5ad" in warned[1]
     caplog.clear()
     panel_files = [corpus_files[0], tmp_path / "panel.h5ad"]

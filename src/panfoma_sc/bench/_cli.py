@@ -13,7 +13,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._harness import run
 
     command = "panfoma " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.record_command else None
-    results = run(args.config, args.out, command=command or f"panfoma bench run {args.config} --out {args.out}")
+    canonical = f"panfoma bench run {shlex.quote(str(args.config))} --out {shlex.quote(str(args.out))}"
+    results = run(args.config, args.out, command=command or canonical)
     ok = int((results["status"] == "ok").sum()) if "status" in results else 0
     print(f"Wrote {args.out}: results.csv ({ok} of {len(results)} rows ok), report.md, figures/.")
     return 0

@@ -46,7 +46,12 @@ def expression_matrix(adata: AnnData, layer: str | None = None):
         check_row_readable(matrix, "adata.X")
         return matrix
     if layer not in adata.layers:
-        msg = f"Layer {layer!r} not found in adata.layers (available: {sorted(adata.layers)})."
+        fix = (
+            f"pass one of {sorted(adata.layers)} as the layer, or layer=None to read adata.X"
+            if len(adata.layers)
+            else "adata has no layers: pass layer=None to read adata.X"
+        )
+        msg = f"Layer {layer!r} not found in adata.layers: {fix}."
         raise KeyError(msg)
     return adata.layers[layer]
 

@@ -93,7 +93,8 @@ def match_genes(
     gene_symbols
         Column of ``adata.var`` holding gene symbols, when ``var_names`` are something else.
     min_fraction
-        Raise when fewer than this share of the genes match.
+        Raise when fewer than this share of the genes match (of the vocabulary's genes, when it holds fewer than
+        ``adata``: a model trained on a few thousand genes matches all of them in a whole-transcriptome file).
     adata_name
         How messages call ``adata``: the argument it was passed as (e.g. ``"reference"``).
     use_raw
@@ -165,7 +166,7 @@ def match_names(
     source
         Where the names come from, for messages (e.g. ``"adata.var_names"``).
     min_fraction
-        Raise when fewer than this share of the genes match.
+        Raise when fewer than this share of the genes match (of the vocabulary's genes, when it holds fewer).
     obs_names
         The object's cell names: a message says when they, not ``names``, look like genes (a transposed matrix).
     object_name
@@ -196,11 +197,13 @@ def match_names(
             f"(e.g. {names[:3].tolist()}). {hint}"
         )
         raise ValueError(msg)
-    if match.fraction < min_fraction:
+    coverable = min(match.n_genes, len(vocab.symbols))  # a small vocabulary cannot match more of a large file
+    if match.n_matched < min_fraction * coverable:
         msg = (
             f"Only {match.n_matched} of {match.n_genes} genes ({match.fraction:.1%}) in {source} are in the "
-            f"model's vocabulary (min_fraction={min_fraction}). Check that they are gene symbols or Ensembl IDs "
-            "(or pass gene_symbols=...), or lower min_fraction if this is expected."
+            f"model's vocabulary of {len(vocab.symbols)} genes (min_fraction={min_fraction} of the "
+            f"{coverable} that could match). Check that they are gene symbols or Ensembl IDs (or pass "
+            "gene_symbols=...), or lower min_fraction if this is expected."
         )
         raise ValueError(msg)
     _warn_if_mouse_symbols(names[use], source)

@@ -331,7 +331,8 @@ def annotate(
         if method != "finetune":
             msg = (
                 f"reference=None with a fine-tuned model needs method='finetune' (got {method!r}): the labels come "
-                f"from model {pretrained.name!r}'s classifier, and method='knn' or 'logreg' needs a labelled reference."
+                f"from the classifier of model {pretrained.name!r}, and method='knn' or 'logreg' needs a labelled "
+                "reference."
             )
             raise ValueError(msg)
         query_job = EmbeddingJob.prepare(adata, pretrained, layer=layer, use_raw=use_raw, **options)

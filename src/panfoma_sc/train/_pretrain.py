@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._arguments import is_integer
+from .._arguments import MAX_SEED, is_integer
 from .._memory import returns_freed_memory
 from .._settings import settings, torch_threads
 from ..data.tokenizer import Tokenizer, sample_expression_targets
@@ -113,6 +113,8 @@ class TrainingConfig:
         for name, minimum in least.items():
             value = getattr(self, name)
             _require(name, value, is_integer(value) and value >= minimum, f"an integer >= {minimum}")
+        valid_seed = is_integer(self.seed) and 0 <= self.seed <= MAX_SEED
+        _require("seed", self.seed, valid_seed, f"an integer from 0 to {MAX_SEED}")
         checkpointing = self.activation_checkpointing
         valid = checkpointing is None or isinstance(checkpointing, bool)
         _require("activation_checkpointing", checkpointing, valid, "None, True or False")
