@@ -256,6 +256,8 @@ def test_python_hints_become_options_switches_included():
         "pf.tl.key_added() stay; --key-added must be a string."
     )
     assert _as_options(message, options) == expected
+    both = "Lower n_neighbors (--n-neighbors) to 5."  # written for both audiences: left as it is
+    assert _as_options(both, options) == both
 
 
 def test_unwritable_output_is_refused_before_any_work(pbmc68k, tiny_checkpoint, tmp_path, capsys, monkeypatch):

@@ -803,11 +803,14 @@ def _as_options(message: str, options: set[str]) -> str:
             return f"{flag}{end}"
         return f"{flag} {value}{end}"
 
+    message = _PYTHON_ARGUMENT.sub(option, message)
+
     def bare(match: re.Match) -> str:
         flag = "--" + match.group(1).replace("_", "-")
-        return flag if flag in options else match.group(0)
+        named = flag in options and flag not in message  # a message naming both already ("min_cells (--min-cells)")
+        return flag if named else match.group(0)
 
-    return _PYTHON_NAME.sub(bare, _PYTHON_ARGUMENT.sub(option, message))
+    return _PYTHON_NAME.sub(bare, message)
 
 
 #: the registry's advice for Python callers: ``pf.models.register('name', 'path', sha256='...', overwrite=True)``
