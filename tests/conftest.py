@@ -66,6 +66,13 @@ def pbmc_sorted(pbmc_sorted_session) -> ad.AnnData:
 
 
 @pytest.fixture
+def lung_lines() -> ad.AnnData:
+    """120 real cells of three lung cancer lines (raw counts) by two protocols (``obs["batch"]``)."""
+    adata = ad.read_h5ad(_real_data_path("lung_celllines_3cl_celseq2_dropseq.h5ad"))
+    return sc.pp.sample(adata, n=120, rng=0, copy=True)
+
+
+@pytest.fixture
 def pbmc68k() -> ad.AnnData:
     """scanpy's bundled pbmc68k_reduced (700 cells; log-normalized values in .raw)."""
     return sc.datasets.pbmc68k_reduced().raw.to_adata()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from panfoma_sc.nn import CONFIGS, PanFoMa, PanFoMaConfig, masked_bin_loss
 from panfoma_sc.nn.layers import take_tokens
@@ -271,14 +272,31 @@ def test_bilinear_mvc_head_needs_the_cell_for_cell_specific_predictions():
     torch.testing.assert_close(blind[0], blind[1])  # without the cell term only the gene prior is left
 
 
-def test_gradient_reversal_flips_and_scales_the_gradient():
-    from panfoma_sc.nn import reverse_gradient
+def test_batch_discriminator_trains_itself_and_the_encoder_on_separate_bounded_losses():
+    from panfoma_sc.nn import BatchDiscriminator
 
-    x = torch.randn(4, 3, requires_grad=True)
-    out = reverse_gradient(x, 2.5)
-    torch.testing.assert_close(out, x)
-    out.sum().backward()
-    torch.testing.assert_close(x.grad, torch.full_like(x, -2.5))
+    torch.manual_seed(0)
+    discriminator = BatchDiscriminator(8, 3)
+    embedding = torch.randn(12, 8, requires_grad=True)
+    batches = torch.arange(12) % 3
+    own, confusion = discriminator.losses(embedding, batches)
+    torch.testing.assert_close(own, F.cross_entropy(discriminator(embedding), batches))
+    own.backward(retain_graph=True)
+    assert embedding.grad is None  # the discriminator's loss never reaches the encoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+    discriminator.zero_grad()
+    confusion.backward()
+    assert all(p.grad is None or not p.grad.any() for p in discriminator.parameters())  # nor the encoder's it
+    assert embedding.grad.abs().sum() > 0
+    # the encoder's loss is zero at a uniform prediction, positive elsewhere, and bounded: it reaches its minimum at
+    # the decision boundary instead of rewarding a confident wrong batch as a reversed cross-entropy does
+    with torch.no_grad():
+        discriminator.net[-1].weight.zero_()
+        discriminator.net[-1].bias.zero_()
+    assert discriminator.losses(embedding, batches)[1].abs() < 1e-6
+    with torch.no_grad():
+        discriminator.net[-1].bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+    assert discriminator.losses(embedding, batches)[1] > 2
 
 
 def test_token_readout_reads_feature_tokens_of_other_modalities():

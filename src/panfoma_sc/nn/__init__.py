@@ -1,7 +1,7 @@
 """PyTorch implementation of the PanFoMa network (no AnnData in here)."""
 
 from .config import CONFIGS, PanFoMaConfig
-from .heads import BatchDiscriminator, CellClassifier, reverse_gradient
+from .heads import BatchDiscriminator, CellClassifier
 from .model import MVCHead, PanFoMa, PanFoMaOutput, ValueHead, masked_bin_loss
 from .ssd import Mamba2, ssd_recurrence, ssd_scan
 
@@ -16,7 +16,6 @@ __all__ = [
     "PanFoMaOutput",
     "ValueHead",
     "masked_bin_loss",
-    "reverse_gradient",
     "ssd_recurrence",
     "ssd_scan",
 ]

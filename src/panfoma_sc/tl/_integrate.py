@@ -113,8 +113,9 @@ def integrate(
 
     Fine-tunes the model on ``adata`` with its pretraining objective (masked values, and reconstruction of
     expressed and silent genes from the cell embedding) while removing batch: the reconstruction decoder is
-    told each cell's batch (so the embedding need not carry it), an adversarial batch classifier reads the
-    embedding through gradient reversal, and a maximum-mean-discrepancy term pulls each batch's embeddings
+    told each cell's batch (so the embedding need not carry it), a batch discriminator learns to tell the batches
+    apart from the embedding while the encoder learns to make its prediction uniform (a bounded confusion loss,
+    :class:`~panfoma_sc.nn.BatchDiscriminator`), and a maximum-mean-discrepancy term pulls each batch's embeddings
     onto the other cells of the minibatch. The fine-tuned model then embeds every cell.
 
     Given a :class:`~mudata.MuData`, builds a joint embedding of its RNA modality with protein (CITE-seq ADTs)

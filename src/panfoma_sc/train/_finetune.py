@@ -520,7 +520,7 @@ def batch_mmd(embedding: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
 
 
 class _IntegrationObjective(nn.Module):
-    """Masked-value + batch-conditioned MVC + adversarial batch loss on the cell embedding."""
+    """Masked-value + batch-conditioned MVC + adversarial batch terms + batch MMD on the cell embedding."""
 
     def __init__(self, network: PanFoMa, n_batches: int) -> None:
         super().__init__()
@@ -529,7 +529,7 @@ class _IntegrationObjective(nn.Module):
         nn.init.zeros_(self.batch_embedding.weight)
         self.discriminator = BatchDiscriminator(network.config.d_model, n_batches)
 
-    def forward(self, tokens, masked_bins, hidden, batches, mvc_ids, mvc_bins, strength: float):
+    def forward(self, tokens, masked_bins, hidden, batches, mvc_ids, mvc_bins):
         gene_ids, bins, padding = tokens
         output = self.network(gene_ids, masked_bins, padding)
         flat = bins.reshape(bins.shape[0], -1)
@@ -538,8 +538,8 @@ class _IntegrationObjective(nn.Module):
         conditioned = output.cell_embedding + self.batch_embedding(batches)
         logits = self.network.mvc_head(conditioned, self.network.embedding.gene(mvc_ids))
         loss_mvc = masked_bin_loss(logits, mvc_bins, torch.ones_like(mvc_bins, dtype=torch.bool))
-        loss_batch = F.cross_entropy(self.discriminator(output.cell_embedding, strength).float(), batches)
-        return loss_value, loss_mvc, loss_batch, batch_mmd(output.cell_embedding, batches)
+        loss_batch, loss_confusion = self.discriminator.losses(output.cell_embedding, batches)
+        return loss_value, loss_mvc, loss_batch, loss_confusion, batch_mmd(output.cell_embedding, batches)
 
 
 @returns_freed_memory
@@ -562,8 +562,9 @@ def finetune_integration(
 
     The objective is the pretraining one (masked values, and MVC reconstruction of expressed and silent
     genes from the cell embedding) with two changes: the MVC decoder also receives a learned batch
-    embedding, and a batch discriminator reads the cell embedding through gradient reversal
-    (strength ramped up over the first third of the steps, as in DANN).
+    embedding, and a batch discriminator learns to predict the batch from the cell embedding while the encoder
+    learns to make its prediction uniform (:class:`~panfoma_sc.nn.BatchDiscriminator`; the encoder's term ramped
+    up over the first third of the steps, as in DANN).
 
     Parameters
     ----------
@@ -578,7 +579,7 @@ def finetune_integration(
     config
         Fine-tuning settings (``validation_fraction`` and ``patience`` are not used: there are no labels).
     adversarial_weight
-        Weight of the batch-discriminator loss.
+        Weight of the batch discriminator's loss and of the encoder's confusion loss.
     mmd_weight
         Weight of the maximum mean discrepancy between each batch's embeddings and the rest of the minibatch.
     mvc_genes
@@ -632,22 +633,23 @@ def finetune_integration(
                 mvc_genes=mvc_genes,
             )
             strength = min(1.0, (step + 1) / ramp)
-            loss_value, loss_mvc, loss_batch, loss_mmd = objective(
+            loss_value, loss_mvc, loss_batch, loss_confusion, loss_mmd = objective(
                 tokens,
                 masked,
                 hidden,
                 torch.from_numpy(batches[rows]).to(device),
                 torch.from_numpy(mvc_ids).to(device),
                 torch.from_numpy(mvc_bins).to(device),
-                strength,
             )
-            loss = loss_value + loss_mvc + adversarial_weight * loss_batch + mmd_weight * loss_mmd
+            adversarial = loss_batch + strength * loss_confusion
+            loss = loss_value + loss_mvc + adversarial_weight * adversarial + mmd_weight * loss_mmd
             _apply_gradients(optimizer, loss, objective.parameters())
             record = {
                 "step": step,
                 "loss_value": float(loss_value.detach()),
                 "loss_mvc": float(loss_mvc.detach()),
                 "loss_batch": float(loss_batch.detach()),
+                "loss_confusion": float(loss_confusion.detach()),
                 "loss_mmd": float(loss_mmd.detach()),
             }
             history.append(record)

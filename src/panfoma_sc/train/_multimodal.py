@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -135,7 +134,7 @@ class _JointObjective(nn.Module):
         nn.init.zeros_(self.batch_embedding.weight)
         self.discriminator = BatchDiscriminator(network.config.d_model, max(n_batches, 2))
 
-    def forward(self, tokens, masked_bins, hidden, batches, targets, strength: float):
+    def forward(self, tokens, masked_bins, hidden, batches, targets):
         gene_ids, bins, padding = tokens
         output = self.network(gene_ids, masked_bins, padding)
         flat = bins.reshape(bins.shape[0], -1)
@@ -147,7 +146,7 @@ class _JointObjective(nn.Module):
             logits = self.network.mvc_head(conditioned, self.network.embedding.token_vectors(ids))
             losses[name] = masked_bin_loss(logits, target_bins, keep)
         if self.n_batches >= 2:
-            losses["loss_batch"] = F.cross_entropy(self.discriminator(output.cell_embedding, strength).float(), batches)
+            losses["loss_batch"], losses["loss_confusion"] = self.discriminator.losses(output.cell_embedding, batches)
             losses["loss_mmd"] = batch_mmd(output.cell_embedding, batches)
         return losses
 
@@ -196,7 +195,7 @@ def finetune_multimodal(
     feature_weight
         Weight of the feature reconstruction from the cell embedding.
     adversarial_weight
-        Weight of the batch classifier (with several batches).
+        Weight of the batch discriminator's loss and of the encoder's confusion loss (with several batches).
     mmd_weight
         Weight of the batch MMD (with several batches).
     mvc_genes
@@ -261,12 +260,12 @@ def finetune_multimodal(
                 "loss_mvc": (torch.from_numpy(mvc_ids).to(device), mvc_bins, every_gene),
                 "loss_feature": (feature_ids.expand(rows.size, -1), feature_bins, feature_bins > 0),
             }
-            losses = objective(
-                tokens, masked, hidden, torch.from_numpy(batches[rows]).to(device), targets, min(1.0, (step + 1) / ramp)
-            )
+            losses = objective(tokens, masked, hidden, torch.from_numpy(batches[rows]).to(device), targets)
             loss = losses["loss_value"] + losses["loss_mvc"] + feature_weight * losses["loss_feature"]
             if "loss_batch" in losses:
-                loss = loss + adversarial_weight * losses["loss_batch"] + mmd_weight * losses["loss_mmd"]
+                strength = min(1.0, (step + 1) / ramp)
+                adversarial = losses["loss_batch"] + strength * losses["loss_confusion"]
+                loss = loss + adversarial_weight * adversarial + mmd_weight * losses["loss_mmd"]
             _apply_gradients(optimizer, loss, objective.parameters())
             record = {"step": step} | {k: float(v.detach()) for k, v in losses.items()}
             history.append(record)
