@@ -510,3 +510,18 @@ def test_registry_advice_is_worded_as_the_models_register_command(capsys):
     assert "Unknown model 'mine'" in err
     assert "add yours with panfoma models register NAME PATH_OR_URL --sha256 SHA256." in err
     assert "pf.models.register" not in err
+
+
+def test_models_list_fits_the_terminal(tiny_checkpoint, capsys, monkeypatch):
+    description = "a long description " * 12
+    assert main(["models", "register", "verbose-one", str(tiny_checkpoint), "--description", description]) == EXIT_OK
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["models", "list"]) == EXIT_OK
+    listed = capsys.readouterr().out
+    assert max(map(len, listed.splitlines())) <= 120
+    assert "verbose-one" in listed
+    assert "..." in listed
+    # describe keeps the whole text
+    assert main(["models", "describe", "verbose-one"]) == EXIT_OK
+    assert description.strip() in json.loads(capsys.readouterr().out)["description"]

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from ._version import __version__
 from .data.vocab import DEFAULT_MIN_CELLS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .train import TrainingConfig
 
 __all__ = ["main"]
@@ -273,11 +276,24 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _fit_to_terminal(table: pd.DataFrame, *, column: str) -> str:
+    """``table`` as text, ``column``'s entries shortened (ending in "...") so that each line fits the terminal."""
+    width = shutil.get_terminal_size().columns
+    text = table.to_string(index=False)
+    widest = max(map(len, text.splitlines()))
+    if widest <= width or column not in table:
+        return text
+    room = max(len(column), table[column].astype(str).str.len().max() - (widest - width))
+    entries = table[column].astype(str)
+    shortened = entries.where(entries.str.len() <= room, entries.str.slice(0, room - 3) + "...")
+    return table.assign(**{column: shortened}).to_string(index=False)
+
+
 def _models(args: argparse.Namespace) -> int:
     from . import models
 
     if args.models_command == "list":
-        print(models.available().to_string(index=False))
+        print(_fit_to_terminal(models.available(), column="description"))
     elif args.models_command == "describe":
         print(json.dumps(models.describe(args.name), indent=2, default=str))
     elif args.models_command == "register":

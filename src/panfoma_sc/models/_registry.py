@@ -525,7 +525,7 @@ def available() -> pd.DataFrame:
 
 
 def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
-    """Everything known about a checkpoint: config, parameter count, vocabulary size, training summary.
+    """Everything known about a checkpoint: registry entry, config, parameter count, vocabulary size, training.
 
     The checkpoint's provenance comes along, e.g. the bundled model's training data and its held-out evaluation
     (``"metrics"``: kNN accuracy and AvgBIO of the trained network, random weights and PCA per dataset).
@@ -558,8 +558,11 @@ def describe(name_or_path: str | Path = DEFAULT_MODEL) -> dict[str, Any]:
         }
     model = load(name_or_path)
     network = model.checkpoint.build_model("cpu")
+    entry = builtin.get(name) or _user_entries().get(name)
+    registered = {"version": entry.version, "description": entry.description} if entry else {}
     return {
         "name": model.name,
+        **registered,
         "checkpoint": str(model.path),
         "sha256": model.sha256,
         "n_parameters": network.n_parameters(),
