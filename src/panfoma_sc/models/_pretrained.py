@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .._settings import settings, torch_threads
 from ..data.prefetch import Prefetcher
 from ..data.tokenizer import TokenBatch, Tokenizer
@@ -365,7 +365,7 @@ class PretrainedModel:
         total = n_cells if rows_in_blocks is None else rows_in_blocks
         with (
             torch.inference_mode(),
-            tqdm(total=total, unit="cells", disable=not progress, desc=desc) as bar,
+            progress_bar(total=total, enabled=progress, unit="cells", desc=desc) as bar,
             batches,
         ):
             for rows, tokens in batches:

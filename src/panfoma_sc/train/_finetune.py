@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from scipy import sparse
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._arguments import MAX_SEED, require_integer, require_number
 from .._memory import returns_freed_memory
+from .._progress import progress_bar
 from .._settings import settings, torch_threads
 from ..data.rows import iter_row_blocks, row_major
 from ..data.tokenizer import sample_expression_targets
@@ -323,7 +323,7 @@ def finetune_classifier(
         history.append(record)
         best_loss = record.get("validation_loss", record["train_loss"])
         best = (copy.deepcopy(network.state_dict()), copy.deepcopy(head.state_dict()), -1)
-    bar = tqdm(total=total_steps, disable=not progress, desc="fine-tune classifier", unit="step")
+    bar = progress_bar(total=total_steps, enabled=progress, desc="fine-tune classifier", unit="step")
     for epoch in range(config.max_epochs):
         network.train(), head.train()
         train_loss, seen = 0.0, 0
@@ -616,7 +616,7 @@ def finetune_integration(
     _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
     history = []
-    with tqdm(total=total_steps, disable=not progress, desc="integrate", unit="step") as bar:
+    with progress_bar(total=total_steps, enabled=progress, desc="integrate", unit="step") as bar:
         for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)  # read once: tokens and MVC targets come from the same rows
             tokens = _step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device)

@@ -201,8 +201,8 @@ def corpus_gene_contrastive(
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
+    from .._progress import progress_bar
     from ._pretrain import info_nce  # imported here: _pretrain imports this module
 
     bag, _ = _corpus_bag(corpus, tokenizer, vocab_size, max_cells_per_file, seed)
@@ -214,7 +214,7 @@ def corpus_gene_contrastive(
     table = torch.randn(vocab_size, n_components, generator=generator).requires_grad_()
     optimizer = torch.optim.Adam([table], lr=learning_rate)
     losses = []
-    bar = tqdm(range(steps), desc="gene table (contrastive)", disable=not progress)
+    bar = progress_bar(range(steps), enabled=progress, desc="gene table (contrastive)")
     for _ in bar:
         rows = np.sort(rng.choice(n_cells, batch_size, replace=False))
         first, second = _random_halves(bag, rows, rng)

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._memory import returns_freed_memory
+from .._progress import progress_bar
 from .._settings import settings, torch_threads
 from ..data.features import append_feature_tokens
 from ..models._pretrained import PretrainedModel, tokens_to_torch
@@ -114,7 +114,8 @@ class MultimodalEncoder:
         device = settings.resolve_device(device)
         self.network.to(device).eval()
         output = np.empty((cells.n_cells, self.network.config.d_model), dtype=np.float32)
-        with torch.inference_mode(), tqdm(total=cells.n_cells, disable=not progress, desc="embed", unit="cells") as bar:
+        bar = progress_bar(total=cells.n_cells, enabled=progress, desc="embed", unit="cells")
+        with torch.inference_mode(), bar:
             for start in range(0, cells.n_cells, batch_size):
                 rows = np.arange(start, min(start + batch_size, cells.n_cells))
                 tokens = self.tokens(cells, features, rows, cells.block(rows), seed=seed, device=device)
@@ -237,7 +238,7 @@ def finetune_multimodal(
     _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
     history = []
-    with tqdm(total=total_steps, disable=not progress, desc="joint fine-tune", unit="step") as bar:
+    with progress_bar(total=total_steps, enabled=progress, desc="joint fine-tune", unit="step") as bar:
         for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)
             tokens = encoder.tokens(cells, features, rows, block, seed=config.seed + epoch, device=device)

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._arguments import MAX_SEED, is_integer
 from .._memory import returns_freed_memory
+from .._progress import progress_bar
 from .._settings import settings, torch_threads
 from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
@@ -588,7 +588,8 @@ def pretrain(
     start_time = time.monotonic()
     steps_this_session = 0
     objective.train()
-    bar = tqdm(total=config.max_steps, initial=step, disable=not progress or rank != 0, desc="pretrain", unit="step")
+    shown = progress and rank == 0
+    bar = progress_bar(total=config.max_steps, initial=step, enabled=shown, desc="pretrain", unit="step")
     loss_names = ["value", "mvc"] + (["contrastive"] if n_views == 2 else [])
     running = dict.fromkeys(loss_names, 0.0) | {"cells": 0, "steps": 0}
     finished = step >= config.max_steps
