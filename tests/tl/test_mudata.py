@@ -14,6 +14,7 @@ import scanpy as sc
 from anndata.tests.helpers import assert_equal
 
 import panfoma_sc as pf
+from panfoma_sc.tl._embedding_job import EmbeddingJob
 
 md = pytest.importorskip("mudata")
 mu = pytest.importorskip("muon")
@@ -169,9 +170,20 @@ def _renamed(mdata, name, names):
 def _bad_citeseq(citeseq, case):
     """``(mdata, kwargs, error, message)`` of one bad input."""
     if case == "missing modality":
-        return citeseq, {"modality": "gex"}, KeyError, "no modality 'gex'"
+        # no modality with a usual RNA name to suggest: the message does not suggest a wrong one
+        expected = r"no modality 'gex' .*Pass modality= the name of the RNA modality\.\W*$"
+        return citeseq, {"modality": "gex"}, KeyError, expected
     if case == "missing protein modality":
         return citeseq, {"protein": "adt"}, KeyError, "no modality 'adt' .* e.g. protein='prot'"
+    if case == "protein is the RNA modality":
+        return citeseq, {"protein": "rna"}, ValueError, r"protein='rna' is the RNA modality \(modality='rna'\)"
+    if case == "ADT not measured in some cells":
+        bad = citeseq.copy()
+        prot = np.asarray(bad.mod["prot"].X.todense() if hasattr(bad.mod["prot"].X, "todense") else bad.mod["prot"].X)
+        prot = prot.astype(np.float32)
+        prot[:5] = np.nan
+        bad.mod["prot"].X = prot
+        return bad, {}, ValueError, r"NaN or infinite values in 5 of 32 cells \(5 of them have no value at all"
     if case == "no shared cells":
         bad = _renamed(citeseq, "prot", [f"other{i}" for i in range(citeseq.n_obs)])
         return bad, {}, ValueError, "share no cells"
@@ -214,6 +226,8 @@ def _bad_citeseq(citeseq, case):
 CASES = [
     "missing modality",
     "missing protein modality",
+    "protein is the RNA modality",
+    "ADT not measured in some cells",
     "no shared cells",
     "cells not in every modality",
     "protein passed as RNA",
@@ -257,3 +271,47 @@ def test_atac_without_peak_coordinates_raises_and_leaves_mudata_untouched(multio
     with pytest.raises(ValueError, match="no coordinates"):
         pf.tl.integrate(mdata, model=tiny_checkpoint, max_steps=1, progress=False)
     assert_mudata_equal(mdata, before)
+
+
+@pytest.mark.parametrize("tool", ["embed", "integrate"])
+def test_copy_of_a_backed_mudata_is_refused_before_any_work(citeseq, tiny_checkpoint, tmp_path, tool, monkeypatch):
+    citeseq.write_h5mu(tmp_path / "cells.h5mu")
+    backed = md.read_h5mu(tmp_path / "cells.h5mu", backed=True)
+    monkeypatch.setattr(EmbeddingJob, "run", lambda *a, **k: pytest.fail("the model ran"))
+    call = pf.tl.embed if tool == "embed" else pf.tl.integrate
+    with pytest.raises(ValueError, match=r"mdata is backed .*copy=False to write the result into mdata"):
+        call(backed, model=tiny_checkpoint, copy=True, progress=False)
+    assert "X_panfoma" not in backed.obsm
+    assert "X_panfoma_integrated" not in backed.obsm
+
+
+def test_naming_only_atac_leaves_the_proteins_out(multiome, tiny_checkpoint):
+    rna = multiome.mod["rna"]
+    rng = np.random.default_rng(0)
+    prot = ad.AnnData(
+        rng.poisson(5.0, size=(rna.n_obs, 6)).astype(np.float32),
+        obs=pd.DataFrame(index=rna.obs_names),
+        var=pd.DataFrame(index=["CD3", "CD4", "CD8", "CD14", "CD19", "CD56"]),
+    )
+    mdata = md.MuData({"rna": rna.copy(), "prot": prot, "atac": multiome.mod["atac"].copy()})
+    pf.tl.integrate(mdata, model=tiny_checkpoint, atac="atac", method="late_fusion", progress=False)
+    assert list(mdata.uns["X_panfoma_integrated"]["modalities"]) == ["atac"]
+    # neither named: both found by their usual names
+    pf.tl.integrate(mdata, model=tiny_checkpoint, method="late_fusion", key_added="both", progress=False)
+    assert set(mdata.uns["both"]["modalities"]) == {"prot", "atac"}
+
+
+def test_duplicate_cell_names_get_a_fix_that_works(citeseq, tiny_checkpoint):
+    renamed = {}
+    for key, mod in citeseq.mod.items():
+        renamed[key] = mod.copy()
+        renamed[key].obs_names = ["same", "same", *mod.obs_names[2:]]
+    mdata = md.MuData(renamed)
+    with pytest.raises(ValueError, match=r"obs_names are not unique \(e.g. \['same'\]\).*then call mdata.update\(\)"):
+        pf.tl.embed(mdata, tiny_checkpoint, progress=False)
+    for mod in mdata.mod.values():
+        assert "X_panfoma" not in mod.obsm
+        mod.obs_names = ["first", "second", *mod.obs_names[2:]]  # the fix the message gives
+    mdata.update()
+    pf.tl.embed(mdata, tiny_checkpoint, progress=False)
+    assert mdata.obsm["X_panfoma"].shape == (32, 32)

@@ -59,7 +59,7 @@ def embed(
     model
         Registry name (see :func:`panfoma_sc.models.available`), checkpoint path, or a loaded model.
     layer
-        Layer holding expression; ``None`` uses ``adata.X``.
+        Layer holding expression; ``None`` uses ``adata.X``. For a MuData, a layer of the RNA modality.
     use_raw
         Read expression and genes from ``adata.raw`` (as scanpy keeps them before scaling or gene selection)
         instead of ``adata.X``; results are still written to ``adata``. Not with ``layer``.
@@ -101,7 +101,7 @@ def embed(
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``. Sets
+    ``None``, or a new AnnData (MuData) when ``copy=True``. Sets
 
     adata.obsm['X_panfoma' | key_added] : :class:`numpy.ndarray` (dtype ``float32``)
         The cell embedding, ``(n_obs, d_model)``.

@@ -148,7 +148,7 @@ def integrate(
     model
         Registry name, checkpoint path or loaded model to start from.
     layer
-        Layer holding expression; ``None`` uses ``adata.X``.
+        Layer holding expression; ``None`` uses ``adata.X``. For a MuData, a layer of the RNA modality.
     use_raw
         Read expression and genes from ``adata.raw`` (as scanpy keeps them before scaling or gene selection)
         instead of ``adata.X``; results are still written to ``adata``. Not with ``layer``.
@@ -177,9 +177,13 @@ def integrate(
     modality
         MuData: the RNA modality.
     protein
-        MuData: the protein (ADT) modality, raw counts; default the one named ``prot``, ``protein`` or ``adt``.
+        MuData: the protein (ADT) modality, raw counts. When neither ``protein`` nor ``atac`` is given, the
+        modality named ``prot``, ``protein``, ``adt`` or ``antibody capture`` (any case), if there is one; naming
+        only ``atac`` leaves the proteins out.
     atac
-        MuData: the ATAC modality, raw peak counts with peak coordinates; default the one named ``atac`` or ``peaks``.
+        MuData: the ATAC modality, raw peak counts with peak coordinates. When neither ``protein`` nor ``atac`` is
+        given, the modality named ``atac``, ``peaks`` or ``chromatin`` (any case), if there is one; naming only
+        ``protein`` leaves the peaks out.
     method
         MuData: ``"joint"`` (the model reads every modality) or ``"late_fusion"`` (the baseline).
     feature_weight
@@ -193,7 +197,7 @@ def integrate(
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``. Sets
+    ``None``, or a new AnnData (MuData) when ``copy=True``. Sets
 
     ``adata.obsm[key_added]`` : :class:`numpy.ndarray` (``float32``)
         The integrated embedding.

@@ -35,10 +35,14 @@ def require_muon():
     return muon
 
 
+#: what each ``role`` of :func:`find_modality` holds, for messages
+_ROLE_CONTENT = {"modality": "RNA", "protein": "protein (ADT)", "atac": "ATAC"}
+
+
 def find_modality(mdata: MuData, name: str | None, *, role: str, candidates: tuple[str, ...] = ()) -> str | None:
     """The modality called ``name``, or (``name=None``) the first of ``candidates`` present, or ``None``.
 
-    The error for an unknown ``name`` suggests the first of ``candidates`` present.
+    The error for an unknown ``name`` suggests the first of ``candidates`` present, if any.
 
     Raises
     ------
@@ -50,9 +54,11 @@ def find_modality(mdata: MuData, name: str | None, *, role: str, candidates: tup
     usual = next((lowered[c] for c in candidates if c in lowered), None)
     if name is not None:
         if name not in mdata.mod:
+            content = _ROLE_CONTENT.get(role, role)
+            example = f", e.g. {role}={usual!r}" if usual is not None else ""
             msg = (
-                f"mdata has no modality {name!r} for the {role} (modalities: {available}). "
-                f"Pass one of them, e.g. {role}={usual or available[0]!r}."
+                f"mdata has no modality {name!r} (its modalities: {available}). Pass {role}= the name of the "
+                f"{content} modality{example}."
             )
             raise KeyError(msg)
         return name
@@ -78,7 +84,12 @@ def modality_rows(mdata: MuData, names: list[str], *, require_all: bool) -> tupl
     AnnData holding those cells (same order).
     """
     if not mdata.obs_names.is_unique:
-        msg = "mdata.obs_names are not unique. Make them unique first, e.g. mdata.obs_names_make_unique()."
+        repeated = mdata.obs_names[mdata.obs_names.duplicated()].unique()[:5].tolist()
+        msg = (
+            f"mdata.obs_names are not unique (e.g. {repeated}). Make each modality's obs_names unique, giving a "
+            "cell the same new name in every modality (e.g. prefix the sample: mod.obs_names = sample + '_' + "
+            "mod.obs_names), then call mdata.update()."
+        )
         raise ValueError(msg)
     present = np.ones(mdata.n_obs, dtype=bool)
     positions = {}

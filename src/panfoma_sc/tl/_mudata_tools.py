@@ -40,6 +40,17 @@ def _prepare_rna(mdata: MuData, modality: str, rows: np.ndarray | None, **job_kw
         raise type(error)(msg) from error
 
 
+def _refuse_backed_copy(mdata: MuData, *, copy: bool) -> None:
+    """Mudata copies a backed MuData only into a new file: refuse ``copy=True`` before any work."""
+    if copy and mdata.isbacked:
+        msg = (
+            "mdata is backed (read with backed=True), and mudata copies a backed MuData only into a new file, so "
+            "copy=True cannot return the result. Read it into memory (mudata.read_h5mu(path)) for copy=True, or "
+            "pass copy=False to write the result into mdata."
+        )
+        raise ValueError(msg)
+
+
 def _refuse_modality_key(mdata: MuData, keys: EmbeddingKeys) -> None:
     """A ``key_added`` named like a modality would replace mudata's own ``obsm[<modality>]`` (which cells it has)."""
     if keys.obsm in mdata.mod:
@@ -71,6 +82,7 @@ def embed_mudata(
 ) -> MuData | None:
     """Embed the RNA modality; write ``mod[modality].obsm``/``uns`` and ``mdata.obsm``/``uns``."""
     find_modality(mdata, modality, role="modality")
+    _refuse_backed_copy(mdata, copy=copy)
     _refuse_modality_key(mdata, keys)
     shared, rows = modality_rows(mdata, [modality], require_all=False)
     job = _prepare_rna(mdata, modality, None, model=model, device=device, **job_kwargs)
@@ -140,10 +152,22 @@ def integrate_mudata(
         msg = "save_model is not supported for MuData yet (the joint network has protein/ATAC tokens); pass None."
         raise ValueError(msg)
     find_modality(mdata, modality, role="modality")
+    _refuse_backed_copy(mdata, copy=copy)
     _refuse_modality_key(mdata, keys)
+    for role, name in (("protein", protein), ("atac", atac)):
+        if name is not None and name == modality:
+            msg = (
+                f"{role}={name!r} is the RNA modality (modality={modality!r}). Pass {role}= the name of the "
+                f"{'protein (ADT)' if role == 'protein' else 'ATAC'} modality (modalities: {list(mdata.mod)})."
+            )
+            raise ValueError(msg)
+    # the usual names are looked for only when neither is named: naming one means "this one only"
+    detect = protein is None and atac is None
     others = {
-        "protein": find_modality(mdata, protein, role="protein", candidates=PROTEIN_NAMES),
-        "atac": find_modality(mdata, atac, role="atac", candidates=ATAC_NAMES),
+        "protein": find_modality(mdata, protein, role="protein", candidates=PROTEIN_NAMES)
+        if protein is not None or detect
+        else None,
+        "atac": find_modality(mdata, atac, role="atac", candidates=ATAC_NAMES) if atac is not None or detect else None,
     }
     others = {kind: name for kind, name in others.items() if name is not None and name != modality}
     if not others:

@@ -69,15 +69,25 @@ def _dense(matrix) -> np.ndarray:
 
 
 def _check_counts(values: np.ndarray, where: str, what: str) -> None:
-    """Raise unless the (stored) values are finite nonnegative integers."""
-    if not np.all(np.isfinite(values)):
-        msg = f"{where} contains NaN or infinite values. Pass raw {what} counts with every entry filled."
+    """Raise unless the (stored) values are finite nonnegative integers; 2-D ``values`` are ``cells x features``."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        msg = f"{where} contains NaN or infinite values"
+        if values.ndim == 2:
+            unmeasured = int((~finite.any(axis=1)).sum())
+            msg += f" in {int((~finite.all(axis=1)).sum())} of {values.shape[0]} cells"
+            if unmeasured:
+                msg += f" ({unmeasured} of them have no value at all: their {what} was not measured)"
+        msg += (
+            f". Keep the cells with {what} data in every modality (subset them, then mu.pp.intersect_obs(mdata)), "
+            f"or pass raw {what} counts with every entry filled."
+        )
         raise ValueError(msg)
     if (values.size and values.min() < 0) or not np.all(values == np.round(values)):
         msg = (
             f"{where} does not hold raw {what} counts (negative or non-integer values: already normalized?). "
-            f"PanFoMa normalizes {what} counts itself; put the raw counts back in .X first, e.g. "
-            "mod.X = mod.layers['counts']."
+            f"PanFoMa normalizes {what} counts itself; put the raw counts in .X first and keep the normalized "
+            "values in a layer, e.g. mod.layers['normalized'] = mod.X.copy(); mod.X = mod.layers['counts']."
         )
         raise ValueError(msg)
 
@@ -124,7 +134,7 @@ def protein_features(
     if counts.shape[1] == 0:
         msg = f"{where} has no features (0 proteins)."
         raise ValueError(msg)
-    _check_counts(counts.ravel(), where, "ADT")
+    _check_counts(counts, where, "ADT")
     names = [str(v) for v in mod.var_names]
     gene_ids = vocab.lookup(n.split("_")[0] for n in names)
     batches = np.zeros(counts.shape[0], dtype=np.int64) if batches is None else np.asarray(batches)
@@ -141,7 +151,8 @@ def protein_features(
         )
         raise ValueError(msg)
     if not used.all():
-        logger.info("Leaving out %d proteins missing from some batch's panel.", int((~used).sum()))
+        where_missing = "some batch's panel" if len(np.unique(batches)) > 1 else "these cells (no counts)"
+        logger.info("Leaving out %d proteins missing from %s.", int((~used).sum()), where_missing)
     values = np.zeros((counts.shape[0], int(used.sum())), dtype=np.float32)
     for batch in np.unique(batches):
         cells = np.flatnonzero(batches == batch)
