@@ -203,6 +203,23 @@ def test_batch_independence():
     np.testing.assert_array_equal(some.gene_ids, together.gene_ids[subset])
 
 
+@pytest.mark.parametrize("selection", ["top", "random"])
+def test_dense_choice_in_row_groups_gives_the_same_tokens(selection: str, monkeypatch):
+    """Cells expressing fewer than n_genes are chosen a few rows at a time (bounded memory): same tokens."""
+    from panfoma_sc.data import tokenizer as module
+
+    dense = _counts(23, 200, density=0.05, seed=3)  # about 10 genes per cell: all on the dense path
+    dense[::5] = _counts(5, 200, density=0.8, seed=4)  # and some on the sparse path
+    gene_ids, keys = _gene_ids(200), _keys(23)
+    tokenizer = Tokenizer(n_genes=32, n_chunks=4, selection=selection)
+    whole = tokenizer(dense, gene_ids, keys, seed=2)
+    monkeypatch.setattr(module, "DENSE_CHOICE_ELEMENTS", 3 * 200)  # three rows per group
+    grouped = tokenizer(dense, gene_ids, keys, seed=2)
+    np.testing.assert_array_equal(grouped.gene_ids, whole.gene_ids)
+    np.testing.assert_array_equal(grouped.value_bins, whole.value_bins)
+    np.testing.assert_array_equal(grouped.padding_mask, whole.padding_mask)
+
+
 def test_gene_order_does_not_matter():
     dense = _counts(6, 70, density=0.3, seed=9)
     gene_ids, keys = _gene_ids(70), _keys(6)

@@ -152,6 +152,26 @@ def test_layer_and_backed_input(pbmc_sorted, tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(_embed(view, tiny_checkpoint).obsm["X_panfoma"], reference[:10], atol=1e-5)
 
 
+def test_copy_of_a_backed_anndata_is_read_before_the_model_runs(pbmc_sorted, tiny_checkpoint, tmp_path, monkeypatch):
+    """Reading the file into memory is what may run out of memory: it must fail before the work, not after it."""
+    from panfoma_sc.tl._embedding_job import EmbeddingJob
+
+    pbmc_sorted[:20].copy().write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    events = []
+
+    def out_of_memory(self):
+        events.append("to_memory")
+        raise MemoryError
+
+    monkeypatch.setattr(ad.AnnData, "to_memory", out_of_memory)
+    monkeypatch.setattr(EmbeddingJob, "run", lambda *args, **kwargs: events.append("run"))
+    with pytest.raises(MemoryError):
+        pf.tl.embed(backed, tiny_checkpoint, progress=False, copy=True)
+    assert events == ["to_memory"]
+    assert "X_panfoma" not in backed.obsm
+
+
 def test_backed_csc_and_backed_files_without_x_are_refused_with_the_fix(
     pbmc_sorted, tiny_checkpoint, tmp_path, monkeypatch
 ):

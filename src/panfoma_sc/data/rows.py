@@ -121,9 +121,18 @@ def is_backed_column_major(matrix) -> bool:
 
 
 def row_major(matrix):
-    """``matrix`` with cheap row slicing: in-memory CSC/COO converted to CSR (a copy), anything else as it is."""
+    """``matrix`` with cheap row slicing: in-memory CSC/COO converted to CSR (a copy), anything else as it is.
+
+    A CSR matrix whose ``indptr`` and ``indices`` have different integer types (anndata reads files written with
+    64-bit ``indptr`` and 32-bit ``indices`` so) is rewrapped around the same data with one index type: scipy
+    copies the whole ``indices`` array at every row slice of the mixed one, which made reading such a matrix
+    block by block quadratic in its size.
+    """
     if sparse.issparse(matrix) and matrix.format != "csr":
         return sparse.csr_matrix(matrix)
+    if sparse.issparse(matrix) and matrix.indptr.dtype != matrix.indices.dtype:
+        # the constructor picks one index type and converts only what differs (here: the small indptr)
+        return sparse.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
     return matrix
 
 

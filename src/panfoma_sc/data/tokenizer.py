@@ -35,6 +35,9 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
+#: cells x genes entries of one dense gene choice (each of its few arrays: 8 bytes per entry, so about 32 MB)
+DENSE_CHOICE_ELEMENTS = 1 << 22
+
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer: a bijective mix of uint64 values (wraps modulo 2**64 by design)."""
@@ -296,8 +299,15 @@ class Tokenizer:
             rows = np.flatnonzero(full)
             chosen[rows], chosen_bins[rows] = self._choose_sparse(binned[rows], gene_ids, cell_keys[rows], n_take, seed)
         if not full.all():
-            rows = np.flatnonzero(~full)
-            chosen[rows], chosen_bins[rows] = self._choose_dense(binned[rows], gene_ids, cell_keys[rows], n_take, seed)
+            sparse_rows = np.flatnonzero(~full)
+            # a few rows at a time: the dense choice holds several (rows, genes) arrays, which for a large batch of
+            # whole transcriptomes would take gigabytes (each cell's choice depends on that cell alone)
+            step = max(DENSE_CHOICE_ELEMENTS // max(n_columns, 1), 1)
+            for start in range(0, sparse_rows.size, step):
+                rows = sparse_rows[start : start + step]
+                chosen[rows], chosen_bins[rows] = self._choose_dense(
+                    binned[rows], gene_ids, cell_keys[rows], n_take, seed
+                )
 
         chunk_length = -(-n_take // self.n_chunks)
         total = chunk_length * self.n_chunks

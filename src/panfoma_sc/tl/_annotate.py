@@ -16,7 +16,7 @@ from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, check_storable_key, warn_if_replacing, written_by
+from ._keys import check_result_target, check_storable_key, result_target, warn_if_replacing, written_by
 from ._linear_probe import LinearProbe
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
@@ -267,7 +267,9 @@ def annotate(
     key_added
         Names of the written ``obs`` columns.
     copy
-        Return a new AnnData instead of writing into ``adata``.
+        Return a new AnnData instead of writing into ``adata``. A backed AnnData is read into memory for
+        it, before the model runs; with ``copy=False`` it stays on disk and the results go to the AnnData object
+        (in memory; the file is not changed: save with ``adata.write_h5ad(new_path)``).
     progress
         Show progress bars.
     seed
@@ -366,6 +368,7 @@ def annotate(
             is_rerun=_is_annotation,
             owner="no earlier pf.tl.annotate call",
         )
+    target = result_target(adata, copy=copy)
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
@@ -423,12 +426,10 @@ def annotate(
         confidence = probabilities[np.arange(winner.size), winner]
         classes = np.asarray(pretrained.classes, dtype=object)
 
-    if copy:
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
     predicted = classes[winner].astype(object)
     predicted[confidence < unknown_threshold] = UNKNOWN
     categories = list(dict.fromkeys([*classes, UNKNOWN]))
-    adata.obs[key_added] = pd.Categorical(predicted, categories=categories)
-    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.uns[key_added] = query_job.provenance(TOOL, **details)
-    return adata if copy else None
+    target.obs[key_added] = pd.Categorical(predicted, categories=categories)
+    target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    target.uns[key_added] = query_job.provenance(TOOL, **details)
+    return target if copy else None

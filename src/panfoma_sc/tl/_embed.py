@@ -11,7 +11,7 @@ from anndata import AnnData
 from .._arguments import require_flag
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys, warn_if_replacing
+from ._keys import check_result_target, embedding_keys, result_target, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -46,10 +46,11 @@ def embed(
     Accepts raw counts or log1p-normalized values (dense or sparse, in memory or backed); values are binned
     by rank within each cell, so both give the same embedding. Scaled (z-scored) data are refused.
 
-    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read ``batch_size`` cells at a time, so memory
-    stays flat however many cells the file holds, when ``X`` is stored by row (CSR, or dense); a backed CSC ``X``
-    is refused with the fix. anndata reads a backed file's ``layers`` into memory when it opens the file: to
-    stream, keep the expression in ``X``.
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read in blocks (``batch_size`` cells for the
+    model, 2,048 for the input checks), so memory stays flat however many cells the file holds, when ``X`` is
+    stored by row (CSR, or dense); a backed CSC ``X`` is refused with the fix. anndata reads a backed file's
+    ``layers`` into memory when it opens the file: to stream, keep the expression in ``X``. The result is added to
+    the AnnData object, not to the file (see ``copy``).
 
     Parameters
     ----------
@@ -91,7 +92,9 @@ def embed(
     modality
         For a MuData: the RNA modality to embed.
     copy
-        Return a new AnnData (MuData) instead of writing into ``adata``.
+        Return a new AnnData (MuData) instead of writing into ``adata``. A backed AnnData is read into memory for
+        it, before the model runs; with ``copy=False`` it stays on disk and the results go to the AnnData object
+        (in memory; the file is not changed: save with ``adata.write_h5ad(new_path)``).
     progress
         Show a progress bar.
     seed
@@ -161,10 +164,9 @@ def embed(
     )
     if not copy:  # once every check passed: a refused call replaces nothing
         warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
+    target = result_target(adata, copy=copy)  # after the checks, before the work (the job streams adata itself)
     embedding = job.run(device=device, progress=progress)
-    if copy:  # after the work: a backed input is streamed, and bad input fails before anything is loaded
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
-    adata.obsm[keys.obsm] = embedding
-    adata.uns[keys.uns] = job.provenance("pf.tl.embed", obsm_key=keys.obsm)
+    target.obsm[keys.obsm] = embedding
+    target.uns[keys.uns] = job.provenance("pf.tl.embed", obsm_key=keys.obsm)
     logger.info("Wrote the embedding to adata.obsm[%r] and details to adata.uns[%r].", keys.obsm, keys.uns)
-    return adata if copy else None
+    return target if copy else None

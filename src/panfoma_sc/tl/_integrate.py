@@ -13,7 +13,7 @@ from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys, warn_if_replacing
+from ._keys import check_result_target, embedding_keys, result_target, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -189,7 +189,9 @@ def integrate(
     feature_weight
         MuData, ``method="joint"``: weight of reconstructing the protein / ATAC features from the cell embedding.
     copy
-        Return a new AnnData (MuData) instead of writing into ``adata``.
+        Return a new AnnData (MuData) instead of writing into ``adata``. A backed AnnData is read into memory for
+        it, before the model runs; with ``copy=False`` it stays on disk and the results go to the AnnData object
+        (in memory; the file is not changed: save with ``adata.write_h5ad(new_path)``).
     progress
         Show progress bars.
     seed
@@ -298,6 +300,7 @@ def integrate(
     )
     if not copy:
         warn_if_replacing(adata, tool="pf.tl.integrate", uns_key=keys.uns, obsm_keys=[keys.obsm])
+    target = result_target(adata, copy=copy)
     # every check passed: fine-tune, embed, then write
     tuned, history = finetune_integration(
         pretrained,
@@ -314,11 +317,9 @@ def integrate(
     embedding = job.run(device=device, progress=progress)
     if save_model is not None:
         tuned.save(save_model)
-    if copy:
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
-    adata.obsm[keys.obsm] = embedding
+    target.obsm[keys.obsm] = embedding
     tail = history.tail(max(len(history) // 10, 1))
-    adata.uns[keys.uns] = job.provenance(
+    target.uns[keys.uns] = job.provenance(
         "pf.tl.integrate",
         obsm_key=keys.obsm,
         batch_key=batch_key,
@@ -331,4 +332,4 @@ def integrate(
         final_loss_batch=float(tail["loss_batch"].mean()),
         saved_model=None if save_model is None else str(save_model),
     )
-    return adata if copy else None
+    return target if copy else None

@@ -62,9 +62,21 @@ def check_result_target(adata: AnnData, *, copy: bool) -> None:
         msg = (
             "adata is a view of a backed AnnData (e.g. backed[:1000]): results cannot be written into it. Pass "
             "copy=True to get a new in-memory AnnData with the results, or load the rows first with "
-            "adata.to_memory()."
+            "adata.to_memory() (both read the view's rows into memory); to keep the data on disk, run the tool on "
+            "the whole backed AnnData and take the rows of the result."
         )
         raise ValueError(msg)
+
+
+def result_target(adata: AnnData, *, copy: bool) -> AnnData:
+    """Where the results go: ``adata`` itself, or (``copy=True``) a new in-memory AnnData.
+
+    Called after every check and before the work: reading a backed AnnData into memory is the step most likely to
+    run out of memory, and it must fail before the model runs, not after.
+    """
+    if not copy:
+        return adata
+    return adata.to_memory() if adata.isbacked else adata.copy()
 
 
 def written_by_panfoma(params: Mapping) -> bool:
