@@ -57,6 +57,17 @@ def test_gene_symbols_categorical_column(vocab: GeneVocabulary):
     np.testing.assert_array_equal(match.gene_ids, np.array([1, 2]) + OFFSET)
 
 
+def test_missing_symbols_match_nothing_and_are_counted(caplog: pytest.LogCaptureFixture):
+    vocab = GeneVocabulary.from_genes([*SYMBOLS, "NAN"], [*ENSEMBL, "ENSG00000000099"])  # a gene called NAN
+    adata = _adata(["id_a", "id_b", "id_c", "id_d"], symbol=["GENE5", None, "other", np.nan])
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        match = match_genes(adata, vocab, gene_symbols="symbol", min_fraction=0.0)
+    np.testing.assert_array_equal(match.columns, [0])
+    assert match.unmatched == ["other"]  # not "nan" or "None"
+    assert "2 of 4 genes have no symbol in adata.var['symbol'] (missing values)" in caplog.text
+    assert adata.var["symbol"].isna().sum() == 2  # the user's column is left as it was
+
+
 def test_missing_gene_symbols_column(vocab: GeneVocabulary):
     adata = _adata(["GENE1", "GENE2"], feature_name=["GENE1", "GENE2"])
     with pytest.raises(KeyError, match=r"gene_symbols='symbols' is not a column of adata\.var.*feature_name"):

@@ -136,8 +136,17 @@ def match_genes(
                 f"(columns: {list(adata.var.columns)})."
             )
             raise KeyError(msg)
-        names = pd.Index(adata.var[gene_symbols].astype(str))
+        column = adata.var[gene_symbols]
+        missing = column.isna().to_numpy()
+        names = pd.Index(np.where(missing, "", column.astype(str)))  # a missing symbol matches nothing (not "nan")
         source = f"{adata_name}.var[{gene_symbols!r}]"
+        if missing.any():
+            logger.warning(
+                "%d of %d genes have no symbol in %s (missing values): they are left out.",
+                int(missing.sum()),
+                len(missing),
+                source,
+            )
 
     match = match_names(
         names, vocab, source=source, min_fraction=min_fraction, obs_names=adata.obs_names, object_name=object_name
@@ -181,7 +190,7 @@ def match_names(
     first = ~pd.Series(ids).duplicated().to_numpy()
     use = found & first
     duplicated = names[found & ~first].tolist()
-    unmatched = names[~found].tolist()
+    unmatched = [name for name in names[~found] if name]  # "" stands for a missing symbol, reported apart
     match = GeneMatch(
         columns=np.flatnonzero(use),
         gene_ids=ids[use],
