@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["check_h5ad_input", "check_input_file", "check_writable", "write_h5ad_atomically"]
+__all__ = ["check_h5ad_input", "check_input_file", "check_writable", "give_usual_permissions", "write_h5ad_atomically"]
+
+
+def give_usual_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of a file created normally: ``0666`` less the umask.
+
+    Temporary files (``tempfile``'s, pooch's) and the files the safetensors library writes are ``0600``: others
+    could not read a checkpoint on a shared cache folder or in a shared project.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):  # not our file (another user wrote it at the same time): leave it be
+        path.chmod(0o666 & ~umask)
 
 
 def check_input_file(path: str | Path) -> None:

@@ -416,6 +416,16 @@ def test_a_permission_error_while_downloading_names_the_cache_folder(tiny_checkp
     assert "network" not in str(error.value)
 
 
+def test_a_saved_checkpoint_gets_the_permissions_of_a_normally_created_file(tiny_checkpoint, tmp_path):
+    """The safetensors library writes 0600: a checkpoint saved in a shared project would be unreadable to others."""
+    umask = os.umask(0o022)
+    try:
+        pf.models.load(tiny_checkpoint).save(tmp_path / "shared.safetensors")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "shared.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_model_sizes_are_integers_in_the_listing(tiny_checkpoint):
     pf.models.register("remote", "https://example.org/m.safetensors", sha256="0" * 64)
     table = pf.models.available().set_index("name")

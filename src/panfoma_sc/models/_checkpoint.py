@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._paths import give_usual_permissions
 from ..data.vocab import GeneVocabulary
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def write_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".partial")
     save_file(state, str(tmp), metadata=metadata)
+    give_usual_permissions(tmp)  # safetensors writes 0600
     tmp.replace(path)  # never leave a half-written checkpoint under the real name
     return sha256sum(path)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -18,6 +17,7 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
+from .._paths import give_usual_permissions
 from .._settings import settings
 from ._checkpoint import read_checkpoint, sha256sum
 from ._pretrained import PretrainedModel
@@ -250,23 +250,12 @@ def _locate(entry: RegistryEntry) -> Path:
             # writing the download into the cache folder failed (permissions, disk full, read-only file system)
             raise _cache_error(Path(settings.cache_dir), err) from err
         raise ConnectionError(_download_error_message(entry, err, damaged=damaged)) from err
-    _usual_file_permissions(Path(fetched))
+    give_usual_permissions(Path(fetched))
     return Path(fetched)
 
 
 #: errors of writing into the cache folder rather than of the download itself
 _CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
-
-
-def _usual_file_permissions(path: Path) -> None:
-    """Give ``path`` the permissions of a file created normally (temporary files, pooch's included, are 0600).
-
-    Otherwise other users of a shared ``PANFOMA_CACHE_DIR`` could not read the checkpoint or the registry.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):  # not our file (another user wrote it at the same time): leave it be
-        path.chmod(0o666 & ~umask)
 
 
 def _cached_file_error(path: Path, err: OSError) -> ValueError:
@@ -483,7 +472,7 @@ def _write_user_entries(entries: dict[str, RegistryEntry]) -> None:
         handle, tmp = tempfile.mkstemp(dir=registry_file.parent, prefix=f"{_USER_REGISTRY}.", suffix=".partial")
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
-        _usual_file_permissions(Path(tmp))
+        give_usual_permissions(Path(tmp))
         Path(tmp).replace(registry_file)
     except OSError as err:
         if tmp is not None:
