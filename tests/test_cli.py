@@ -25,6 +25,10 @@ def test_embed_command_writes_the_embedding(pbmc68k, tiny_checkpoint, tmp_path, 
     assert result.obsm["X_pf"].shape == (40, 32)
     assert np.isfinite(result.obsm["X_pf"]).all()
     assert "obsm['X_pf']" in capsys.readouterr().out
+    # the record holds the command that made it, quoted to be run again
+    command = f"panfoma embed {source} {target} --model {tiny_checkpoint} --quiet --key-added X_pf"
+    assert result.uns["X_pf"]["params"]["command"] == command
+    assert result.uns["X_pf"]["params"]["tool"] == "pf.tl.embed"
 
 
 def test_writing_over_the_input_keeps_it_whole_until_the_result_is_written(
@@ -380,10 +384,15 @@ def test_annotate_and_integrate_commands(pbmc_sorted, tiny_checkpoint, tmp_path,
     expected = f"{given.size} cells labelled with {given.nunique()} labels, {unknown} Unknown."
     assert expected in capsys.readouterr().out
     assert main([*args, "cell_type", "--method", "logreg", *model]) == EXIT_OK
-    assert ad.read_h5ad(paths["labelled"]).uns["panfoma_label"]["params"]["method"] == "logreg"
+    record = ad.read_h5ad(paths["labelled"]).uns["panfoma_label"]["params"]
+    assert record["method"] == "logreg"
+    assert record["command"].startswith(f"panfoma annotate {paths['query']} {paths['reference']}")
+    assert record["command"].endswith("--method logreg --model " + f"{tiny_checkpoint} --quiet")
     args = ["integrate", str(paths["query"]), str(paths["integrated"]), "--batch-key", "batch", "--max-steps", "1"]
     assert main([*args, *model]) == EXIT_OK
-    assert ad.read_h5ad(paths["integrated"]).obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)
+    integrated = ad.read_h5ad(paths["integrated"])
+    assert integrated.obsm["X_panfoma_integrated"].shape == (query.n_obs, 32)
+    assert integrated.uns["X_panfoma_integrated"]["params"]["command"].startswith("panfoma integrate ")
 
 
 def test_annotate_with_a_fine_tuned_model_needs_no_method_and_unused_options_are_named(

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -106,12 +107,19 @@ def _embed(args: argparse.Namespace) -> int:
     keys = embedding_keys(args.key_added)
     if rank == 0:
         results = [f"obsm/{keys.obsm}", f"uns/{keys.uns}"]
+        _record_command(adata, keys.uns, args)
         write_h5ad_atomically(adata, args.output, results=results, source=args.input)
     _leave_torchrun(world)  # before the summary line, which may meet a closed pipe
     if rank == 0:
         processes = f" ({world} processes)" if world > 1 else ""
         print(f"Wrote {args.output}: obsm[{keys.obsm!r}] with shape {adata.obsm[keys.obsm].shape}{processes}.")
     return EXIT_OK
+
+
+def _record_command(adata, key: str, args: argparse.Namespace) -> None:
+    """Add the command line to the result's record (``uns[key]["params"]["command"]``), to rerun it as it was."""
+    params = adata.uns[key].setdefault("params", {})
+    params["command"] = getattr(args, "command_line", None) or shlex.join(["panfoma", *sys.argv[1:]])
 
 
 def _join_torchrun() -> tuple[int, int]:
@@ -192,6 +200,7 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
+    _record_command(query, args.key_added, args)
     write_h5ad_atomically(query, args.output, results=["obs", f"uns/{args.key_added}"], source=args.query)
     counts = query.obs[args.key_added].value_counts()
     unknown = int(counts.get("Unknown", 0))
@@ -229,6 +238,7 @@ def _integrate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     results = [f"obsm/{args.key_added}", f"uns/{args.key_added}"]
+    _record_command(adata, args.key_added, args)
     write_h5ad_atomically(adata, args.output, results=results, source=args.input)
     print(f"Wrote {args.output}: obsm[{args.key_added!r}] with shape {adata.obsm[args.key_added].shape}.")
     return EXIT_OK
@@ -746,6 +756,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     """Parse the arguments and run the command; input errors exit 2, other failures 1 (a closed pipe propagates)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["panfoma", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     options = _command_options(parser, args)
     wording = _OptionWording(options)
