@@ -16,7 +16,14 @@ from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, check_storable_key, result_target, warn_if_replacing, written_by
+from ._keys import (
+    check_result_target,
+    check_storable_key,
+    read_backed_copy,
+    result_target,
+    warn_if_replacing,
+    written_by,
+)
 from ._linear_probe import LinearProbe
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
@@ -368,7 +375,7 @@ def annotate(
             is_rerun=_is_annotation,
             owner="no earlier pf.tl.annotate call",
         )
-    target = result_target(adata, copy=copy)
+    backed_copy = read_backed_copy(adata, copy=copy)
 
     # every check passed: compute, then write
     details: dict[str, object] = {"method": method, "unknown_threshold": unknown_threshold}
@@ -426,6 +433,7 @@ def annotate(
         confidence = probabilities[np.arange(winner.size), winner]
         classes = np.asarray(pretrained.classes, dtype=object)
 
+    target = result_target(adata, copy=copy, backed_copy=backed_copy)
     predicted = classes[winner].astype(object)
     predicted[confidence < unknown_threshold] = UNKNOWN
     categories = list(dict.fromkeys([*classes, UNKNOWN]))

@@ -11,7 +11,7 @@ from anndata import AnnData
 from .._arguments import require_flag
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys, result_target, warn_if_replacing
+from ._keys import check_result_target, embedding_keys, read_backed_copy, result_target, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -164,8 +164,9 @@ def embed(
     )
     if not copy:  # once every check passed: a refused call replaces nothing
         warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])
-    target = result_target(adata, copy=copy)  # after the checks, before the work (the job streams adata itself)
+    backed_copy = read_backed_copy(adata, copy=copy)  # after the checks, before the work
     embedding = job.run(device=device, progress=progress)
+    target = result_target(adata, copy=copy, backed_copy=backed_copy)
     target.obsm[keys.obsm] = embedding
     target.uns[keys.uns] = job.provenance("pf.tl.embed", obsm_key=keys.obsm)
     logger.info("Wrote the embedding to adata.obsm[%r] and details to adata.uns[%r].", keys.obsm, keys.uns)

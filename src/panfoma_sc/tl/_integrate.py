@@ -13,7 +13,7 @@ from .._arguments import require_flag, require_integer, require_number
 from .._paths import check_writable
 from ..models import DEFAULT_MODEL, PretrainedModel
 from ._embedding_job import EmbeddingJob
-from ._keys import check_result_target, embedding_keys, result_target, warn_if_replacing
+from ._keys import check_result_target, embedding_keys, read_backed_copy, result_target, warn_if_replacing
 from ._model_arg import resolve_model
 from ._mudata import is_mudata
 
@@ -300,7 +300,7 @@ def integrate(
     )
     if not copy:
         warn_if_replacing(adata, tool="pf.tl.integrate", uns_key=keys.uns, obsm_keys=[keys.obsm])
-    target = result_target(adata, copy=copy)
+    backed_copy = read_backed_copy(adata, copy=copy)
     # every check passed: fine-tune, embed, then write
     tuned, history = finetune_integration(
         pretrained,
@@ -317,6 +317,7 @@ def integrate(
     embedding = job.run(device=device, progress=progress)
     if save_model is not None:
         tuned.save(save_model)
+    target = result_target(adata, copy=copy, backed_copy=backed_copy)
     target.obsm[keys.obsm] = embedding
     tail = history.tail(max(len(history) // 10, 1))
     target.uns[keys.uns] = job.provenance(

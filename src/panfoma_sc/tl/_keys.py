@@ -68,15 +68,23 @@ def check_result_target(adata: AnnData, *, copy: bool) -> None:
         raise ValueError(msg)
 
 
-def result_target(adata: AnnData, *, copy: bool) -> AnnData:
-    """Where the results go: ``adata`` itself, or (``copy=True``) a new in-memory AnnData.
+def read_backed_copy(adata: AnnData, *, copy: bool) -> AnnData | None:
+    """For ``copy=True`` on a backed AnnData, its in-memory copy, read now; else ``None``.
 
-    Called after every check and before the work: reading a backed AnnData into memory is the step most likely to
+    Called after every check and before the work: reading a backed file into memory is the step most likely to
     run out of memory, and it must fail before the model runs, not after.
+    """
+    return adata.to_memory() if copy and adata.isbacked else None
+
+
+def result_target(adata: AnnData, *, copy: bool, backed_copy: AnnData | None) -> AnnData:
+    """Where the results go, once computed: ``adata``, the copy :func:`read_backed_copy` read, or a new copy.
+
+    An in-memory ``adata`` is copied only now, after the work, so that the copy does not add to its memory peak.
     """
     if not copy:
         return adata
-    return adata.to_memory() if adata.isbacked else adata.copy()
+    return backed_copy if backed_copy is not None else adata.copy()
 
 
 def written_by_panfoma(params: Mapping) -> bool:
