@@ -207,6 +207,27 @@ def test_empty_labels_are_missing_and_labels_come_back_as_strings(split, tiny_ch
     assert set(with_nan.cat.categories) <= {str(c) for c in range(1, 9)} | {"Unknown"}
 
 
+def test_missing_labels_turned_into_text_are_missing(split, tiny_checkpoint, caplog):
+    reference, query = split
+    labels = reference.obs["cell_type"].astype(str)
+    first_class = labels.iloc[0]
+    reference.obs["as_text"] = labels.where(labels != first_class).astype(str)  # NaN -> "nan", as users do
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        kwargs = {"model": tiny_checkpoint, "progress": False, "unknown_threshold": 0, "copy": True}
+        result = pf.tl.annotate(query, reference, labels_key="as_text", **kwargs)
+    assert "nan" not in set(result.obs["panfoma_label"].cat.categories)
+    n_missing = int((labels == first_class).sum())
+    assert f"{n_missing} cells of reference.obs['as_text'] have the label ['nan']" in caplog.text
+
+
+def test_the_query_as_its_own_reference_is_warned_about(split, tiny_checkpoint, caplog):
+    reference, _ = split
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
+        pf.tl.annotate(reference, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False)
+    assert "each cell is its own nearest neighbour" in caplog.text
+    assert (reference.obs["panfoma_label"].astype(str) == reference.obs["cell_type"].astype(str)).all()
+
+
 @pytest.mark.parametrize("method", ["knn", "logreg", "finetune"])
 def test_unlabelled_cells_of_a_backed_reference_are_skipped_in_place(split, tiny_checkpoint, tmp_path, method):
     """The labelled rows are streamed from the file: subsetting a backed AnnData would read them all into memory."""

@@ -62,7 +62,10 @@ def test_saved_classifier_predicts_the_same_and_registers(split, tiny_checkpoint
     with pytest.raises(
         ValueError, match=r"reference=None with a fine-tuned model needs method='finetune' \(got 'knn'\)"
     ):
-        pf.tl.annotate(query, None, model="my-classifier", progress=False, copy=True)
+        pf.tl.annotate(query, None, model="my-classifier", method="knn", progress=False, copy=True)
+    # without a reference the method defaults to the fine-tuned classifier
+    default = pf.tl.annotate(query, model="my-classifier", progress=False, copy=True)
+    np.testing.assert_array_equal(default.obs["panfoma_label"], again.obs["panfoma_label"])
     np.testing.assert_array_equal(again.obs["panfoma_label"], first.obs["panfoma_label"])
     np.testing.assert_allclose(again.obs["panfoma_label_confidence"], first.obs["panfoma_label_confidence"], atol=1e-6)
 

@@ -218,9 +218,10 @@ def match_names(
     _warn_if_mouse_symbols(names[use], source)
     if duplicated:
         logger.warning(
-            "%d genes map to a vocabulary gene already used by an earlier column and are left out, e.g. %s. "
+            "%d genes of %s map to a vocabulary gene already used by an earlier column and are left out, e.g. %s. "
             "Aggregate them beforehand if that matters.",
             len(duplicated),
+            source,
             duplicated[:5],
         )
     logger.info(

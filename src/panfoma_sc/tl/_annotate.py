@@ -36,6 +36,10 @@ UNKNOWN = "Unknown"
 METHODS = ("knn", "logreg", "finetune")
 
 
+#: text that stands for a missing label (what ``str()`` makes of NaN, None and pandas' NA)
+MISSING_AS_TEXT = frozenset({"nan", "NaN", "None", "<NA>"})
+
+
 def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
     """The reference's labels as strings, missing (NaN, None, empty or blank) as NaN, in a categorical.
 
@@ -52,7 +56,17 @@ def _reference_labels(reference: AnnData, labels_key: str) -> pd.Series:
     if pd.api.types.is_float_dtype(column) and bool(np.all(column.dropna() % 1 == 0)):
         column = column.astype("Int64")  # integer labels that NaN made float: "3", not "3.0"
     labels = column.astype(object).astype(str)
-    labels = labels.where(column.notna().to_numpy() & (labels.str.strip() != "").to_numpy())
+    # "nan" / "None" are missing labels turned into text (column.astype(str)), never a cell type
+    as_text = labels.str.strip().isin(MISSING_AS_TEXT).to_numpy() & column.notna().to_numpy()
+    if as_text.any():
+        logger.warning(
+            "%d cells of reference.obs[%r] have the label %s: taken as missing labels turned into text (e.g. by "
+            ".astype(str)) and left out.",
+            int(as_text.sum()),
+            labels_key,
+            sorted(set(labels[as_text].str.strip())),
+        )
+    labels = labels.where(column.notna().to_numpy() & (labels.str.strip() != "").to_numpy() & ~as_text)
     if labels.isna().all():
         msg = f"reference.obs[{labels_key!r}] has no labels (all missing)."
         raise ValueError(msg)
@@ -190,11 +204,11 @@ def _weighted_vote(
 
 def annotate(
     adata: AnnData,
-    reference: AnnData | None,
+    reference: AnnData | None = None,
     *,
     labels_key: str | None = None,
     model: str | Path | PretrainedModel = DEFAULT_MODEL,
-    method: Literal["knn", "logreg", "finetune"] = "knn",
+    method: Literal["knn", "logreg", "finetune"] | None = None,
     n_neighbors: int = 15,
     max_epochs: int = 15,
     save_model: str | Path | None = None,
@@ -249,7 +263,8 @@ def annotate(
         Registry name, checkpoint path or loaded model.
     method
         ``"knn"`` (nearest neighbours in the embedding), ``"logreg"`` (logistic regression on the embedding) or
-        ``"finetune"`` (fine-tuned classifier).
+        ``"finetune"`` (fine-tuned classifier). Default: ``"knn"`` with a reference, ``"finetune"`` without one
+        (the classifier of a fine-tuned ``model``).
     n_neighbors
         Reference neighbours per query cell (``"knn"``).
     max_epochs
@@ -304,7 +319,15 @@ def annotate(
     """
     for name, flag in (("copy", copy), ("progress", progress)):
         require_flag(name, flag)
+    if method is None:
+        method = "knn" if reference is not None else "finetune"
     _check_arguments(adata, reference, method, n_neighbors, max_epochs, unknown_threshold)
+    if reference is adata and method == "knn":
+        logger.warning(
+            "The query is the reference: with method='knn' each cell is its own nearest neighbour, so every cell "
+            "keeps its label with confidence near 1. This does not check the reference's labels; to do that, "
+            "annotate one half of it with the other."
+        )
     check_result_target(adata, copy=copy)
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a non-empty string, got {key_added!r} (it names the obs column of the labels)."
@@ -423,8 +446,10 @@ def annotate(
                 "best_epoch": int(pretrained.info["classifier"]["best_epoch"]),  # -1: the linear probe
                 "epochs": int((history["epoch"] >= 0).sum()),
             }
-            if "validation_accuracy" in history:
-                details["validation_accuracy"] = float(history["validation_accuracy"].max())
+            if "validation_accuracy" in history:  # of the kept model (best validation loss), not the best epoch's
+                kept = history.loc[history["epoch"] == details["best_epoch"], "validation_accuracy"].dropna()
+                if len(kept):
+                    details["validation_accuracy"] = float(kept.iloc[-1])
         probabilities = query_job.predict(device=device, progress=progress)
         if save_model is not None and reference_job is not None:  # after the prediction: a failed call saves nothing
             pretrained.save(save_model)
