@@ -236,8 +236,10 @@ def annotate(
     embedding dimension standardized on the reference) fitted on the reference's embedding predicts the query
     (a linear probe, as CellTypist on genes); the confidence is the predicted class probability. Against kNN
     it tends to win macro-F1 where classes are many and unbalanced (rare types), at times at some cost in
-    accuracy: see the Benchmark page. kNN stays the default, as the label transfer of scanpy's ``ingest`` and
-    scArches.
+    accuracy: see the Benchmark page. Across studies it can hand a rare reference class to the query cells of a
+    related type, confidently: with 600 pbmc3k cells as the reference (5 of them DC) and FACS-sorted PBMC as the
+    query, it called 20 of 23 monocytes DC (mean probability 0.74), where kNN called 20 of 23 monocytes. kNN
+    stays the default, as the label transfer of scanpy's ``ingest`` and scArches.
 
     ``method="finetune"``: a classification head is first fitted on the frozen model's embeddings of the
     reference (a linear probe), then the whole model is fine-tuned with it (class-balanced loss, early stopping
@@ -272,7 +274,10 @@ def annotate(
     save_model
         Write the fine-tuned model to this ``.safetensors`` file (``"finetune"``).
     unknown_threshold
-        Minimum confidence to assign a label; ``0`` never calls ``"Unknown"``.
+        Minimum confidence to assign a label; ``0`` never calls ``"Unknown"``. The confidence measures agreement
+        among the reference's classes, not novelty: cells of a type the reference lacks are called Unknown only in
+        part (B cells left out of a pbmc3k reference, sorted PBMC as the query: 58% of them Unknown with kNN, 25%
+        with ``"logreg"``, against 5% of the other cells with kNN).
     layer, reference_layer
         Layers holding expression in ``adata`` and ``reference`` (``None``: ``X``).
     use_raw, reference_use_raw
