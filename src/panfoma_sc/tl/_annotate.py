@@ -238,7 +238,7 @@ def annotate(
     it tends to win macro-F1 where classes are many and unbalanced (rare types), at times at some cost in
     accuracy: see the Benchmark page. Across studies it can hand a rare reference class to the query cells of a
     related type, confidently: with 600 pbmc3k cells as the reference (5 of them DC) and FACS-sorted PBMC as the
-    query, it called 20 of 23 monocytes DC (mean probability 0.74), where kNN called 20 of 23 monocytes. kNN
+    query, it called 20 of 23 monocytes DC (mean probability 0.74), where kNN labelled 20 of them monocytes. kNN
     stays the default, as the label transfer of scanpy's ``ingest`` and scArches.
 
     ``method="finetune"``: a classification head is first fitted on the frozen model's embeddings of the
