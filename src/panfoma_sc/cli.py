@@ -293,8 +293,8 @@ def _fit_to_terminal(table: pd.DataFrame, *, column: str) -> str:
     widest = max(map(len, text.splitlines()))
     if widest <= width or column not in table:
         return text
-    room = max(len(column), table[column].astype(str).str.len().max() - (widest - width))
     entries = table[column].astype(str)
+    room = max(len(column), entries.str.len().max() - (widest - width))
     shortened = entries.where(entries.str.len() <= room, entries.str.slice(0, room - 3) + "...")
     return table.assign(**{column: shortened}).to_string(index=False)
 
