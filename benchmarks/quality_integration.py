@@ -63,8 +63,10 @@ def main() -> None:
         type=float,
         help="instead of the term ablation: one integration per MMD weight (adversarial term at its default)",
     )
+    parser.add_argument("--learning-rate", type=float, help="pf.tl.integrate's learning_rate (default: its own)")
     parser.add_argument("--out", default="benchmarks/results/integration.csv")
     args = parser.parse_args()
+    rate = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     integrations = (
         INTEGRATIONS
         if args.mmd_weights is None
@@ -92,7 +94,9 @@ def main() -> None:
         seconds["PanFoMa zero-shot"] = time.perf_counter() - start
         for method, weights in integrations.items():
             start = time.perf_counter()
-            pf.tl.integrate(adata, batch, model=args.model, max_epochs=args.max_epochs, progress=False, **weights)
+            pf.tl.integrate(
+                adata, batch, model=args.model, max_epochs=args.max_epochs, progress=False, **weights, **rate
+            )
             embeddings[method] = adata.obsm["X_panfoma_integrated"]
             seconds[method] = time.perf_counter() - start
         labels, batches = adata.obs[label].to_numpy(), adata.obs[batch].to_numpy()
@@ -115,6 +119,8 @@ def main() -> None:
         command += " --datasets " + " ".join(args.datasets)
     if args.mmd_weights is not None:
         command += " --mmd-weights " + " ".join(f"{w:g}" for w in args.mmd_weights)
+    if args.learning_rate is not None:
+        command += f" --learning-rate {args.learning_rate:g}"
     header = (
         f"# Integration: {args.model} {model.get('version', '')} (sha256 {model['sha256'][:8]}...)\n\n`{command}`\n\n"
     )
