@@ -119,7 +119,7 @@ def _embed(args: argparse.Namespace) -> int:
 def _record_command(adata, key: str, args: argparse.Namespace) -> None:
     """Add the command line to the result's record (``uns[key]["params"]["command"]``), to rerun it as it was."""
     params = adata.uns[key].setdefault("params", {})
-    params["command"] = getattr(args, "command_line", None) or shlex.join(["panfoma", *sys.argv[1:]])
+    params["command"] = args.command_line
 
 
 def _join_torchrun() -> tuple[int, int]:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._arguments import is_integer
+from ..tl._mudata import PROTEIN_NAMES
 from ._build import MANIFEST_KEY, _check_survivors, _expression_in_x, _sha256, check_max_cells
 from ._gating import PBMC_CITESEQ_GATES, gate_cells
 from ._qc import QCThresholds, expression_kind, quality_control
@@ -33,7 +34,6 @@ GATE_SETS: dict[str, dict[str, dict[str, bool]]] = {"pbmc_citeseq": PBMC_CITESEQ
 UNGATED = "ungated"
 #: Modality names of the built dataset (muon's conventions), whatever the file calls them.
 RNA, PROTEIN = "rna", "prot"
-_PROTEIN_NAMES = ("prot", "protein", "adt", "antibody capture")
 
 
 def _dense(x) -> np.ndarray:
@@ -126,7 +126,7 @@ def check_paired_input(
     with h5py.File(file, "r") as handle:
         modalities = list(handle["mod"]) if "mod" in handle else []
         rna_name = _modality(modalities, rna, (), "RNA")
-        _modality(modalities, protein, _PROTEIN_NAMES, "protein")
+        _modality(modalities, protein, PROTEIN_NAMES, "protein")
         rna_group = handle["mod"][rna_name]
         layers = sorted(rna_group["layers"]) if "layers" in rna_group else []
         rna_columns, columns = _obs_columns(rna_group), _obs_columns(handle)
@@ -257,7 +257,7 @@ def build_paired(
     check_paired_input(file, batch_key=batch_key, rna=rna, protein=protein, layer=layer)
     source = md.read_h5mu(file)
     rna_name = _modality(list(source.mod), rna, (), "RNA")
-    protein_name = _modality(list(source.mod), protein, _PROTEIN_NAMES, "protein")
+    protein_name = _modality(list(source.mod), protein, PROTEIN_NAMES, "protein")
     in_both = source.obs_names.isin(source.mod[rna_name].obs_names)
     paired = source.obs_names[in_both & source.obs_names.isin(source.mod[protein_name].obs_names)]
     rna_data = source.mod[rna_name][paired].copy()

@@ -36,7 +36,7 @@ def require_muon():
 
 
 #: what each ``role`` of :func:`find_modality` holds, for messages
-_ROLE_CONTENT = {"modality": "RNA", "protein": "protein (ADT)", "atac": "ATAC"}
+ROLE_CONTENT = {"modality": "RNA", "protein": "protein (ADT)", "atac": "ATAC"}
 
 
 def find_modality(mdata: MuData, name: str | None, *, role: str, candidates: tuple[str, ...] = ()) -> str | None:
@@ -54,7 +54,7 @@ def find_modality(mdata: MuData, name: str | None, *, role: str, candidates: tup
     usual = next((lowered[c] for c in candidates if c in lowered), None)
     if name is not None:
         if name not in mdata.mod:
-            content = _ROLE_CONTENT.get(role, role)
+            content = ROLE_CONTENT.get(role, role)
             example = f", e.g. {role}={usual!r}" if usual is not None else ""
             msg = (
                 f"mdata has no modality {name!r} (its modalities: {available}). Pass {role}= the name of the "

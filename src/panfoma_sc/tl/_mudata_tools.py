@@ -12,7 +12,7 @@ from ..models import PretrainedModel
 from ._embedding_job import EmbeddingJob
 from ._integrate import warn_if_per_cell_batches
 from ._keys import EmbeddingKeys, warn_if_replacing
-from ._mudata import ATAC_NAMES, PROTEIN_NAMES, find_modality, modality_rows, obs_column
+from ._mudata import ATAC_NAMES, PROTEIN_NAMES, ROLE_CONTENT, find_modality, modality_rows, obs_column
 from ._multiomics import ModalityFeatures, atac_features, late_fusion, protein_features
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def integrate_mudata(
         if name is not None and name == modality:
             msg = (
                 f"{role}={name!r} is the RNA modality (modality={modality!r}). Pass {role}= the name of the "
-                f"{'protein (ADT)' if role == 'protein' else 'ATAC'} modality (modalities: {list(mdata.mod)})."
+                f"{ROLE_CONTENT[role]} modality (modalities: {list(mdata.mod)})."
             )
             raise ValueError(msg)
     # the usual names are looked for only when neither is named: naming one means "this one only"
