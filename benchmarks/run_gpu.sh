@@ -2,11 +2,11 @@
 # One call on a machine with a CUDA GPU: the GPU tests (the Mamba kernel equivalence test among them), then the
 # GPU variants of the performance benchmarks, most important first. Each step gets at most what is left of
 # GPU_DEADLINE_S (default 540 s) and a failed step does not stop the next, so a short lease still returns
-# everything that finished. Triton compiles mamba_ssm's kernels on their first use for each layer shape: on an
-# H100 (2026-11-27) that took more than 170 s for the kernel test and more than 90 s for panfoma-base, so give
-# this script two 10-minute calls (GPU_DEADLINE_S=1100 in one call is over the per-call limit) or run its
-# first half alone. Results go to benchmarks/results/*-cuda*.{json,png} and mamba-kernels-*.json;
-# the log to $GPU_LOG (default benchmarks/results/gpu-run.log).
+# everything that finished. Triton compiles mamba_ssm's kernels on their first use in a process, every autotuning
+# candidate one after another (on an H100, 2026-11-27, more than 170 s for the kernel test and more than 90 s for
+# panfoma-base, so most timed steps ran out of time); warm_mamba_kernels.py therefore compiles them first, in
+# parallel processes, into Triton's on-disk cache. Results go to benchmarks/results/*-cuda*.{json,png} and
+# mamba-kernels-*.json; the log to $GPU_LOG (default benchmarks/results/gpu-run.log).
 #   PANFOMA_DATA_DIR=../shared/data bash benchmarks/run_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,22 +39,24 @@ torch.cuda.get_device_name(), 'triton', triton.__version__)
 from panfoma_sc.nn.ssd import mamba_ssm_kernels
 print('mamba_ssm Triton scan:', mamba_ssm_kernels())"
 
-step 360 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tests/tl
+# compile mamba_ssm's Triton kernels for the shapes below, in parallel (batches divisible by 16 throughout)
+step 150 "$PY" benchmarks/warm_mamba_kernels.py --processes 14
+step 150 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tests/tl
 # the scan alone: mamba_ssm's Triton kernel against the torch SSD path, one panfoma-base Mamba2 layer
-step 180 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 8 \
-    --lengths 1024 4096 16384
-# inference: panfoma-base (paper scale, 3072 genes) in bf16 autocast, and tiny for comparison with the CPU numbers
+step 60 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 16 \
+    --lengths 1024 4096 16384 --repeats 5
+# inference: panfoma-base (paper scale, 3072 genes) in bf16 autocast; training step; scaling; then panfoma-tiny
 step 60 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 \
     --cells 512
+step 60 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
+# scaling: 1k..16k genes per cell (16 cells per forward), and 10k / 100k cells streamed from a backed h5ad
+step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
+    --cells-per-batch 16 --repeats 3 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
 step 45 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-tiny --dtype bf16 --batch-size 64 \
     --cells 512
 # pf.tl.embed: bf16 vs fp32 agreement per cell, and throughput with and without the background loader
 step 45 "$PY" benchmarks/precision_bf16.py --device cuda --cells 1024
-step 60 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
 step 75 "$PY" benchmarks/bench_loader.py --device cuda --cells 2700 --prefetch 0 1 2 --repeats 2
-# scaling: 1k..16k genes per cell (8 cells per forward), and 10k / 100k cells streamed from a backed h5ad
-step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
-    --cells-per-batch 8 --repeats 3 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
 # fine-tuning with and without activation checkpointing (pf.tl.integrate, pf.tl.annotate finetune)
 step 120 "$PY" benchmarks/bench_finetune_checkpointing.py --device cuda --rounds 1
 ls -la benchmarks/results/ | tee -a "$LOG"
