@@ -11,6 +11,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+# keep Triton's autotuning results on disk: the benchmarks measure each model in a fresh process, and without this
+# every process timed every candidate of every kernel again (on the H200, 2026-11-30, bench_inference.py for
+# panfoma-base took about 165 s with its kernels already compiled)
+export TRITON_CACHE_AUTOTUNING=1
 PY="${PYTHON:-python3}"
 DEADLINE=$((SECONDS + ${GPU_DEADLINE_S:-540}))
 LOG="${GPU_LOG:-benchmarks/results/gpu-run.log}"
@@ -46,13 +50,13 @@ step 150 "$PY" -m pytest -m gpu -v -p no:cacheprovider tests/nn tests/models tes
 step 60 "$PY" benchmarks/bench_mamba_kernels.py --architecture panfoma-base --dtype bf16 --batch-size 16 \
     --lengths 1024 4096 16384 --repeats 5
 # inference: panfoma-base (paper scale, 3072 genes) in bf16 autocast; training step; scaling; then panfoma-tiny
-step 60 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 \
+step 120 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 64 \
     --cells 512
-step 60 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
+step 90 "$PY" benchmarks/bench_training.py --device cuda --architecture panfoma-base --dtype bf16 --batch-size 16
 # scaling: 1k..16k genes per cell (16 cells per forward), and 10k / 100k cells streamed from a backed h5ad
 step 150 "$PY" benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --dtype bf16 \
     --cells-per-batch 16 --repeats 3 --budget-s 15 --cells 10000 100000 --cells-n-genes 1024 --batch-size 256
-step 45 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-tiny --dtype bf16 --batch-size 64 \
+step 90 "$PY" benchmarks/bench_inference.py --device cuda --architecture panfoma-tiny --dtype bf16 --batch-size 64 \
     --cells 512
 # pf.tl.embed: bf16 vs fp32 agreement per cell, and throughput with and without the background loader
 step 45 "$PY" benchmarks/precision_bf16.py --device cuda --cells 1024

@@ -16,6 +16,7 @@ Usage (``run_gpu.sh`` runs it first)::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -48,13 +49,29 @@ def autotuners() -> Iterator:
                 value = getattr(value, "fn", None)
 
 
+def smallest(configs: list) -> object:
+    """The candidate with the least shared memory and registers, roughly: smallest tiles, fewest stages and warps."""
+
+    def size(config) -> int:
+        tiles = math.prod(value for value in config.kwargs.values() if isinstance(value, int))
+        return tiles * (config.num_stages or 1) * (config.num_warps or 1)
+
+    return min(configs, key=size)
+
+
 def keep_share(shard: int, processes: int) -> int:
-    """Keep this process's share of every autotuner's candidates; return how many autotuners were found."""
+    """Keep this process's share of every autotuner's candidates; return how many autotuners were found.
+
+    The smallest candidate joins every share: a candidate that needs more shared memory than the GPU has fails
+    to launch when it is the only one (on the H200 some did), and with two the autotuner skips it and the
+    workload goes on to the kernels after it.
+    """
     found = 0
     for tuner in autotuners():
         configs = list(tuner.configs)
         share = [config for i, config in enumerate(configs) if i % processes == shard]
-        tuner.configs = share or [configs[shard % len(configs)]]
+        fallback = smallest(configs)
+        tuner.configs = [*share, fallback] if fallback not in share else share
         found += 1
     return found
 
