@@ -471,6 +471,19 @@ def test_version_verbose_after_the_subcommand_and_register_overwrite(tiny_checkp
     assert main(["models", "register", "twice", str(tiny_checkpoint), "--overwrite"]) == EXIT_OK
 
 
+def test_integrate_command_defaults_are_the_functions():
+    import inspect
+
+    from panfoma_sc.cli import build_parser
+
+    args = build_parser().parse_args(["integrate", "in.h5ad", "out.h5ad", "--batch-key", "b"])
+    defaults = {k: p.default for k, p in inspect.signature(pf.tl.integrate).parameters.items()}
+    shared = (set(vars(args)) & set(defaults)) - {"batch_key"}  # required on the command line
+    assert {"learning_rate", "mmd_weight", "adversarial_weight", "max_epochs"} <= shared
+    assert {k: getattr(args, k) for k in shared} == {k: defaults[k] for k in shared}
+    assert args.learning_rate == 1e-4
+
+
 def test_a_reader_closing_the_pipe_ends_the_command_quietly(tmp_path):
     # `panfoma models describe panfoma-tiny | head -3`: the reader goes before the output is written
     read_end, write_end = os.pipe()

@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the batch-MMD term, which pulls batches together; lower it (or 0) when the batches hold "
         "different cell populations",
     )
-    integrate.add_argument("--learning-rate", type=rate, default=1e-3, help="fine-tuning learning rate")
+    integrate.add_argument("--learning-rate", type=rate, default=1e-4, help="fine-tuning learning rate")
     integrate.add_argument("--key-added", default="X_panfoma_integrated", help="obsm key of the result")
     integrate.add_argument("--save-model", help="write the fine-tuned model to this .safetensors file")
     _add_model_options(integrate)

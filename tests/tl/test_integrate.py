@@ -45,6 +45,14 @@ def test_integrate_differs_from_zero_shot_and_is_seeded(two_batches, tiny_checkp
     assert not np.allclose(first.obsm["X_panfoma_integrated"], zero_shot, atol=1e-3)
 
 
+def test_the_default_learning_rate_is_1e_4_and_recorded(two_batches, tiny_checkpoint):
+    # 1e-3 over-corrected islet batches of different cell-type mixes (see the docstring and integration-lr-1e-4.md)
+    result = pf.tl.integrate(two_batches[:60], "batch", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)
+    params = result.uns["X_panfoma_integrated"]["params"]
+    assert params["learning_rate"] == 1e-4
+    assert params["fine_tuning"]["learning_rate"] == 1e-4
+
+
 def test_fine_tuning_leaves_the_callers_torch_generator_as_it_was(two_batches, tiny_checkpoint):
     import torch
 
@@ -155,14 +163,16 @@ def test_replacing_a_result_no_panfoma_tool_wrote_is_warned_about(two_batches, t
 def test_the_adversarial_term_alone_does_not_push_batches_apart(lung_lines):
     """With ``mmd_weight=0`` (the docstring's advice for batches of different cell populations) only the
     discriminator's term removes batch. A reversed cross-entropy let an untrained discriminator push the two
-    protocols of the lung lines apart (batch ASW 0.87 to 0.79 in 6 steps); the bounded confusion loss must not."""
+    protocols of the lung lines apart (batch ASW 0.87 to 0.79 in 6 steps); the bounded confusion loss must not.
+    Run at 1e-3, the former default: Adam's steps scale with the learning rate, and the default 1e-4 would move
+    the embedding too little in 6 steps for this test to see a push."""
     from sklearn.model_selection import cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
     adata = lung_lines
     lines, batches = adata.obs["cell_line"].to_numpy(), adata.obs["batch"].to_numpy()
     pf.tl.embed(adata, progress=False)
-    pf.tl.integrate(adata, "batch", mmd_weight=0.0, max_steps=6, progress=False)
+    pf.tl.integrate(adata, "batch", mmd_weight=0.0, max_steps=6, learning_rate=1e-3, progress=False)
     before, after = (
         pf.bench.batch_correction(adata.obsm[k], batches, lines) for k in ("X_panfoma", "X_panfoma_integrated")
     )
