@@ -18,6 +18,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
@@ -119,8 +120,9 @@ def main() -> None:
         command += " --datasets " + " ".join(args.datasets)
     if args.mmd_weights is not None:
         command += " --mmd-weights " + " ".join(f"{w:g}" for w in args.mmd_weights)
-    if args.learning_rate is not None:
-        command += f" --learning-rate {args.learning_rate:g}"
+    # the rate always goes into the recorded command: pf.tl.integrate's default has changed before
+    used_rate = inspect.signature(pf.tl.integrate).parameters["learning_rate"].default
+    command += f" --learning-rate {used_rate if args.learning_rate is None else args.learning_rate:g}"
     header = (
         f"# Integration: {args.model} {model.get('version', '')} (sha256 {model['sha256'][:8]}...)\n\n`{command}`\n\n"
     )
