@@ -108,3 +108,18 @@ def test_integrate_leaves_no_training_memory_behind():
     training = result["peak"] - result["before"]
     assert training > 500  # the step needed memory at all, else this test shows nothing
     assert result["after"] - result["before"] < 0.25 * training
+
+
+def test_gpu_blocks_freed_by_training_go_back_to_the_gpu(monkeypatch):
+    """torch's caching allocator keeps a training step's freed blocks reserved for the process: after
+    pf.tl.integrate on a GPU they would stay out of reach of everything else in the session."""
+    import torch
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    release_freed_memory()
+    assert emptied == [True]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    release_freed_memory()
+    assert emptied == [True]  # no CUDA context is created where there was none

@@ -31,6 +31,39 @@ def test_precision_resolves_to_fp32_off_cuda_and_refuses_bf16_there():
         Settings(precision="half").resolve_precision(None, "cuda")
 
 
+def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
+    """A T4 or V100 (compute capability 7.x) emulates bf16: slower than float32, and mamba_ssm's Triton scan does not
+    compile for it there. torch.cuda.is_bf16_supported() says yes on them; the capability of the device asked for
+    decides."""
+    import torch
+
+    capabilities = {0: (7, 5), 1: (8, 0), 2: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: capabilities[torch.device(device).index or 0]
+    )
+    settings = Settings()
+    assert settings.resolve_precision(None, "cuda") == "fp32"  # the current device, a T4
+    assert settings.resolve_precision(None, "cuda:0") == "fp32"
+    assert settings.resolve_precision(None, "cuda:1") == "bf16"
+    assert settings.resolve_precision("auto", "cuda:2") == "bf16"
+    assert settings.resolve_precision("bf16", "cuda:0") == "bf16"  # asked for explicitly: the user's call
+
+
+def test_auto_device_is_cuda_else_cpu_not_mps(monkeypatch):
+    """Apple MPS is used only when named: it is untested on a Mac, and CPU is the path that is tested."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert Settings().resolve_device(None) == "cpu"
+    assert Settings().resolve_device("mps") == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Settings().resolve_device("auto") == "cuda"
+
+
 def test_explicit_device_this_machine_lacks_is_a_clear_error(monkeypatch):
     import torch
 

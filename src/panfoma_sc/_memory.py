@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,12 +35,16 @@ def release_freed_memory() -> bool:
     On CPU, torch keeps a training step's activations (gigabytes at batch 32) in the C heap. When they are
     freed, glibc keeps most of those pages mapped for later allocations, so after ``pf.tl.integrate`` the
     Python process still held about 4 GB of the 5 GB peak, for the rest of the session. ``malloc_trim(0)``
-    gives every free page back (a few milliseconds). Elsewhere (no glibc) this does nothing.
+    gives every free page back (a few milliseconds). Elsewhere (no glibc) this does nothing. On a GPU, torch's
+    caching allocator likewise keeps freed blocks reserved; they are emptied too.
 
     Returns
     -------
     Whether the C library had a way to do it.
     """
+    torch = sys.modules.get("torch")  # imported by whatever trained; not imported here otherwise
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # the training peak, held by torch's caching allocator, back to the GPU
     trim = _malloc_trim()
     if trim is None:
         return False

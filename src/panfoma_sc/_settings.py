@@ -28,10 +28,15 @@ def _default_cache_dir() -> Path:
     return _env_path("PANFOMA_CACHE_DIR") or Path(base) / "panfoma-sc"
 
 
-def _cuda_has_bf16() -> bool:
+def _cuda_has_bf16(device: str) -> bool:
+    """Whether CUDA ``device`` computes in bf16 natively (compute capability 8.0, Ampere, or later).
+
+    Not ``torch.cuda.is_bf16_supported()``: it counts emulation, so it is true on a T4 or V100, where bf16 is
+    slower than float32 and ``mamba_ssm``'s Triton scan does not compile (``.bf16`` needs ``sm_80``).
+    """
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
 
 
 def _check_device(name: str) -> None:
@@ -69,12 +74,13 @@ class Settings:
     Attributes
     ----------
     device
-        ``"auto"`` (CUDA, else Apple MPS, else CPU) or a torch device string.
+        ``"auto"`` (CUDA, else CPU) or a torch device string. Apple MPS (``"mps"``) runs only when named and has
+        not been tested on a Mac.
     batch_size
         Cells per forward pass.
     precision
-        Inference arithmetic of the embedding tools: ``"auto"`` (bf16 autocast on a CUDA GPU that supports
-        it, float32 elsewhere),
+        Inference arithmetic of the embedding tools: ``"auto"`` (bf16 autocast on a CUDA GPU of compute
+        capability 8.0 or later, such as an A100 or H100; float32 elsewhere, including a T4 or V100),
         ``"fp32"`` or ``"bf16"`` (CUDA only). Results are float32 either way.
     prefetch
         Batches read and tokenized ahead, in a background thread, while the model runs the current one;
@@ -136,11 +142,9 @@ class Settings:
             _check_device(choice)
             return choice
 
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        # Apple MPS only when asked for: it has not been tested on a Mac (no float64 there, so the PyTorch scan
+        # accumulates in float32 on it), and the CPU path is the one that is
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolve_prefetch(self, prefetch: int | None, device: str) -> int:
         """Batches to prepare ahead: ``prefetch`` if given, else :attr:`prefetch`, ``None`` resolved for ``device``."""
@@ -161,7 +165,7 @@ class Settings:
             raise ValueError(msg)
         on_cuda = str(device).split(":")[0] == "cuda"
         if choice == "auto":
-            return "bf16" if on_cuda and _cuda_has_bf16() else "fp32"
+            return "bf16" if on_cuda and _cuda_has_bf16(device) else "fp32"
         if choice == "bf16" and not on_cuda:
             msg = (
                 f"precision='bf16' (autocast) runs on CUDA only, but the device is {device!r}. "

@@ -280,7 +280,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-raw", action="store_true", help="read expression and genes from .raw instead of X")
     parser.add_argument("--gene-symbols", help="var column with gene symbols")
     parser.add_argument("--batch-size", type=_integer(1), help="cells per forward pass")
-    parser.add_argument("--device", help="cpu, cuda, mps (default: auto)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: auto, a CUDA GPU if there is one)")
     parser.add_argument("--n-genes", type=_integer(1), help="genes per cell given to the model")
     parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="random seed (gene draws, fine-tuning)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--freeze-gene-embedding", action="store_true", help="keep the gene-embedding table fixed")
     pre.add_argument("--init-from", help="continue from this checkpoint (registry name or path) and its vocabulary")
     pre.add_argument("--max-minutes", type=float, help="stop and checkpoint after this wall time")
-    pre.add_argument("--device", help="cpu, cuda, mps (default: auto)")
+    pre.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: auto, a CUDA GPU if there is one)")
     pre.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of weights, data order and masks")
     pre.add_argument(
         "--restart", action="store_true", help="start over: ignore an existing state.pt and rebuild the vocabulary"

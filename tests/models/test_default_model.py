@@ -126,3 +126,14 @@ def test_pretraining_beats_random_weights_on_a_held_out_protocol(tmp_path):
         scores[tag] = (knn, pf.bench.bio_conservation(emb[query], labels[query])["avg_bio"])
     assert scores["trained"][0] >= scores["random"][0], scores
     assert scores["trained"][1] > scores["random"][1] + 0.03, scores
+
+
+def test_one_network_per_gpu_whatever_it_is_called(monkeypatch):
+    import torch
+
+    from panfoma_sc.models._pretrained import _full_device_name
+
+    assert _full_device_name("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # after torch.cuda.set_device(1)
+    assert _full_device_name("cuda") == "cuda:1"
+    assert _full_device_name("cuda:0") == "cuda:0"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import panfoma_sc as pf
-from panfoma_sc.models._sharding import combine_shards, inference_world, shard_rows
+from panfoma_sc.models._sharding import combine_shards, inference_world, rank_device, shard_rows
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 7, 100, 257])
@@ -63,3 +63,14 @@ def test_torchrun_embed_with_two_processes_matches_one_process(pbmc68k, tiny_che
     expected = f"panfoma embed {source} {out} --model {tiny_checkpoint} --batch-size 16 --quiet"
     assert written_params.pop("command") == expected
     assert written_params == adata.uns["panfoma"]["params"]
+
+
+def test_each_process_of_a_job_takes_its_local_gpu(monkeypatch):
+    """A bare "cuda" would put every process of a torchrun job on the current GPU, the same one for all."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert rank_device("cuda", 0, 1) == "cuda"
+    assert rank_device("cuda", 5, 8) == "cuda:5"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # second node: rank 5 is the node's second process
+    assert rank_device("cuda", 5, 8) == "cuda:1"
+    assert rank_device("cuda:0", 5, 8) == "cuda:0"  # named by the user: kept
+    assert rank_device("cpu", 5, 8) == "cpu"

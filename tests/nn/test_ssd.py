@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
+import warnings
 
 import pytest
 import torch
 
+from panfoma_sc.nn import ssd
 from panfoma_sc.nn.ssd import GatedRMSNorm, Mamba2, causal_depthwise_conv, mamba_ssm_kernels, ssd_recurrence, ssd_scan
 
 HEADS = 4
@@ -39,6 +42,17 @@ def test_ssd_scan_matches_recurrence(length: int, chunk_size: int, groups: int):
     error = (got - expected).abs().max().item()
     print(f"ssd_scan vs ssd_recurrence, L={length} chunk={chunk_size} groups={groups}: max abs error {error:.3e}")
     assert error < 1e-10
+
+
+def test_float32_accumulation_for_apple_mps_stays_close_to_the_recurrence(monkeypatch):
+    """MPS has no float64, so there the log decays are cumulated in float32: at Mamba2's usual decays (per step
+    down to exp(-4)) the scan still agrees with the float64 recurrence to float32 rounding."""
+    x, dt, A, B, C = (t.float() for t in _scan_inputs(200, 2, seed=3))
+    expected = ssd_recurrence(x.double(), dt.double(), A.double(), B.double(), C.double())
+    monkeypatch.setattr(ssd, "_accumulation_dtype", lambda x: torch.float32)
+    got = ssd_scan(x, dt, A, B, C, chunk_size=64)
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 @pytest.mark.parametrize("chunk_size", [32, 64])
@@ -263,3 +277,92 @@ def test_kernels_are_none_when_mamba_ssm_is_broken(fake_mamba_ssm):
     (fake_mamba_ssm / "ops" / "triton" / "ssd_combined.py").write_text("import triton_that_does_not_exist\n")
     assert mamba_ssm_kernels() is None
     assert "selective_scan_cuda" not in sys.modules
+
+
+def test_kernels_broken_installation_is_a_warning(fake_mamba_ssm, caplog):
+    (fake_mamba_ssm / "ops" / "triton" / "ssd_combined.py").write_text("import triton_that_does_not_exist\n")
+    with caplog.at_level(logging.WARNING, logger="panfoma_sc.nn.ssd"):
+        assert mamba_ssm_kernels() is None
+    assert "mamba_ssm is installed but its Triton scan does not import" in caplog.text
+    assert "triton_that_does_not_exist" in caplog.text
+
+
+def test_no_mamba_ssm_is_no_warning(monkeypatch, caplog):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "mamba_ssm" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    mamba_ssm_kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="panfoma_sc.nn.ssd"):
+            assert mamba_ssm_kernels() is None
+    finally:
+        mamba_ssm_kernels.cache_clear()
+    assert caplog.text == ""
+
+
+def test_a_compiled_extension_that_does_not_load_does_not_hide_the_scan(fake_mamba_ssm):
+    """A ``selective_scan_cuda`` built for another torch fails to load; the Triton scan does not need it."""
+    extension = fake_mamba_ssm.parent / "selective_scan_cuda.py"
+    extension.write_text("raise ImportError('selective_scan_cuda.so: undefined symbol: _ZN3c10')\n")
+    kernel = mamba_ssm_kernels()
+    assert kernel is not None
+    assert kernel.__module__ == "mamba_ssm.ops.triton.ssd_combined"
+    assert "selective_scan_cuda" not in sys.modules
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch):
+    monkeypatch.setattr(ssd, "_kernel_failure", [])
+    monkeypatch.delenv(ssd.KERNELS_SWITCH, raising=False)
+
+
+def test_usable_kernel_only_on_cuda_when_switched_on_and_not_failed(fresh_kernel_state, monkeypatch):
+    def kernel(*args, **kwargs):
+        return None
+
+    monkeypatch.setattr(ssd, "mamba_ssm_kernels", lambda: kernel)
+    assert ssd._usable_kernel("cpu") is None
+    assert ssd._usable_kernel("cuda") is kernel
+    monkeypatch.setenv(ssd.KERNELS_SWITCH, "0")
+    assert ssd._usable_kernel("cuda") is None
+    monkeypatch.setenv(ssd.KERNELS_SWITCH, "1")
+    assert ssd._usable_kernel("cuda") is kernel
+    ssd._kernel_failure.append("CompilationError: ptxas")
+    assert ssd._usable_kernel("cuda") is None
+
+
+def test_a_failing_kernel_falls_back_to_the_pytorch_scan_once(fresh_kernel_state, monkeypatch):
+    calls = []
+
+    def failing_kernel(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("PTXASError: Feature '.bf16' requires .target sm_80 or higher\nmore lines")
+
+    # as on CUDA: the kernel is offered until it has failed once
+    monkeypatch.setattr(ssd, "_usable_kernel", lambda device_type: None if ssd._kernel_failure else failing_kernel)
+    torch.manual_seed(0)
+    layer = Mamba2(d_model=16, headdim=8, d_state=4, chunk_size=8)
+    u = torch.randn(2, 20, 16)
+    with pytest.warns(RuntimeWarning, match=r"Triton scan failed on this GPU \(RuntimeError: PTXASError: Feature"):
+        fallback = layer(u)
+    layer.use_kernels = False
+    expected = layer(u)
+    torch.testing.assert_close(fallback, expected, rtol=0, atol=0)
+    layer.use_kernels = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = layer(u)
+    assert len(calls) == 1
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_running_out_of_gpu_memory_in_the_kernel_is_raised(fresh_kernel_state):
+    def kernel(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        ssd._run_kernel(kernel)
+    assert ssd._kernel_failure == []

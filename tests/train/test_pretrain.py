@@ -758,3 +758,19 @@ def test_corpus_contrastive_gene_init_is_recorded(corpus_files, vocab, tmp_path)
     assert abs(table[table.any(1)].std() - 0.02) < 0.01
     with pytest.raises(ValueError, match="gene_init must be one of"):
         _config(gene_init="pca")
+
+
+def test_contrastive_logits_stay_float32_under_bf16_autocast():
+    """The InfoNCE similarities divide by a small temperature: computed in bf16 (as autocast would make the matmul)
+    the loss moved by about 5e-4. They are float32 inside a bf16 training step too."""
+    from panfoma_sc.train._pretrain import info_nce
+
+    gen = torch.Generator().manual_seed(0)
+    first, second = torch.randn(32, 64, generator=gen), torch.randn(32, 64, generator=gen)
+    plain = info_nce(first, second, temperature=0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = info_nce(first.bfloat16(), second.bfloat16(), temperature=0.07)
+    assert under_autocast.dtype == torch.float32
+    expected = info_nce(first.bfloat16().float(), second.bfloat16().float(), temperature=0.07)
+    torch.testing.assert_close(under_autocast, expected, rtol=1e-6, atol=1e-6)
+    assert plain.dtype == torch.float32

@@ -190,7 +190,7 @@ class PretrainedModel:
 
     def network(self, device: str | None = None) -> PanFoMa:
         """The torch network on ``device`` (built once per device, in eval mode)."""
-        device = settings.resolve_device(device)
+        device = _full_device_name(settings.resolve_device(device))
         if device not in self._networks:
             self._networks[device] = self.checkpoint.build_model(device)
         return self._networks[device]
@@ -378,3 +378,17 @@ class PretrainedModel:
                 output[rows] = result.float().cpu().numpy()
                 bar.update(len(rows))
         return output
+
+
+def _full_device_name(device: str) -> str:
+    """``device`` with its index, so that one GPU has one network whatever it was called.
+
+    ``"cuda"`` is the current GPU: ``"cuda"`` and ``"cuda:0"`` are the same device, and ``"cuda"`` after
+    :func:`torch.cuda.set_device` is another.
+    """
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and parsed.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(parsed)

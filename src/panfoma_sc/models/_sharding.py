@@ -7,9 +7,11 @@ describes a single process that does all the work.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-__all__ = ["combine_shards", "inference_world", "shard_rows"]
+__all__ = ["combine_shards", "inference_world", "rank_device", "shard_rows"]
 
 #: Rows per collective call when the shards are combined: bounds the extra (GPU) memory of the exchange.
 ROWS_PER_EXCHANGE = 65_536
@@ -22,6 +24,18 @@ def inference_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def rank_device(device: str, rank: int, world: int) -> str:
+    """The device process ``rank`` of ``world`` works on.
+
+    A bare ``"cuda"`` (what ``"auto"`` gives) means the current GPU, the same one in every process unless each
+    called :func:`torch.cuda.set_device`; in a job of several processes it means the GPU of this process's local
+    rank (``LOCAL_RANK``, set by ``torchrun``; else the rank), one GPU per process. Any other device stays.
+    """
+    if world > 1 and device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    return device
 
 
 def shard_rows(n_rows: int, rank: int, world: int) -> np.ndarray:
@@ -41,13 +55,15 @@ def combine_shards(output: np.ndarray) -> np.ndarray:
     import torch
     import torch.distributed as dist
 
-    if inference_world()[1] == 1:
+    rank, world = inference_world()
+    if world == 1:
         return output
     on_gpu = dist.get_backend() == "nccl"
+    gpu = rank_device("cuda", rank, world)  # the GPU this process embedded on
     for start in range(0, output.shape[0], ROWS_PER_EXCHANGE):
         part = torch.from_numpy(output[start : start + ROWS_PER_EXCHANGE])  # shares memory with output
         if on_gpu:
-            exchanged = part.to("cuda")
+            exchanged = part.to(gpu)
             dist.all_reduce(exchanged)
             part.copy_(exchanged.cpu())
         else:

@@ -12,8 +12,10 @@ import functools
 import importlib.util
 import logging
 import math
+import os
 import sys
 import types
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,14 @@ class _WithinChunks(torch.autograd.Function):
         return grad_high, grad_high.clone(), grad_scores, grad_x
 
 
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the log decays are cumulated in: float64, or float32 on Apple MPS, which has no float64.
+
+    In float32 the decays of strongly decaying chunks lose digits that the float64 sum keeps.
+    """
+    return torch.float32 if x.device.type == "mps" else torch.promote_types(x.dtype, torch.float64)
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -160,7 +170,7 @@ def ssd_scan(
     # float64 and kept as a float32 pair (high part + residual), so that differences keep their digits even after a
     # chunk has decayed a lot, without building the (q x q) differences in float64.
     log_decay = (dt * A).view(*step_major, per_group).permute(0, 3, 4, 1, 2)  # (b, g, r, c, q)
-    cumsum = torch.cumsum(log_decay.to(torch.promote_types(x.dtype, torch.float64)), dim=-1).contiguous()
+    cumsum = torch.cumsum(log_decay.to(_accumulation_dtype(x)), dim=-1).contiguous()
     high = cumsum.to(x.dtype)
     low = (cumsum - high).to(x.dtype)
 
@@ -279,6 +289,33 @@ class _GatedRMSNormFunction(torch.autograd.Function):
         return grad_x, grad_z, grad_weight, None, None
 
 
+#: Environment variable: ``0`` keeps ``mamba_ssm``'s kernels off, so the PyTorch scan runs on CUDA too
+KERNELS_SWITCH = "PANFOMA_MAMBA_KERNELS"
+
+
+def _import_scan():
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    return mamba_chunk_scan_combined
+
+
+def _import_with_stand_in():
+    """Import the scan with an empty module in place of the compiled ``selective_scan_cuda``, removed after."""
+    stand_in = types.ModuleType("selective_scan_cuda")
+    sys.modules["selective_scan_cuda"] = stand_in
+    try:
+        return _import_scan()
+    finally:
+        if sys.modules.get("selective_scan_cuda") is stand_in:
+            del sys.modules["selective_scan_cuda"]
+
+
+def _forget_mamba_ssm() -> None:
+    """Drop the modules of a failed ``mamba_ssm`` import, so that the next attempt starts afresh."""
+    for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+        del sys.modules[name]
+
+
 @functools.cache
 def mamba_ssm_kernels():
     """Return ``mamba_ssm``'s chunked-scan kernel, or ``None`` when it cannot be imported.
@@ -286,23 +323,68 @@ def mamba_ssm_kernels():
     The kernel is Triton code; it needs ``mamba_ssm`` and ``triton``, not ``mamba_ssm``'s compiled CUDA
     extension. ``mamba_ssm`` releases nevertheless import that extension (``selective_scan_cuda``, used only
     by Mamba1's selective scan) unconditionally from the package ``__init__``, so a build without it
-    (``MAMBA_SKIP_CUDA_BUILD=TRUE``) fails to import. When the extension is absent, an empty stand-in module
-    takes its place while ``mamba_ssm`` is first imported and is removed afterwards. Any remaining import
-    error means "no kernels", never a crash.
+    (``MAMBA_SKIP_CUDA_BUILD=TRUE``) fails to import, and so does one whose extension was built for another
+    torch. An empty stand-in module then takes the extension's place while ``mamba_ssm`` is imported and is
+    removed afterwards. Any remaining import error means "no kernels", never a crash; when ``mamba_ssm`` is
+    installed, that is a warning (the PyTorch scan is about half as fast on a GPU).
     """
-    stand_in = None
-    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
-        stand_in = types.ModuleType("selective_scan_cuda")
-        sys.modules["selective_scan_cuda"] = stand_in
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as err:
-        logger.debug("mamba_ssm kernels unavailable: %s", err)
+    if importlib.util.find_spec("mamba_ssm") is None:
         return None
-    finally:
-        if stand_in is not None and sys.modules.get("selective_scan_cuda") is stand_in:
-            del sys.modules["selective_scan_cuda"]
-    return mamba_chunk_scan_combined
+    extension_absent = (
+        "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None
+    )
+    try:
+        return _import_with_stand_in() if extension_absent else _import_scan()
+    except Exception as err:
+        error = err
+    if not extension_absent:  # the compiled extension is there but does not load: the Triton scan may still
+        _forget_mamba_ssm()
+        try:
+            return _import_with_stand_in()
+        except Exception as err:
+            error = err
+    _forget_mamba_ssm()
+    logger.warning(
+        "mamba_ssm is installed but its Triton scan does not import (%s: %s); PanFoMa runs its PyTorch scan, "
+        "about half as fast on a GPU.",
+        type(error).__name__,
+        error,
+    )
+    return None
+
+
+#: The first run-time failure of the kernels in this process, if any: they are not tried again after one
+_kernel_failure: list[str] = []
+
+
+def _usable_kernel(device_type: str):
+    """The kernel to run on a ``device_type`` tensor: ``None`` off CUDA, when switched off, or after a failure."""
+    if device_type != "cuda" or _kernel_failure or os.environ.get(KERNELS_SWITCH, "").strip() == "0":
+        return None
+    return mamba_ssm_kernels()
+
+
+def _run_kernel(kernel, *args, **kwargs) -> torch.Tensor | None:
+    """``kernel(*args, **kwargs)``, or ``None`` (with a warning, once) when it fails.
+
+    Triton may fail to compile the kernel on some GPUs or machines (no C compiler for its launcher, an old GPU).
+    Running out of GPU memory is raised as it is: the PyTorch scan needs more.
+    """
+    try:
+        return kernel(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        _kernel_failure.append(reason)
+        warnings.warn(
+            f"mamba_ssm's Triton scan failed on this GPU ({reason}). PanFoMa runs its PyTorch scan from now on in "
+            f"this process: the same results, about half as fast. Set {KERNELS_SWITCH}=0 to skip the kernels "
+            "from the start.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 class Mamba2(nn.Module):
@@ -394,10 +476,13 @@ class Mamba2(nn.Module):
         C = C.unflatten(-1, (self.ngroups, self.d_state))
         A = -torch.exp(self.A_log.float())  # (h,)
 
-        kernel = mamba_ssm_kernels() if (self.use_kernels and u.is_cuda) else None
+        kernel = _usable_kernel(u.device.type) if self.use_kernels else None
+        y = None
         if kernel is not None:
-            y = kernel(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
-        else:
+            y = _run_kernel(
+                kernel, x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True
+            )
+        if y is None:
             dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, L, h); float32 like the kernel
             y = ssd_scan(x.float(), dt, A, B.float(), C.float(), chunk_size=self.chunk_size)
             y = y.addcmul_(x.float(), self.D.float()[:, None]).to(x.dtype)  # skip connection D * x

@@ -17,7 +17,7 @@ from .._version import __version__
 from ..data.rows import expression_matrix, iter_row_blocks, raw_values
 from ..data.tokenizer import cell_keys_from_names
 from ..models import PretrainedModel
-from ..models._sharding import combine_shards, inference_world, shard_rows
+from ..models._sharding import combine_shards, inference_world, rank_device, shard_rows
 from ..pp import ExpressionReport, GeneMatch, check_expression, match_genes
 
 __all__ = ["EmbeddingJob"]
@@ -139,10 +139,10 @@ class EmbeddingJob:
 
         Resolves the device and the precision first, so that bf16 on a CPU fails before any model work.
         """
-        device = settings.resolve_device(device)
+        rank, world = inference_world()
+        device = rank_device(settings.resolve_device(device), rank, world)
         self.precision_used = settings.resolve_precision(self.precision, device)
         matrix = expression_matrix(self.adata, self.layer)
-        rank, world = inference_world()
         cells = shard_rows(self.n_cells, rank, world) if world > 1 else None  # positions among the job's cells
         rows = cells if self.rows is None else self.rows if cells is None else self.rows[cells]
         blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows)

@@ -29,6 +29,7 @@ from ..data.tokenizer import Tokenizer, sample_expression_targets
 from ..data.vocab import GeneVocabulary
 from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
+from ..models._sharding import rank_device
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
 from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files, check_vocabulary_genes
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
@@ -165,9 +166,10 @@ def _require(name: str, value: Any, valid: bool, expected: str) -> None:
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two ``(B, D)`` views: row ``i`` of each is the positive of the other's row ``i``."""
-    first = F.normalize(first.float(), dim=-1)
-    second = F.normalize(second.float(), dim=-1)
-    logits = first @ second.T / temperature
+    with torch.autocast(first.device.type, enabled=False):  # float32 logits, also inside a bf16 training step
+        first = F.normalize(first.float(), dim=-1)
+        second = F.normalize(second.float(), dim=-1)
+        logits = first @ second.T / temperature
     target = torch.arange(first.shape[0], device=first.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
@@ -485,9 +487,7 @@ def pretrain(
     config = config or TrainingConfig()
     out_dir = Path(out_dir)
     rank, world = _distributed()
-    device = settings.resolve_device(config.device)
-    if world > 1 and device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    device = rank_device(settings.resolve_device(config.device), rank, world)
     if not vocab.symbols:
         msg = "vocab holds no genes. Build it from the training files with build_vocabulary(files, min_cells=...)."
         raise ValueError(msg)
@@ -553,7 +553,9 @@ def pretrain(
     step, epoch, position = 0, 0, 0
     elapsed_before = 0.0  # training wall time of the earlier sessions of a resumed run
     if resuming:
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        # on the CPU: the optimizer's load moves its float state to the parameters' device and keeps AdamW's step
+        # counts on the host, where reading them does not wait for the GPU
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         objective.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -578,7 +580,8 @@ def pretrain(
     n_views = 2 if config.contrastive_weight > 0 else 1
     weights = {"value": 1.0, "mvc": 1.0, "contrastive": config.contrastive_weight}
     stream = _batch_stream(corpus, epoch, position, rank, world)
-    use_autocast = device.startswith("cuda")
+    # bf16 autocast where pf.settings.precision allows it ("auto": CUDA GPUs of compute capability 8.0 or later)
+    use_autocast = settings.resolve_precision(None, device) == "bf16"
     history_path = out_dir / HISTORY_FILE
     history: list[dict[str, float]] = []
     if rank == 0 and history_path.is_file() and history_path.read_text().strip():  # empty: stopped before a row
