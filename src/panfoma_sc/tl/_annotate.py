@@ -288,7 +288,10 @@ def annotate(
     batch_size
         Cells per forward pass, and per fine-tuning step with ``"finetune"`` (default there: 32).
     device
-        Torch device (default: auto).
+        Torch device (default: auto). Fine-tuning (``method="finetune"``) runs in float32; embedding and prediction
+        follow ``pf.settings.precision``, as :func:`~panfoma_sc.tl.embed` (bf16 autocast on CUDA GPUs of compute
+        capability 8.0 or later), so a cell whose confidence is within rounding of ``unknown_threshold`` may land on
+        either side of it on another device.
     n_genes
         Genes per cell given to the model.
     key_added

@@ -169,7 +169,9 @@ def integrate(
     batch_size
         Cells per step and per forward pass.
     device
-        Torch device (default: auto).
+        Torch device (default: auto). Fine-tuning runs in float32; the final embedding of the cells follows
+        ``pf.settings.precision``, as :func:`~panfoma_sc.tl.embed` (bf16 autocast on CUDA GPUs of compute
+        capability 8.0 or later).
     n_genes
         Genes per cell (default: the model's).
     max_epochs
