@@ -219,3 +219,29 @@ def test_use_raw_without_raw_or_with_a_layer_is_refused():
     adata.layers["counts"] = adata.X.copy()
     with pytest.raises(ValueError, match=r"pass layer='counts' or use_raw=True, not both"):
         check_expression(adata, layer="counts", use_raw=True)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_slow_checks_show_progress_only_when_asked(progress, monkeypatch):
+    """The checks read every value before any model work: on a large or backed file that takes a while, so a bar
+    counts the cells (tqdm's delay hides it when the check is quick; forced to 0 here)."""
+    import io
+
+    from panfoma_sc._progress import progress_bar
+    from panfoma_sc.pp import _checks
+
+    stream = io.StringIO()
+
+    def immediate_bar(*args, **options):
+        options.update(delay=0, file=stream, leave=True)
+        return progress_bar(*args, **options)
+
+    monkeypatch.setattr(_checks, "progress_bar", immediate_bar)
+    adata = AnnData(sparse.csr_matrix(_counts(n_cells=50)))
+    check_expression(adata, block_size=8, progress=progress)
+    text = stream.getvalue()
+    if progress:
+        assert "checking values" in text
+        assert "50/50" in text
+    else:
+        assert text == ""

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._arguments import require_flag, require_integer
+from .._progress import progress_bar
 from ..data.rows import expression_matrix, iter_row_blocks, raw_values
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def check_expression(
     allow_empty_cells: bool = False,
     rows: np.ndarray | None = None,
     use_raw: bool = False,
+    progress: bool = False,
 ) -> ExpressionReport:
     """Check that expression values can be tokenized and say what they are.
 
@@ -111,6 +113,8 @@ def check_expression(
         all.
     use_raw
         Check ``adata.raw.X`` (all of ``adata.raw``'s genes) instead of ``adata.X``.
+    progress
+        Show a progress bar when the check takes more than two seconds (large or backed data).
 
     Returns
     -------
@@ -145,24 +149,29 @@ def check_expression(
     empty_cells: list[int] = []
     max_expressed = 0
     sums = sums_of_squares = gene_maxima = 0.0  # per gene, for the scaling tests below
-    for selected, block in iter_row_blocks(matrix, block_size, columns=columns, rows=rows):
-        values = block.data
-        if values.size and not np.all(np.isfinite(values)):
-            msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
-            raise ValueError(msg)
-        if values.size and values.min() < 0:
-            msg = f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). {unscaled}"
-            raise ValueError(msg)
-        if values.size:
-            max_value = max(max_value, float(values.max()))
-            all_integer = all_integer and bool(np.all(values == np.round(values)))
-        sums = sums + np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
-        sums_of_squares = sums_of_squares + np.asarray(block.multiply(block).sum(axis=0), dtype=np.float64).ravel()
-        gene_maxima = np.maximum(gene_maxima, block.max(axis=0).toarray().ravel())
-        row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
-        empty_cells.extend(selected[nonzero == 0].tolist())
-        max_expressed = max(max_expressed, int(nonzero.max(initial=0)))
+    # a bar only when the check is slow (large or backed data), gone once it is done
+    with progress_bar(
+        total=n_cells, enabled=progress, desc="checking values", unit="cells", delay=2.0, leave=False
+    ) as bar:
+        for selected, block in iter_row_blocks(matrix, block_size, columns=columns, rows=rows):
+            values = block.data
+            if values.size and not np.all(np.isfinite(values)):
+                msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
+                raise ValueError(msg)
+            if values.size and values.min() < 0:
+                msg = f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). {unscaled}"
+                raise ValueError(msg)
+            if values.size:
+                max_value = max(max_value, float(values.max()))
+                all_integer = all_integer and bool(np.all(values == np.round(values)))
+            sums = sums + np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+            sums_of_squares = sums_of_squares + np.asarray(block.multiply(block).sum(axis=0), dtype=np.float64).ravel()
+            gene_maxima = np.maximum(gene_maxima, block.max(axis=0).toarray().ravel())
+            row_of_value = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            nonzero = np.bincount(row_of_value[values > 0], minlength=block.shape[0])
+            empty_cells.extend(selected[nonzero == 0].tolist())
+            max_expressed = max(max_expressed, int(nonzero.max(initial=0)))
+            bar.update(block.shape[0])
     if empty_cells and not allow_empty_cells:
         names = adata.obs_names[empty_cells[:5]].tolist()
         scope = "among the genes known to the model " if columns is not None else ""

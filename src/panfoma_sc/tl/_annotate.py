@@ -353,6 +353,7 @@ def annotate(
         "n_genes": n_genes,
         "seed": seed,
         "device": device,
+        "progress": progress,
     }
     if reference is None:
         if labels_key is not None:

@@ -161,6 +161,7 @@ def embed(
         seed=seed,
         precision=precision,
         device=device,
+        progress=progress,
     )
     if not copy:  # once every check passed: a refused call replaces nothing
         warn_if_replacing(adata, tool="pf.tl.embed", uns_key=keys.uns, obsm_keys=[keys.obsm])

@@ -61,6 +61,7 @@ class EmbeddingJob:
         adata_name: str = "adata",
         rows: np.ndarray | None = None,
         use_raw: bool = False,
+        progress: bool = False,
     ) -> EmbeddingJob:
         """Run every check (genes, values, arguments); raises before any model work.
 
@@ -68,7 +69,8 @@ class EmbeddingJob:
         ``adata_name`` is how the gene-match warnings call ``adata`` (the argument it was passed as). ``rows``
         (sorted positions) makes the job's cells those rows of ``adata``, read from it in place: subsetting a
         backed AnnData would read the rows into memory instead. ``use_raw``: the values and genes of ``adata.raw``
-        (:func:`~panfoma_sc.data.rows.raw_values`, nothing copied).
+        (:func:`~panfoma_sc.data.rows.raw_values`, nothing copied). ``progress``: a bar for the value checks when
+        they take more than two seconds.
         """
         batch_size = settings.batch_size if batch_size is None else batch_size
         require_integer("batch_size", batch_size, 1)
@@ -86,7 +88,9 @@ class EmbeddingJob:
             expression_matrix(adata, layer)  # missing layer / empty X
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name, use_raw=use_raw)
         rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        report = check_expression(adata, layer=layer, columns=match.columns, rows=rows, use_raw=use_raw)
+        report = check_expression(
+            adata, layer=layer, columns=match.columns, rows=rows, use_raw=use_raw, progress=progress
+        )
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
             logger.warning(

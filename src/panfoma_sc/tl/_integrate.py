@@ -301,6 +301,7 @@ def integrate(
         n_genes=n_genes,
         seed=seed,
         device=device,
+        progress=progress,
     )
     from ..train import FineTuneConfig, finetune_integration
 

@@ -85,7 +85,7 @@ def embed_mudata(
     _refuse_backed_copy(mdata, copy=copy)
     _refuse_modality_key(mdata, keys)
     shared, rows = modality_rows(mdata, [modality], require_all=False)
-    job = _prepare_rna(mdata, modality, None, model=model, device=device, **job_kwargs)
+    job = _prepare_rna(mdata, modality, None, model=model, device=device, progress=progress, **job_kwargs)
     if not copy:
         _warn_if_replacing(mdata, keys, tool="pf.tl.embed", modality=modality)
     embedding = job.run(device=device, progress=progress)
@@ -179,7 +179,7 @@ def integrate_mudata(
         raise ValueError(msg)
     shared, rows = modality_rows(mdata, [modality, *others.values()], require_all=True)
     codes = _batch_codes(mdata, batch_key, modality, shared)
-    job = _prepare_rna(mdata, modality, rows[modality], model=model, device=device, **job_kwargs)
+    job = _prepare_rna(mdata, modality, rows[modality], model=model, device=device, progress=progress, **job_kwargs)
     config = _finetune_config(job, finetune)  # checks the settings before the features are computed
     batches = None if codes is None else np.asarray(codes.codes, dtype=np.int64)
     features: list[ModalityFeatures] = []
