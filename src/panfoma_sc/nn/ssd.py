@@ -337,7 +337,7 @@ def mamba_ssm_kernels():
         return _import_with_stand_in() if extension_absent else _import_scan()
     except Exception as err:
         error = err
-    if not extension_absent:  # the compiled extension is there but does not load: the Triton scan may still
+    if not extension_absent:  # the compiled extension is there but does not load; the Triton scan may without it
         _forget_mamba_ssm()
         try:
             return _import_with_stand_in()
