@@ -13,11 +13,14 @@ Prints a table and writes ``benchmarks/results/mamba-kernels-<architecture>-<dty
 from __future__ import annotations
 
 import argparse
+import os
 
 import _perf
 import torch
 
-from panfoma_sc.nn.ssd import Mamba2, mamba_ssm_kernels
+from panfoma_sc.nn.ssd import KERNELS_SWITCH, Mamba2, mamba_ssm_kernels
+
+os.environ[KERNELS_SWITCH] = "require"  # a kernel failure stops the run instead of timing the PyTorch scan twice
 
 
 def measure(layer: Mamba2, u: torch.Tensor, *, use_kernels: bool, dtype: str, repeats: int) -> dict[str, float]:

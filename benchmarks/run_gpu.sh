@@ -15,6 +15,8 @@ export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 # every process timed every candidate of every kernel again (on the H200, 2026-11-30, bench_inference.py for
 # panfoma-base took about 165 s with its kernels already compiled)
 export TRITON_CACHE_AUTOTUNING=1
+# a failing mamba_ssm kernel must stop a step, not fall back to the PyTorch scan and be timed as "the kernel"
+export PANFOMA_MAMBA_KERNELS=require
 PY="${PYTHON:-python3}"
 DEADLINE=$((SECONDS + ${GPU_DEADLINE_S:-540}))
 LOG="${GPU_LOG:-benchmarks/results/gpu-run.log}"

@@ -27,7 +27,9 @@ from functools import partial
 import _perf
 import torch
 
-from panfoma_sc.nn.ssd import Mamba2, mamba_ssm_kernels
+from panfoma_sc.nn.ssd import KERNELS_SWITCH, Mamba2, mamba_ssm_kernels
+
+os.environ[KERNELS_SWITCH] = "require"  # a failing candidate is reported, not replaced by the PyTorch scan
 
 #: Models of the timed benchmarks that run Mamba2 layers (the full-attention baseline has none)
 MAMBA_MODELS = ("panfoma", "unidirectional-mamba")

@@ -51,3 +51,14 @@ def test_disabled_writes_nothing():
     with progress_bar(total=2, enabled=False, file=log) as bar:
         bar.update(2)
     assert log.getvalue() == ""
+
+
+def test_a_log_file_keeps_the_last_line_of_a_bar_that_would_vanish(monkeypatch):
+    """leave=False clears a terminal's bar once the work is done; a log would keep its last refresh (4 of 10),
+    which reads as if the work stopped there."""
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    log = io.StringIO()
+    with progress_bar(total=10, desc="checking values", file=log, leave=False) as bar:
+        for _ in range(10):
+            bar.update(1)
+    assert log.getvalue().splitlines()[-1].startswith("checking values: 100%")

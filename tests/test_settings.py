@@ -41,9 +41,12 @@ def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(
-        torch.cuda, "get_device_capability", lambda device=None: capabilities[torch.device(device).index or 0]
-    )
+
+    def capability(device=None):
+        index = torch.device(device).index
+        return capabilities[torch.cuda.current_device() if index is None else index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
     settings = Settings()
     assert settings.resolve_precision(None, "cuda") == "fp32"  # the current device, a T4
     assert settings.resolve_precision(None, "cuda:0") == "fp32"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -44,7 +45,10 @@ def release_freed_memory() -> bool:
     """
     torch = sys.modules.get("torch")  # imported by whatever trained; not imported here otherwise
     if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()  # the training peak, held by torch's caching allocator, back to the GPU
+        # the training peak, held by torch's caching allocator, back to the GPU; after a CUDA error this raises
+        # again, and the error that the work raised is the one to report
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.empty_cache()
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -80,6 +80,7 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **op
     stream = options.get("file") or sys.stderr
     if enabled and _writes_to_a_log(stream):
         options["file"] = _LineWriter(stream, LOG_INTERVAL_SECONDS)
+        options["leave"] = True  # a log keeps every line: the last one should say where the work ended
         options.setdefault("ncols", 100)
         options.setdefault("ascii", True)
     return tqdm(iterable, **options)

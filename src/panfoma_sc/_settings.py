@@ -12,7 +12,8 @@ from ._arguments import is_integer
 
 __all__ = ["PRECISIONS", "Settings", "settings", "torch_threads"]
 
-#: Accepted values of ``precision``: ``"auto"`` is bf16 autocast on CUDA and float32 elsewhere.
+#: Accepted values of ``precision``: ``"auto"`` is bf16 autocast on CUDA GPUs of compute capability 8.0 or later
+#: and float32 elsewhere.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -169,7 +170,8 @@ class Settings:
         if choice == "bf16" and not on_cuda:
             msg = (
                 f"precision='bf16' (autocast) runs on CUDA only, but the device is {device!r}. "
-                "Pass precision='fp32' (or 'auto', which picks bf16 on CUDA and fp32 elsewhere), or device='cuda'."
+                "Pass precision='fp32' (or 'auto', which picks bf16 on recent CUDA GPUs and fp32 elsewhere), "
+                "or device='cuda'."
             )
             raise ValueError(msg)
         return choice

@@ -493,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(embed)
     embed.add_argument("--key-added", help="obsm/uns key (default X_panfoma / panfoma)")
     embed.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, fp32 elsewhere (default)"
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 autocast on CUDA GPUs of compute capability 8.0+, fp32 elsewhere (default)",
     )
     embed.set_defaults(func=_embed)
 

@@ -67,10 +67,16 @@ def test_torchrun_embed_with_two_processes_matches_one_process(pbmc68k, tiny_che
 
 def test_each_process_of_a_job_takes_its_local_gpu(monkeypatch):
     """A bare "cuda" would put every process of a torchrun job on the current GPU, the same one for all."""
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert rank_device("cuda", 0, 1) == "cuda"
-    assert rank_device("cuda", 5, 8) == "cuda:5"
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("LOCAL_RANK", "1")  # second node: rank 5 is the node's second process
     assert rank_device("cuda", 5, 8) == "cuda:1"
+    assert rank_device("cuda", 0, 1) == "cuda"  # one process
     assert rank_device("cuda:0", 5, 8) == "cuda:0"  # named by the user: kept
     assert rank_device("cpu", 5, 8) == "cpu"
+    # each process sees only its own GPU (CUDA_VISIBLE_DEVICES per process): cuda:1 does not exist there
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert rank_device("cuda", 5, 8) == "cuda"
+    monkeypatch.delenv("LOCAL_RANK")  # another launcher: the current GPU, as set by the user
+    assert rank_device("cuda", 5, 8) == "cuda"

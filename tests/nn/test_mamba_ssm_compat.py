@@ -277,6 +277,9 @@ def _kernels_or_skip():
 def test_kernel_path_matches_torch_path_on_cuda(monkeypatch, length):
     # full-precision fp32 dots in Triton (its default is TF32), so both paths compute the same thing in fp32
     monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")
+    # a kernel failure must fail the test, not fall back to the PyTorch scan (which would compare it with itself)
+    monkeypatch.setenv(ssd.KERNELS_SWITCH, "require")
+    monkeypatch.setattr(ssd, "_kernel_failure", [])
     _kernels_or_skip()
     torch.manual_seed(0)
     model = Mamba2(d_model=128, headdim=32, d_state=32, ngroups=2, chunk_size=64, device="cuda")

@@ -253,6 +253,7 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
     kernel_source = "def mamba_chunk_scan_combined(*args, **kwargs):\n    pass\n"
     (package / "ops" / "triton" / "ssd_combined.py").write_text(kernel_source)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "selective_scan_cuda", raising=False)  # a real one imported earlier
     for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
         monkeypatch.delitem(sys.modules, name)
     mamba_ssm_kernels.cache_clear()
@@ -328,7 +329,7 @@ def test_usable_kernel_only_on_cuda_when_switched_on_and_not_failed(fresh_kernel
     assert ssd._usable_kernel("cuda") is kernel
     monkeypatch.setenv(ssd.KERNELS_SWITCH, "0")
     assert ssd._usable_kernel("cuda") is None
-    monkeypatch.setenv(ssd.KERNELS_SWITCH, "1")
+    monkeypatch.setenv(ssd.KERNELS_SWITCH, "require")
     assert ssd._usable_kernel("cuda") is kernel
     ssd._kernel_failure.append("CompilationError: ptxas")
     assert ssd._usable_kernel("cuda") is None
@@ -357,6 +358,29 @@ def test_a_failing_kernel_falls_back_to_the_pytorch_scan_once(fresh_kernel_state
         again = layer(u)
     assert len(calls) == 1
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "switch"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), ""),  # the GPU is unusable now
+        (RuntimeError("PTXASError: Feature '.bf16' requires .target sm_80"), "require"),  # kernel tests, benchmarks
+    ],
+)
+def test_kernel_failures_that_must_not_fall_back_are_raised(fresh_kernel_state, monkeypatch, error, switch):
+    def kernel(*args, **kwargs):
+        raise error
+
+    monkeypatch.setenv(ssd.KERNELS_SWITCH, switch)
+    with pytest.raises(RuntimeError, match=str(error)[:20]):
+        ssd._run_kernel(kernel)
+    assert ssd._kernel_failure == []
+
+
+def test_the_kernel_switch_values(monkeypatch):
+    for value, expected in [("", "auto"), ("0", "off"), ("OFF", "off"), ("false", "off"), ("require", "require")]:
+        monkeypatch.setenv(ssd.KERNELS_SWITCH, value)
+        assert ssd._kernels_switch() == expected
 
 
 def test_running_out_of_gpu_memory_in_the_kernel_is_raised(fresh_kernel_state):

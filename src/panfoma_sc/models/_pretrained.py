@@ -248,7 +248,8 @@ class PretrainedModel:
         progress
             Show a tqdm bar.
         precision
-            ``"auto"`` (bf16 autocast on CUDA, float32 elsewhere), ``"fp32"`` or ``"bf16"`` (CUDA only; an error
+            ``"auto"`` (bf16 autocast on CUDA GPUs of compute capability 8.0 or later, float32 elsewhere), ``"fp32"``
+            or ``"bf16"`` (CUDA only; an error
             elsewhere); default :attr:`panfoma_sc.settings.precision`. The result is float32 either way.
         prefetch
             Row blocks read and tokenized ahead in a background thread while the network runs (``0``: none);

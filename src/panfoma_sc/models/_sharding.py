@@ -31,10 +31,15 @@ def rank_device(device: str, rank: int, world: int) -> str:
 
     A bare ``"cuda"`` (what ``"auto"`` gives) means the current GPU, the same one in every process unless each
     called :func:`torch.cuda.set_device`; in a job of several processes it means the GPU of this process's local
-    rank (``LOCAL_RANK``, set by ``torchrun``; else the rank), one GPU per process. Any other device stays.
+    rank (``LOCAL_RANK``, set by ``torchrun``), one GPU per process, where this machine has a GPU of that index
+    (a process that sees only its own GPU keeps ``"cuda"``). Any other device stays.
     """
-    if world > 1 and device == "cuda":
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    local = os.environ.get("LOCAL_RANK", "")
+    if world > 1 and device == "cuda" and local.isdigit():
+        import torch
+
+        if int(local) < torch.cuda.device_count():
+            return f"cuda:{int(local)}"
     return device
 
 
@@ -46,11 +51,12 @@ def shard_rows(n_rows: int, rank: int, world: int) -> np.ndarray:
     return np.arange(n_rows * rank // world, n_rows * (rank + 1) // world)
 
 
-def combine_shards(output: np.ndarray) -> np.ndarray:
+def combine_shards(output: np.ndarray, device: str = "cuda") -> np.ndarray:
     """Give every process the whole result: each filled its own rows of ``output`` and left zeros elsewhere.
 
     The shards are summed across processes (exact: every entry is one value plus zeros), ``ROWS_PER_EXCHANGE``
-    rows at a time, on the GPU under NCCL and in place on the host under gloo. A no-op in a single process.
+    rows at a time, on the GPU under NCCL (``device``, where this process embedded, if it is a GPU) and in place on
+    the host under gloo. A no-op in a single process.
     """
     import torch
     import torch.distributed as dist
@@ -59,7 +65,7 @@ def combine_shards(output: np.ndarray) -> np.ndarray:
     if world == 1:
         return output
     on_gpu = dist.get_backend() == "nccl"
-    gpu = rank_device("cuda", rank, world)  # the GPU this process embedded on
+    gpu = device if device.startswith("cuda") else rank_device("cuda", rank, world)
     for start in range(0, output.shape[0], ROWS_PER_EXCHANGE):
         part = torch.from_numpy(output[start : start + ROWS_PER_EXCHANGE])  # shares memory with output
         if on_gpu:

@@ -289,8 +289,17 @@ class _GatedRMSNormFunction(torch.autograd.Function):
         return grad_x, grad_z, grad_weight, None, None
 
 
-#: Environment variable: ``0`` keeps ``mamba_ssm``'s kernels off, so the PyTorch scan runs on CUDA too
+#: Environment variable: ``0`` (or ``off``, ``false``) keeps ``mamba_ssm``'s kernels off, so the PyTorch scan runs on
+#: CUDA too; ``require`` raises a kernel failure instead of falling back (tests and benchmarks of the kernels).
 KERNELS_SWITCH = "PANFOMA_MAMBA_KERNELS"
+
+
+def _kernels_switch() -> str:
+    """``"off"``, ``"require"`` or ``"auto"`` (the kernels when they import, the PyTorch scan after a failure)."""
+    value = os.environ.get(KERNELS_SWITCH, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return "off"
+    return "require" if value == "require" else "auto"
 
 
 def _import_scan():
@@ -300,7 +309,12 @@ def _import_scan():
 
 
 def _import_with_stand_in():
-    """Import the scan with an empty module in place of the compiled ``selective_scan_cuda``, removed after."""
+    """Import the scan with an empty module in place of the compiled ``selective_scan_cuda``, removed after.
+
+    A ``selective_scan_cuda`` already imported (and working) stays as it is.
+    """
+    if "selective_scan_cuda" in sys.modules:
+        return _import_scan()
     stand_in = types.ModuleType("selective_scan_cuda")
     sys.modules["selective_scan_cuda"] = stand_in
     try:
@@ -359,22 +373,26 @@ _kernel_failure: list[str] = []
 
 def _usable_kernel(device_type: str):
     """The kernel to run on a ``device_type`` tensor: ``None`` off CUDA, when switched off, or after a failure."""
-    if device_type != "cuda" or _kernel_failure or os.environ.get(KERNELS_SWITCH, "").strip() == "0":
+    if device_type != "cuda" or _kernel_failure or _kernels_switch() == "off":
         return None
     return mamba_ssm_kernels()
 
 
 def _run_kernel(kernel, *args, **kwargs) -> torch.Tensor | None:
-    """``kernel(*args, **kwargs)``, or ``None`` (with a warning, once) when it fails.
+    """``kernel(*args, **kwargs)``, or ``None`` (with a warning, once) when its forward pass fails.
 
     Triton may fail to compile the kernel on some GPUs or machines (no C compiler for its launcher, an old GPU).
-    Running out of GPU memory is raised as it is: the PyTorch scan needs more.
+    Raised as they are: running out of GPU memory (the PyTorch scan needs more), CUDA errors (the GPU is then
+    unusable for the PyTorch scan too), and any failure under ``PANFOMA_MAMBA_KERNELS=require``. A failure in the
+    kernel's backward pass (fine-tuning) is raised too: set ``PANFOMA_MAMBA_KERNELS=0`` then.
     """
     try:
         return kernel(*args, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as err:
+        if _kernels_switch() == "require" or "CUDA error" in str(err):
+            raise
         reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
         _kernel_failure.append(reason)
         warnings.warn(
@@ -382,7 +400,7 @@ def _run_kernel(kernel, *args, **kwargs) -> torch.Tensor | None:
             f"this process: the same results, about half as fast. Set {KERNELS_SWITCH}=0 to skip the kernels "
             "from the start.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
         return None
 

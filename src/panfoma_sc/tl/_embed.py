@@ -71,9 +71,11 @@ def embed(
         batch is read and tokenized in a background thread while the model runs this one
         (``pf.settings.prefetch`` batches ahead; 0 on CPU by default; the result is the same).
     device
-        ``"cpu"``, ``"cuda"``, ``"mps"``...; default ``pf.settings.device`` (auto: cuda > mps > cpu).
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; default ``pf.settings.device`` (auto: a CUDA GPU, else the
+        CPU; Apple MPS only when named).
     precision
-        Arithmetic of the model: ``"auto"`` (bf16 autocast on a CUDA GPU, float32 elsewhere), ``"fp32"``, or
+        Arithmetic of the model: ``"auto"`` (bf16 autocast on a CUDA GPU of compute capability 8.0 or later,
+        float32 elsewhere), ``"fp32"``, or
         ``"bf16"`` (CUDA only: any other device raises ``ValueError``); default ``pf.settings.precision``.
         The embedding is float32 either way; bf16 is faster on GPUs and agrees with float32 to a cosine
         similarity above 0.99 per cell. Recorded in ``uns[...]["params"]["precision"]``.

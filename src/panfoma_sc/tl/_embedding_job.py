@@ -132,11 +132,13 @@ class EmbeddingJob:
         In a :mod:`torch.distributed` process group (``torchrun``) each process embeds its own slice of the cells
         and every process gets the whole result.
         """
-        return combine_shards(self.model.embed_blocks(**self._stream(device, progress)))
+        stream = self._stream(device, progress)
+        return combine_shards(self.model.embed_blocks(**stream), device=stream["device"])
 
     def predict(self, *, device: str | None = None, progress: bool = True) -> np.ndarray:
         """Class probabilities ``(n_obs, n_classes)`` from the model's fine-tuned classifier head, sharded as in run."""
-        return combine_shards(self.model.predict_blocks(**self._stream(device, progress)))
+        stream = self._stream(device, progress)
+        return combine_shards(self.model.predict_blocks(**stream), device=stream["device"])
 
     def _stream(self, device: str | None, progress: bool) -> dict[str, Any]:
         """Arguments of the model's block-wise inference: row blocks of the matched genes and the settings.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -166,7 +167,9 @@ def _require(name: str, value: Any, valid: bool, expected: str) -> None:
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two ``(B, D)`` views: row ``i`` of each is the positive of the other's row ``i``."""
-    with torch.autocast(first.device.type, enabled=False):  # float32 logits, also inside a bf16 training step
+    # float32 logits, also inside a bf16 training step (autocast exists on CPU and CUDA; MPS runs without it)
+    no_autocast = torch.autocast(first.device.type, enabled=False) if first.device.type in ("cpu", "cuda") else None
+    with no_autocast or contextlib.nullcontext():
         first = F.normalize(first.float(), dim=-1)
         second = F.normalize(second.float(), dim=-1)
         logits = first @ second.T / temperature
@@ -488,6 +491,9 @@ def pretrain(
     out_dir = Path(out_dir)
     rank, world = _distributed()
     device = rank_device(settings.resolve_device(config.device), rank, world)
+    # bf16 autocast where pf.settings.precision allows it ("auto": CUDA GPUs of compute capability 8.0 or later);
+    # resolved here, so that pf.settings.precision="bf16" off CUDA fails before anything is written
+    use_autocast = settings.resolve_precision(None, device) == "bf16"
     if not vocab.symbols:
         msg = "vocab holds no genes. Build it from the training files with build_vocabulary(files, min_cells=...)."
         raise ValueError(msg)
@@ -580,8 +586,6 @@ def pretrain(
     n_views = 2 if config.contrastive_weight > 0 else 1
     weights = {"value": 1.0, "mvc": 1.0, "contrastive": config.contrastive_weight}
     stream = _batch_stream(corpus, epoch, position, rank, world)
-    # bf16 autocast where pf.settings.precision allows it ("auto": CUDA GPUs of compute capability 8.0 or later)
-    use_autocast = settings.resolve_precision(None, device) == "bf16"
     history_path = out_dir / HISTORY_FILE
     history: list[dict[str, float]] = []
     if rank == 0 and history_path.is_file() and history_path.read_text().strip():  # empty: stopped before a row
