@@ -168,8 +168,8 @@ def _require(name: str, value: Any, valid: bool, expected: str) -> None:
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two ``(B, D)`` views: row ``i`` of each is the positive of the other's row ``i``."""
     # float32 logits, also inside a bf16 training step (autocast exists on CPU and CUDA; MPS runs without it)
-    no_autocast = torch.autocast(first.device.type, enabled=False) if first.device.type in ("cpu", "cuda") else None
-    with no_autocast or contextlib.nullcontext():
+    on_autocast_device = first.device.type in ("cpu", "cuda")
+    with torch.autocast(first.device.type, enabled=False) if on_autocast_device else contextlib.nullcontext():
         first = F.normalize(first.float(), dim=-1)
         second = F.normalize(second.float(), dim=-1)
         logits = first @ second.T / temperature
