@@ -37,6 +37,8 @@ def mask_values(
     batch = value_bins.shape[0]
     low, high = ratio_range
     ratio = low + (high - low) * torch.rand(batch, 1, 1, generator=generator)
-    hidden = (torch.rand(value_bins.shape, generator=generator) < ratio) & ~padding_mask.cpu()
-    hidden = hidden.to(value_bins.device)
+    # Drawn on the CPU generator (reproducible on every device), combined with the padding mask where the batch
+    # lives: reading the mask back to the host would wait for the GPU at every step.
+    drawn = (torch.rand(value_bins.shape, generator=generator) < ratio).to(value_bins.device)
+    hidden = drawn & ~padding_mask
     return value_bins.masked_fill(hidden, mask_bin), hidden
