@@ -6,7 +6,7 @@
    skipped once the predicted time (quadratic growth for full attention, linear otherwise) passes ``--budget-s``.
 2. Cells: ``pf.tl.embed`` of a backed h5ad of ``n`` cells (pbmc3k rows tiled, written to ``--workdir``),
    each ``n`` in its own process; peak memory should not grow with ``n`` beyond the ``(n, d_model)``
-   float32 result.
+   float32 result (on a GPU both the GPU's peak and the process's peak resident memory are recorded).
 
 Usage::
 
@@ -14,13 +14,15 @@ Usage::
     python benchmarks/bench_scaling.py --device cuda --architecture panfoma-base --genes 1024 2048 4096 8192 16384
 
 Prints tables, writes ``benchmarks/results/scaling-<architecture>-<device>.json`` and a plot
-``benchmarks/results/scaling-<architecture>-<device>.png``.
+``benchmarks/results/scaling-<architecture>-<device>.png`` (``...-cells.json/png`` when ``--genes`` is given
+alone, which runs the cells curve only).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -110,10 +112,13 @@ def cells_point(path: str, opts: dict) -> dict:
     result_mib = adata.obsm["X_panfoma"].nbytes / 2**20
     return {
         "n_cells": n_cells,
+        "device": opts["device"],
         "seconds": seconds,
         "cells_per_s": n_cells / seconds,
         "peak_mib": memory.peak,
         "peak_increase_mib": memory.increase,
+        # the process's peak resident memory (on a GPU, peak_mib is the GPU's): streaming keeps both flat
+        "host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "result_mib": result_mib,
     }
 
@@ -132,14 +137,22 @@ def plot(genes_rows: list[dict], cells_rows: list[dict], title: str, path: Path)
         axes[0].plot(x, [r["ms_per_cell"] for r in done], marker="o", label=name)
         axes[1].plot(x, [r["peak_increase_mib"] for r in done], marker="o", label=name)
     for ax, label in zip(axes[:2], ["ms per cell", "peak memory increase (MiB)"], strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xlabel("genes per cell")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
+        if not genes_rows:  # --genes alone: the cells curve only
+            ax.text(0.5, 0.5, "genes curve not run", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+    if genes_rows:
+        axes[0].legend(fontsize=8)
     if cells_rows:
         x = [r["n_cells"] for r in cells_rows]
-        axes[2].plot(x, [r["peak_mib"] for r in cells_rows], marker="o", label="peak RSS")
+        on_gpu = str(cells_rows[0].get("device", "cpu")).startswith("cuda")
+        label = "peak GPU memory" if on_gpu else "peak RSS"
+        axes[2].plot(x, [r["peak_mib"] for r in cells_rows], marker="o", label=label)
+        if on_gpu:
+            axes[2].plot(x, [r["host_peak_mib"] for r in cells_rows], marker="^", label="peak RSS")
         axes[2].plot(x, [r["result_mib"] for r in cells_rows], marker="s", label="result array")
         axes[2].set_xscale("log")
         axes[2].set_xlabel("cells streamed from backed h5ad")
@@ -153,7 +166,13 @@ def plot(genes_rows: list[dict], cells_rows: list[dict], title: str, path: Path)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="panfoma-tiny", choices=sorted(_perf.CONFIGS))
-    parser.add_argument("--genes", type=int, nargs="+", default=[1024, 2048, 3072, 4096, 8192, 16384])
+    parser.add_argument(
+        "--genes",
+        type=int,
+        nargs="*",
+        default=[1024, 2048, 3072, 4096, 8192, 16384],
+        help="lengths of the genes curve; --genes alone skips it (cells curve only)",
+    )
     parser.add_argument("--cells-per-batch", type=int, default=1, help="cells per forward pass of the genes curve")
     parser.add_argument("--budget-s", type=float, default=60.0, help="skip a length predicted to take longer")
     parser.add_argument(
@@ -180,7 +199,9 @@ def main() -> None:
     }
     lengths = sorted(args.genes)
     genes_rows = [
-        row for name in _perf.MODELS for row in _perf.run_isolated(genes_curve, name, args.architecture, lengths, opts)
+        row
+        for name in (_perf.MODELS if lengths else [])
+        for row in _perf.run_isolated(genes_curve, name, args.architecture, lengths, opts)
     ]
     by_length = {}
     for row in genes_rows:
@@ -203,7 +224,7 @@ def main() -> None:
     print(f"\n{args.architecture}, {args.cells_per_batch} cell(s) per forward, {args.device} {args.dtype}\n")
     genes_table = _perf.print_table(genes_rows, ["model", "n_genes", "ms_per_cell", "peak_increase_mib", "skipped"])
     print()
-    ratio_table = _perf.print_table(ratio_rows, list(ratio_rows[0]))
+    ratio_table = _perf.print_table(ratio_rows, list(ratio_rows[0])) if ratio_rows else ""
 
     cells_rows = []
     if args.cells:
@@ -217,9 +238,10 @@ def main() -> None:
                 path.unlink()
         print(f"\npf.tl.embed(backed h5ad), panfoma-tiny checkpoint, {args.cells_n_genes} genes/cell\n")
         cells_table = _perf.print_table(
-            cells_rows, ["n_cells", "cells_per_s", "peak_mib", "peak_increase_mib", "result_mib"]
+            cells_rows, ["n_cells", "cells_per_s", "peak_mib", "peak_increase_mib", "host_peak_mib", "result_mib"]
         )
-    name = f"scaling-{args.architecture}-{args.device}"
+    # a cells-only run (--genes alone) does not replace a full run's files
+    name = f"scaling-{args.architecture}-{args.device}" + ("" if lengths else "-cells")
     plot(
         genes_rows,
         cells_rows,

@@ -1,0 +1,41 @@
+"""The benchmark configs shipped in benchmarks/ load, and every input they name passes the pre-run checks."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+
+import panfoma_sc as pf
+from panfoma_sc.bench._harness import _check_data, _check_datasets, _check_model
+
+CONFIGS = sorted((Path(__file__).parents[2] / "benchmarks").glob("panfomabench*.toml"))
+
+
+def test_the_cpu_and_gpu_configs_are_shipped():
+    assert {path.name for path in CONFIGS} >= {"panfomabench.toml", "panfomabench-gpu.toml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_a_shipped_config_passes_the_checks_made_before_a_run(path):
+    config = pf.bench.load_config(path)
+    _check_model(config)
+    folder = os.environ.get("PANFOMA_DATA_DIR")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("PANFOMA_DATA_DIR is not set: checking a config's input files needs the shared data folder")
+    _check_data(config, Path(folder))
+    _check_datasets(config, Path(folder))
+
+
+def test_the_gpu_config_runs_every_cell_at_the_tools_default_budgets():
+    config = pf.bench.load_config(CONFIGS[0].parent / "panfomabench-gpu.toml")
+    assert all("max_cells" not in dataset for dataset in config["datasets"])
+    defaults = {
+        tool: inspect.signature(getattr(pf.tl, tool)).parameters["max_epochs"].default
+        for tool in ("annotate", "integrate")
+    }
+    assert config["methods"]["finetune_max_epochs"] == defaults["annotate"]
+    assert config["methods"]["integrate_max_epochs"] == defaults["integrate"]
+    assert "integrate_max_steps" not in config["methods"]
