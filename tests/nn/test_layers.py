@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from panfoma_sc.nn import PanFoMaConfig
-from panfoma_sc.nn.layers import EncoderBlock, _GeluLinear
+from panfoma_sc.nn.layers import EncoderBlock, _GeluLinear, sort_by_global_score
+from panfoma_sc.nn.precision import float32_region
 
 CONFIG = PanFoMaConfig(vocab_size=40, d_model=16, n_heads=4, n_genes=32, n_chunks=4, dropout=0.0)
 
@@ -81,3 +82,46 @@ def test_gelu_linear_under_autocast_matches_the_plain_modules():
     for mine, reference in zip(got, expected, strict=True):
         assert mine.dtype == reference.dtype
         torch.testing.assert_close(mine, reference, rtol=2e-2, atol=2e-2)
+
+
+def _scores_with_a_shared_offset(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gene states whose scores share a large offset, as a trained model's do (about 120 +- 9 for panfoma-tiny)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, genes, width = 3, 256, 64
+    h_global = torch.randn(batch, width, generator=generator)
+    shared = h_global / h_global.norm(dim=1, keepdim=True) ** 2 * 120.0  # dot(shared, h_global) = 120
+    states = shared[:, None, :] + 0.3 * torch.randn(batch, genes, width, generator=generator)
+    padding = torch.zeros(batch, genes, dtype=torch.bool)
+    padding[1, 200:] = True
+    return states, h_global, padding
+
+
+def test_gene_order_under_bf16_autocast_is_the_float32_order():
+    states, h_global, padding = _scores_with_a_shared_offset()
+    reference_sorted, reference_order = sort_by_global_score(states, h_global, padding)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sorted_states, order = sort_by_global_score(states, h_global, padding)
+    assert torch.equal(order, reference_order)
+    assert torch.equal(sorted_states, reference_sorted)
+    assert (order[1, 200:] >= 200).all()  # padding last
+    # the scores keep float32 resolution: a bf16 product of the same inputs ties most genes
+    bf16_scores = torch.einsum("bnd,bd->bn", states.bfloat16(), h_global.bfloat16())
+    assert bf16_scores[0].unique().numel() < 64 < 250 < (states[0] @ h_global[0]).unique().numel()
+
+
+def test_gene_order_of_bf16_states_is_sorted_by_their_float32_scores():
+    states, h_global, padding = _scores_with_a_shared_offset(1)
+    states, h_global = states.bfloat16(), h_global.bfloat16()  # what autocast's layers hand the sort
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, order = sort_by_global_score(states, h_global, padding)
+    scores = torch.einsum("bnd,bd->bn", states.double(), h_global.double()).masked_fill(padding, -torch.inf)
+    assert torch.equal(order, torch.argsort(scores, dim=1, descending=True, stable=True))
+
+
+def test_float32_region_switches_autocast_off_where_it_exists():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with float32_region(torch.device("cpu")):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with float32_region(torch.device("meta")):  # no autocast for this device type: nothing to switch
+        pass

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import PanFoMaConfig
+from .precision import float32_region
 from .ssd import Mamba2
 
 __all__ = [
@@ -204,7 +205,11 @@ def sort_by_global_score(
     -------
     Sorted genes ``(B, N, D)`` and the order ``(B, N)`` (``sorted[:, i] = genes[:, order[:, i]]``).
     """
-    scores = torch.einsum("bnd,bd->bn", genes, h_global).float()
+    # float32 scores also under bf16 autocast: every gene of a cell shares a large part of its score (about 120
+    # against a spread of about 9 per cell for panfoma-tiny), where bf16 steps are 0.5-1, so bf16 scores tied most
+    # genes and the stable sort then kept them in input order
+    with float32_region(genes.device):
+        scores = torch.einsum("bnd,bd->bn", genes.float(), h_global.float())
     scores = scores.masked_fill(padding_mask, -torch.inf)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     return take_tokens(genes, order), order

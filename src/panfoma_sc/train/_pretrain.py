@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -32,6 +31,7 @@ from ..models._checkpoint import read_checkpoint, sha256sum, write_checkpoint
 from ..models._pretrained import tokens_to_torch
 from ..models._sharding import rank_device
 from ..nn import CONFIGS, PanFoMa, masked_bin_loss
+from ..nn.precision import float32_region
 from ._corpus import CorpusBatch, PretrainingCorpus, check_training_files, check_vocabulary_genes
 from ._gene_factors import corpus_gene_contrastive, corpus_gene_factors
 from ._held_out_cells import check_excluded_cells
@@ -167,9 +167,7 @@ def _require(name: str, value: Any, valid: bool, expected: str) -> None:
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two ``(B, D)`` views: row ``i`` of each is the positive of the other's row ``i``."""
-    # float32 logits, also inside a bf16 training step (autocast exists on CPU and CUDA; MPS runs without it)
-    on_autocast_device = first.device.type in ("cpu", "cuda")
-    with torch.autocast(first.device.type, enabled=False) if on_autocast_device else contextlib.nullcontext():
+    with float32_region(first.device):  # float32 logits, also inside a bf16 training step
         first = F.normalize(first.float(), dim=-1)
         second = F.normalize(second.float(), dim=-1)
         logits = first @ second.T / temperature
