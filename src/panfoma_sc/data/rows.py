@@ -136,13 +136,19 @@ def row_major(matrix):
     return matrix
 
 
+def is_dask_array(matrix: object) -> bool:
+    """Whether ``matrix`` is a dask array (anndata's lazy ``X``), without importing dask."""
+    return type(matrix).__module__.startswith("dask.")
+
+
 def iter_row_blocks(
     matrix, block_size: int, columns: np.ndarray | None = None, rows: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
     """Yield ``(row_indices, csr_block)`` over the rows of ``matrix``, ``block_size`` rows at a time.
 
-    Works for numpy arrays, scipy sparse matrices (CSR, CSC, COO) and anndata's backed datasets; of a backed
-    dataset only one block is in memory at a time. A backed CSC matrix is refused (:func:`check_row_readable`).
+    Works for numpy arrays, scipy sparse matrices (CSR, CSC, COO), anndata's backed datasets and dask arrays
+    (dense or scipy-sparse chunks); of a backed dataset or a dask array only one block is in memory at a time.
+    A backed CSC matrix is refused (:func:`check_row_readable`).
 
     Parameters
     ----------
@@ -170,6 +176,8 @@ def iter_row_blocks(
             block = matrix[mask]
         else:
             block = matrix[selected]
+        if is_dask_array(block):  # one block computed at a time; its chunks may be dense or scipy sparse
+            block = block.compute()
         if getattr(block, "dtype", None) == np.float16:
             block = block.astype(np.float32)  # scipy.sparse has no float16
         block = sparse.csr_matrix(block)
