@@ -327,7 +327,7 @@ def test_bad_files_are_refused_before_any_work(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (-1.5, r"scaled.h5ad: adata.X has negative values: it looks scaled.*pass the layer holding raw counts"),
+        (-1.5, r"scaled.h5ad: adata.X has negative values \(1 value, .*\): .*pass the layer holding raw counts"),
         (np.nan, r"scaled.h5ad: adata.X contains NaN or infinite values"),
     ],
 )

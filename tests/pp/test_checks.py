@@ -77,6 +77,43 @@ def test_nan_or_inf_raise(bad: float, to_matrix):
         check_expression(AnnData(X=to_matrix(values)))
 
 
+def test_nan_error_counts_and_locates_the_values_and_names_the_outer_join_fix():
+    import anndata as ad
+
+    first = AnnData(X=_counts())
+    first.var_names = [f"G{i}" for i in range(30)]
+    second = AnnData(X=_counts(n_genes=32, seed=1))
+    second.var_names = [f"G{i}" for i in range(32)]
+    second.obs_names = [f"other-{i}" for i in range(second.n_obs)]
+    joined = ad.concat([first, second], join="outer")  # G30, G31 missing in `first`: NaN there
+    before = joined.X.copy()
+    with pytest.raises(ValueError, match="NaN or infinite values") as info:
+        check_expression(joined)
+    message = str(info.value)
+    assert f"{2 * first.n_obs} values, e.g. in cells ['0', '1', '2'] and genes ['G30', 'G31']" in message
+    assert "fill_value=0" in message
+    np.testing.assert_array_equal(joined.X, before)
+
+
+def test_negative_value_error_locates_a_single_corrupt_entry():
+    values = _counts()
+    values[5, 7] = -1.0
+    adata = AnnData(X=sparse.csr_matrix(values))
+    with pytest.raises(ValueError, match=r"1 value, e.g. in cells \['5'\] and genes \['7'\]; smallest -1\)"):
+        check_expression(adata)
+
+
+def test_bad_values_found_in_a_later_block_name_that_block():
+    values = _counts()
+    values[-1, 0] = np.inf
+    adata = AnnData(X=values)
+    last = adata.obs_names[-1]
+    with pytest.raises(
+        ValueError, match=rf"1 value in the block of \d+ cells where they were found, e.g. in cells \['{last}'\]"
+    ):
+        check_expression(adata, block_size=7)
+
+
 @pytest.mark.parametrize("to_matrix", [np.asarray, sparse.csr_matrix], ids=["dense", "csr"])
 def test_negative_values_raise(to_matrix):
     logged = _log_normalized(_counts())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from anndata import AnnData
+from scipy import sparse
 
 from .._arguments import require_flag, require_integer
 from .._progress import progress_bar
@@ -77,6 +78,19 @@ class ExpressionReport:
     def summary(self) -> dict[str, object]:
         """JSON-able report."""
         return {"input_kind": self.kind, "n_cells": self.n_cells, "max_value": self.max_value}
+
+
+def _where_in_block(
+    adata: AnnData, block: sparse.csr_matrix, selected: np.ndarray, bad: np.ndarray, columns: np.ndarray | None
+) -> str:
+    """Count the flagged stored values of a CSR block of ``selected`` rows; name a few of their cells and genes."""
+    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[bad]
+    genes = block.indices[bad] if columns is None else np.asarray(columns)[block.indices[bad]]
+    cells = adata.obs_names[np.asarray(selected)[np.unique(rows)[:3]]].tolist()
+    gene_names = adata.var_names[np.unique(genes)[:3]].tolist()
+    scope = "" if len(selected) == adata.n_obs else f" in the block of {len(selected)} cells where they were found"
+    count = int(bad.sum())
+    return f"{count} value{'s' if count != 1 else ''}{scope}, e.g. in cells {cells} and genes {gene_names}"
 
 
 def check_expression(
@@ -156,10 +170,20 @@ def check_expression(
         for selected, block in iter_row_blocks(matrix, block_size, columns=columns, rows=rows):
             values = block.data
             if values.size and not np.all(np.isfinite(values)):
-                msg = f"{where} contains NaN or infinite values. Fix or remove those entries first."
+                found = _where_in_block(adata, block, selected, ~np.isfinite(values), columns)
+                msg = (
+                    f"{where} contains NaN or infinite values ({found})."
+                    " Fix or remove those entries first. NaN often comes from concatenating objects with different "
+                    "genes (anndata.concat(..., join='outer') fills the genes one object lacks with NaN): pass "
+                    "fill_value=0 there, or join='inner'."
+                )
                 raise ValueError(msg)
             if values.size and values.min() < 0:
-                msg = f"{where} has negative values: it looks scaled or z-scored (e.g. by sc.pp.scale). {unscaled}"
+                found = _where_in_block(adata, block, selected, values < 0, columns)
+                msg = (
+                    f"{where} has negative values ({found}; smallest {values.min():.4g}): expression must be >= 0. "
+                    f"Scaled or z-scored data (e.g. by sc.pp.scale) look like this. {unscaled}"
+                )
                 raise ValueError(msg)
             if values.size:
                 max_value = max(max_value, float(values.max()))

@@ -43,7 +43,7 @@ def embed(
 ) -> AnnData | MuData | None:
     """Embed cells with a PanFoMa model.
 
-    Accepts raw counts or log1p-normalized values (dense or sparse, in memory or backed); values are binned
+    Accepts raw counts or log1p-normalized values (dense or sparse, in memory, backed or dask); values are binned
     by rank within each cell, so both give the same embedding. Scaled (z-scored) data are refused.
 
     A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read in blocks (``batch_size`` cells for the
