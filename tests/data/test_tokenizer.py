@@ -285,3 +285,16 @@ def test_cell_keys_from_names_stable():
     assert keys.dtype == np.uint64
     assert keys[0] == keys[2] != keys[1]
     np.testing.assert_array_equal(keys, cell_keys_from_names(np.array(["AAAC-1", "AAAG-1", "AAAC-1"])))
+
+
+def test_a_gene_stored_twice_in_a_csr_row_counts_once_summed():
+    # row 0 stores column 1 twice (1 + 1): scipy reads it as 2, and so must the tokenizer
+    twice = sparse.csr_matrix((np.array([1.0, 1, 3, 2]), np.array([1, 1, 2, 0]), np.array([0, 4])), shape=(1, 8))
+    summed = twice.copy()
+    summed.sum_duplicates()
+    tokenizer = Tokenizer(n_genes=4, n_chunks=2, selection="top", value_encoding="rank")
+    genes, keys = np.arange(2, 10), np.zeros(1, dtype=np.uint64)
+    from_twice, from_summed = tokenizer(twice, genes, keys), tokenizer(summed, genes, keys)
+    np.testing.assert_array_equal(from_twice.gene_ids, from_summed.gene_ids)
+    np.testing.assert_array_equal(from_twice.value_bins, from_summed.value_bins)
+    assert twice.nnz == 4  # the caller's matrix is left as it was

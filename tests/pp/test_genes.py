@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
+from scipy import sparse
 
+from panfoma_sc.data import GeneColumns, iter_row_blocks
 from panfoma_sc.data.vocab import SPECIAL_TOKENS, GeneVocabulary
 from panfoma_sc.pp import match_genes
 
@@ -74,7 +76,7 @@ def test_missing_gene_symbols_column(vocab: GeneVocabulary):
         match_genes(adata, vocab, gene_symbols="symbols")
 
 
-def test_duplicates_keep_the_first(vocab: GeneVocabulary, caplog: pytest.LogCaptureFixture):
+def test_duplicated_genes_are_reported_and_merged(vocab: GeneVocabulary, caplog: pytest.LogCaptureFixture):
     # GENE4 three times (symbol, other case, Ensembl ID) and GENE9 once
     adata = _adata(["GENE9", "gene4", "GENE4", "ENSG00000000004.2", "x"])
     with caplog.at_level(logging.WARNING, logger="panfoma_sc"):
@@ -82,10 +84,38 @@ def test_duplicates_keep_the_first(vocab: GeneVocabulary, caplog: pytest.LogCapt
     np.testing.assert_array_equal(match.columns, [0, 1])
     np.testing.assert_array_equal(match.gene_ids, np.array([9, 4]) + OFFSET)
     assert match.duplicated == ["GENE4", "ENSG00000000004.2"]
+    np.testing.assert_array_equal(match.duplicate_columns, [2, 3])
+    np.testing.assert_array_equal(match.duplicate_targets, [1, 1])  # both hold GENE4, the second used column
+    assert isinstance(match.read_columns, GeneColumns)
     assert match.unmatched == ["x"]
     assert match.summary()["n_duplicated"] == 2
-    assert "already used" in caplog.text
+    assert "maximum over its columns" in caplog.text
     assert np.unique(match.gene_ids).size == match.gene_ids.size
+
+
+def test_without_duplicates_the_readers_take_the_plain_columns(vocab: GeneVocabulary):
+    match = match_genes(_adata(["GENE1", "GENE2", "x"]), vocab)
+    assert match.read_columns is match.columns
+
+
+def test_a_duplicated_gene_reads_the_maximum_of_its_columns_in_any_column_order(vocab: GeneVocabulary):
+    values = np.array([[1, 0, 5, 2, 7], [0, 3, 0, 0, 0], [4, 0, 0, 9, 1]], dtype=np.float32)
+    names = ["GENE9", "gene4", "GENE4", "ENSG00000000004.2", "GENE1"]
+    expected = {"GENE9": [1, 0, 4], "GENE4": [5, 3, 9], "GENE1": [7, 0, 1]}  # GENE4: max of columns 1-3
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 3, 1]):
+        adata = AnnData(X=sparse.csr_matrix(values[:, order]), var=pd.DataFrame(index=[names[i] for i in order]))
+        match = match_genes(adata, vocab)
+        (_, block), *_ = iter_row_blocks(adata.X, 10, columns=match.read_columns)
+        by_id = dict(zip(match.gene_ids.tolist(), block.toarray().T.tolist(), strict=True))
+        for symbol, column in expected.items():
+            assert by_id[vocab.lookup(np.array([symbol]))[0]] == column
+
+
+def test_gene_columns_merge_several_copies_without_adding_them():
+    block = sparse.csr_matrix(np.array([[1, 2, 3, 4, 0], [0, 0, 0, 0, 6]], dtype=np.int32))
+    merged = GeneColumns(first=np.array([0, 4]), others=np.array([1, 2, 3]), targets=np.array([0, 0, 0])).take(block)
+    np.testing.assert_array_equal(merged.toarray(), [[4, 0], [0, 6]])
+    assert merged.dtype == np.int32
 
 
 def test_no_overlap_raises(vocab: GeneVocabulary):

@@ -247,13 +247,34 @@ def test_a_view_of_backed_data_is_refused_before_any_work_unless_copied(pbmc_sor
     view.file.close()
 
 
-def test_duplicate_gene_names_use_the_first_and_report(pbmc_sorted, tiny_checkpoint):
+def test_duplicate_gene_names_are_merged_and_reported(pbmc_sorted, tiny_checkpoint):
     adata = pbmc_sorted[:20].copy()
     names = adata.var_names.tolist()
     names[1] = names[0].lower()  # same gene, different case
     adata.var_names = names
     result = _embed(adata, tiny_checkpoint)
     assert result.uns["panfoma"]["genes"]["n_duplicated"] == 1
+
+
+def test_a_gene_stored_in_two_columns_embeds_alike_in_any_column_order(pbmc_sorted, tiny_checkpoint):
+    """As pbmc3k's C2orf15 / C2ORF15: column order and dropping an all-zero copy change nothing."""
+    adata = pbmc_sorted[:40].copy()
+    counts = adata.X.toarray()
+    expressed = np.flatnonzero((counts > 0).sum(0) >= 10)
+    a, b = expressed[:2]  # b becomes a second copy of a's gene, expressed in other cells
+    names = adata.var_names.tolist()
+    names[b] = names[a].lower()
+    adata.var_names = names
+    reference = _embed(adata, tiny_checkpoint).obsm["X_panfoma"]
+    reversed_genes = _embed(adata[:, ::-1].copy(), tiny_checkpoint).obsm["X_panfoma"]
+    np.testing.assert_allclose(reversed_genes, reference, atol=1e-5)
+    zero_copy = adata.copy()
+    zero_copy.X = sparse.csr_matrix(zero_copy.X)
+    zero_copy.X[:, a] = 0  # a's column all zero: filter_genes would drop it, and b holds the gene alone
+    zero_copy.X.eliminate_zeros()
+    alone = zero_copy[:, [i for i in range(zero_copy.n_vars) if i != a]].copy()
+    with_zero_copy = _embed(zero_copy, tiny_checkpoint).obsm["X_panfoma"]
+    np.testing.assert_allclose(_embed(alone, tiny_checkpoint).obsm["X_panfoma"], with_zero_copy, atol=1e-5)
 
 
 def test_duplicate_cell_names_work(pbmc_sorted, tiny_checkpoint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from scipy import sparse
 
 __all__ = [
     "ColumnMajorBackedError",
+    "GeneColumns",
     "check_row_readable",
     "csr_conversion",
     "expression_matrix",
@@ -23,6 +25,45 @@ __all__ = [
 
 class ColumnMajorBackedError(ValueError):
     """A backed matrix stored by column (CSC), which cannot be read cell by cell without reading all of it."""
+
+
+@dataclass(frozen=True)
+class GeneColumns:
+    """The columns of a matrix a model reads, where a gene may be stored in several (e.g. ``C2orf15``, ``C2ORF15``).
+
+    A gene's value is the maximum over its columns: the same whatever the order of the columns, when an all-zero
+    copy is dropped (``sc.pp.filter_genes``), and on raw counts as on their log1p (a monotone transform).
+
+    Attributes
+    ----------
+    first
+        One column per gene, ascending: the block's columns in this order.
+    others
+        Further columns holding a gene of ``first``.
+    targets
+        For each of ``others``, the position in ``first`` of the gene it holds.
+    """
+
+    first: np.ndarray
+    others: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def take(self, block: sparse.csr_matrix) -> sparse.csr_matrix:
+        """``block`` (all columns, CSR) restricted to the genes, in the order of ``first``."""
+        taken = block[:, self.first]
+        if not self.others.size:
+            return taken
+        # the k-th further copy of each gene in round k: within a round every gene appears once, so the product
+        # with the 0/1 placement matrix moves values without adding two copies together
+        rounds = pd.Series(self.targets).groupby(self.targets).cumcount().to_numpy()
+        for copy in range(int(rounds.max()) + 1):
+            chosen = rounds == copy
+            place = sparse.csr_matrix(
+                (np.ones(int(chosen.sum()), dtype=block.dtype), (np.arange(int(chosen.sum())), self.targets[chosen])),
+                shape=(int(chosen.sum()), self.first.size),
+            )
+            taken = taken.maximum(sparse.csr_matrix(block[:, self.others[chosen]] @ place))
+        return sparse.csr_matrix(taken)
 
 
 def expression_matrix(adata: AnnData, layer: str | None = None):
@@ -142,7 +183,7 @@ def is_dask_array(matrix: object) -> bool:
 
 
 def iter_row_blocks(
-    matrix, block_size: int, columns: np.ndarray | None = None, rows: np.ndarray | None = None
+    matrix, block_size: int, columns: np.ndarray | GeneColumns | None = None, rows: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
     """Yield ``(row_indices, csr_block)`` over the rows of ``matrix``, ``block_size`` rows at a time.
 
@@ -157,7 +198,8 @@ def iter_row_blocks(
     block_size
         Rows per block.
     columns
-        Keep only these columns (in this order).
+        Keep only these columns (in this order); with :class:`GeneColumns`, genes stored in several columns take
+        their maximum.
     rows
         Visit only these rows (sorted ascending), default all.
     """
@@ -184,6 +226,8 @@ def iter_row_blocks(
         if not block.has_canonical_format:  # a gene stored twice in a row counts once, summed, as in scipy
             block = block.copy()
             block.sum_duplicates()
-        if columns is not None:
+        if isinstance(columns, GeneColumns):
+            block = columns.take(block)
+        elif columns is not None:
             block = block[:, columns]
         yield selected, block

@@ -140,8 +140,9 @@ def bin_by_rank(matrix: sparse.csr_matrix, n_bins: int) -> np.ndarray:
 
 
 def _clean_csr(matrix: sparse.spmatrix | np.ndarray) -> sparse.csr_matrix:
-    """float64 CSR copy without explicit zeros, indices sorted."""
+    """float64 CSR copy without explicit zeros, a gene stored twice in a row summed once, indices sorted."""
     csr = sparse.csr_matrix(matrix, dtype=np.float64, copy=True)
+    csr.sum_duplicates()
     csr.eliminate_zeros()
     csr.sort_indices()
     return csr

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .._arguments import require_flag, require_integer
 from .._progress import progress_bar
-from ..data.rows import expression_matrix, iter_row_blocks, raw_values
+from ..data.rows import GeneColumns, expression_matrix, iter_row_blocks, raw_values
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,16 @@ class ExpressionReport:
 
 
 def _where_in_block(
-    adata: AnnData, block: sparse.csr_matrix, selected: np.ndarray, bad: np.ndarray, columns: np.ndarray | None
+    adata: AnnData,
+    block: sparse.csr_matrix,
+    selected: np.ndarray,
+    bad: np.ndarray,
+    columns: np.ndarray | GeneColumns | None,
 ) -> str:
     """Count the flagged stored values of a CSR block of ``selected`` rows; name a few of their cells and genes."""
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[bad]
+    if isinstance(columns, GeneColumns):
+        columns = columns.first
     genes = block.indices[bad] if columns is None else np.asarray(columns)[block.indices[bad]]
     cells = adata.obs_names[np.asarray(selected)[np.unique(rows)[:3]]].tolist()
     gene_names = adata.var_names[np.unique(genes)[:3]].tolist()
@@ -97,7 +103,7 @@ def check_expression(
     adata: AnnData,
     *,
     layer: str | None = None,
-    columns: np.ndarray | None = None,
+    columns: np.ndarray | GeneColumns | None = None,
     block_size: int = 2048,
     allow_empty_cells: bool = False,
     rows: np.ndarray | None = None,
@@ -116,7 +122,7 @@ def check_expression(
     layer
         Layer holding expression; ``None`` for ``adata.X``.
     columns
-        Only these genes count (the genes matched to the vocabulary); default all.
+        Only these genes count (the genes matched to the vocabulary, :attr:`GeneMatch.read_columns`); default all.
     block_size
         Rows read at a time.
     allow_empty_cells

@@ -12,7 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._arguments import require_flag, require_number
-from ..data.rows import raw_values
+from ..data.rows import GeneColumns, raw_values
 from ..data.vocab import GeneVocabulary, dominant_ensembl_species
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,14 @@ class GeneMatch:
     n_genes
         Genes in the AnnData.
     duplicated
-        Names whose vocabulary gene was already taken by an earlier column (left out; the first one is used).
+        Names whose vocabulary gene an earlier column also holds (e.g. ``C2ORF15`` after ``C2orf15``); the gene's
+        value is the maximum over its columns (see :attr:`read_columns`).
     unmatched
         Names not found in the vocabulary.
+    duplicate_columns
+        Indices of the ``duplicated`` columns.
+    duplicate_targets
+        For each of ``duplicate_columns``, the position in ``columns`` of the gene it also holds.
     """
 
     columns: np.ndarray
@@ -46,6 +51,15 @@ class GeneMatch:
     n_genes: int
     duplicated: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    duplicate_columns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    duplicate_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def read_columns(self) -> np.ndarray | GeneColumns:
+        """What the row readers take: ``columns``, or with duplicated genes a :class:`GeneColumns` merging them."""
+        if not self.duplicate_columns.size:
+            return self.columns
+        return GeneColumns(self.columns, self.duplicate_columns, self.duplicate_targets)
 
     @property
     def n_matched(self) -> int:
@@ -82,7 +96,8 @@ def match_genes(
 
     Every Ensembl ID the vocabulary lists for a symbol matches it. Outdated symbols are not translated to current
     ones (``H3F3A`` and ``H3-3A`` are separate vocabulary genes, learned from datasets using each name). Where
-    several columns match one vocabulary gene, the first is used and the others are logged.
+    several columns match one vocabulary gene (``C2orf15`` and ``C2ORF15``; a symbol and its Ensembl ID), the gene
+    takes the maximum over them, whatever their order, and they are logged.
 
     Parameters
     ----------
@@ -189,14 +204,18 @@ def match_names(
     found = ids >= 0
     first = ~pd.Series(ids).duplicated().to_numpy()
     use = found & first
-    duplicated = names[found & ~first].tolist()
+    again = found & ~first
+    columns = np.flatnonzero(use)
     unmatched = [name for name in names[~found] if name]  # "" stands for a missing symbol, reported apart
     match = GeneMatch(
-        columns=np.flatnonzero(use),
+        columns=columns,
         gene_ids=ids[use],
         n_genes=len(names),
-        duplicated=duplicated,
+        duplicated=names[again].tolist(),
         unmatched=unmatched,
+        duplicate_columns=np.flatnonzero(again),
+        # position among the used columns of the column that first holds the same vocabulary gene
+        duplicate_targets=pd.Index(ids[use]).get_indexer(ids[again]),
     )
     if match.n_matched == 0:
         transposed = None if obs_names is None else _transposed_hint(obs_names, vocab, object_name)
@@ -216,13 +235,13 @@ def match_names(
         )
         raise ValueError(msg)
     _warn_if_mouse_symbols(names[use], source)
-    if duplicated:
+    if match.duplicated:
         logger.warning(
-            "%d genes of %s map to a vocabulary gene already used by an earlier column and are left out, e.g. %s. "
-            "Aggregate them beforehand if that matters.",
-            len(duplicated),
+            "%d genes of %s map to a vocabulary gene that an earlier column also holds, e.g. %s: each such gene "
+            "takes the maximum over its columns.",
+            len(match.duplicated),
             source,
-            duplicated[:5],
+            match.duplicated[:5],
         )
     logger.info(
         "Matched %d of %d genes (%.1f%%) to the vocabulary.", match.n_matched, match.n_genes, 100 * match.fraction

@@ -89,7 +89,7 @@ class EmbeddingJob:
         match = match_genes(adata, model.vocab, gene_symbols=gene_symbols, adata_name=adata_name, use_raw=use_raw)
         rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         report = check_expression(
-            adata, layer=layer, columns=match.columns, rows=rows, use_raw=use_raw, progress=progress
+            adata, layer=layer, columns=match.read_columns, rows=rows, use_raw=use_raw, progress=progress
         )
         tokenizer = model.tokenizer(n_genes, gene_selection)  # resolves the model's defaults once
         if n_genes is not None and n_genes > 2 * report.max_expressed:  # asked for; the default is the model's
@@ -151,7 +151,7 @@ class EmbeddingJob:
         matrix = expression_matrix(self.adata, self.layer)
         cells = shard_rows(self.n_cells, rank, world) if world > 1 else None  # positions among the job's cells
         rows = cells if self.rows is None else self.rows if cells is None else self.rows[cells]
-        blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.columns, rows=rows)
+        blocks = iter_row_blocks(matrix, self.batch_size, columns=self.match.read_columns, rows=rows)
         if self.rows is not None:
             blocks = _as_positions(blocks, self.rows)
         return {
@@ -174,7 +174,7 @@ class EmbeddingJob:
 
         return CellRows(
             matrix=expression_matrix(self.adata, self.layer),
-            columns=self.match.columns,
+            columns=self.match.read_columns,
             gene_ids=self.match.gene_ids,
             cell_keys=cell_keys_from_names(self.obs_names),
             rows=self.rows,

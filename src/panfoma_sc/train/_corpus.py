@@ -538,7 +538,7 @@ class PretrainingCorpus:
 
     def _read(self, file_index: int, rows: np.ndarray) -> sparse.csr_matrix:
         """Sorted ``rows`` of one file, on the genes matched to the vocabulary, in one read."""
-        columns = self._matches[file_index].columns
+        columns = self._matches[file_index].read_columns
         _, block = next(iter_row_blocks(self._matrices[file_index], rows.size, columns=columns, rows=rows))
         return block
 
@@ -554,7 +554,7 @@ class PretrainingCorpus:
             for start in range(0, len(rows), block):
                 chunk = rows[start : start + block]
                 matrix = self._matrices[file_index]
-                _, matrix = next(iter_row_blocks(matrix, len(chunk), columns=match.columns, rows=chunk))
+                _, matrix = next(iter_row_blocks(matrix, len(chunk), columns=match.read_columns, rows=chunk))
                 yield CorpusBatch(file_index, matrix, match.gene_ids, self._keys[file_index][chunk])
 
     def close(self) -> None:

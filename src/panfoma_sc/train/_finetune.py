@@ -20,7 +20,7 @@ from .._arguments import MAX_SEED, require_integer, require_number
 from .._memory import returns_freed_memory
 from .._progress import progress_bar
 from .._settings import settings, torch_threads
-from ..data.rows import iter_row_blocks, row_major
+from ..data.rows import GeneColumns, iter_row_blocks, row_major
 from ..data.tokenizer import sample_expression_targets
 from ..models._pretrained import CLASSIFIER_HEAD, PretrainedModel, tokens_to_torch
 from ..nn import BatchDiscriminator, CellClassifier, PanFoMa, masked_bin_loss
@@ -56,7 +56,7 @@ class CellRows:
     matrix
         ``(cells, genes)`` numpy array, scipy sparse matrix or backed dataset.
     columns
-        Columns of ``matrix`` the model uses.
+        Columns of ``matrix`` the model uses (:attr:`panfoma_sc.pp.GeneMatch.read_columns`).
     gene_ids
         Vocabulary id of each of ``columns``.
     cell_keys
@@ -67,7 +67,7 @@ class CellRows:
     """
 
     matrix: Any
-    columns: np.ndarray
+    columns: np.ndarray | GeneColumns
     gene_ids: np.ndarray
     cell_keys: np.ndarray
     rows: np.ndarray | None = None
