@@ -7,7 +7,7 @@
 # panfoma-base, so most timed steps ran out of time); warm_mamba_kernels.py therefore compiles them first, in
 # parallel processes, into Triton's on-disk cache. Results go to benchmarks/results/*-cuda*.{json,png} and
 # mamba-kernels-*.json; the log to $GPU_LOG (default benchmarks/results/gpu-run.log).
-# GPU_STEPS="tests training cells" runs only the named steps (info warm tests kernels inference training genes
+# GPU_STEPS="warm tests training cells" runs only the named steps (info warm tests kernels inference training genes
 # cells tiny precision loader checkpointing; keep "warm" before any step that uses mamba_ssm's kernels).
 #   PANFOMA_DATA_DIR=../shared/data bash benchmarks/run_gpu.sh
 set -uo pipefail

@@ -8,6 +8,7 @@ import pytest
 from anndata import AnnData
 from scipy import sparse
 
+from panfoma_sc.data import GeneColumns
 from panfoma_sc.pp import check_expression
 
 
@@ -282,3 +283,33 @@ def test_slow_checks_show_progress_only_when_asked(progress, monkeypatch):
         assert "50/50" in text
     else:
         assert text == ""
+
+
+def _two_copies_of_gene_1(values: np.ndarray) -> tuple[AnnData, GeneColumns]:
+    """Columns 0-3 are genes 0-3; column 4 holds gene 1 again (as C2ORF15 beside C2orf15)."""
+    adata = AnnData(X=sparse.csr_matrix(values))
+    adata.var_names = ["G0", "G1", "G2", "G3", "g1"]
+    return adata, GeneColumns(first=np.arange(4), others=np.array([4]), targets=np.array([1]))
+
+
+@pytest.mark.parametrize(("row", "column"), [(2, 3), (5, 1), (7, 4)], ids=["other gene", "first copy", "second copy"])
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_bad_values_are_found_in_any_column_when_genes_are_merged(row, column, bad):
+    values = _counts(n_genes=5)
+    values[:, 4] = 3.0  # the second copy is the larger one: a merged read would hide the first copy's values
+    values[row, column] = bad
+    adata, columns = _two_copies_of_gene_1(values)
+    with pytest.raises(ValueError, match=r"NaN or infinite|negative") as info:
+        check_expression(adata, columns=columns)
+    assert f"in cells ['{row}'] and genes ['{adata.var_names[column]}']" in str(info.value)
+
+
+def test_merged_genes_are_checked_as_the_model_reads_them():
+    values = _counts(n_genes=5)
+    values[:, 1] = 0.0  # gene 1's first copy is empty in every cell, its second copy is not
+    values[:, 4] = 2.0
+    values[:, [0, 2, 3]] = 0.0
+    adata, columns = _two_copies_of_gene_1(values)
+    assert check_expression(adata, columns=columns).kind == "counts"  # no cell is empty on the model's genes
+    with pytest.raises(ValueError, match="no expressed gene"):
+        check_expression(adata, columns=np.arange(4))  # without the second copy every cell is empty

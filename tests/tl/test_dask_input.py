@@ -58,3 +58,17 @@ def test_annotate_with_a_sparse_chunked_dask_query_gives_the_in_memory_labels(pb
     pf.tl.annotate(query, reference, model=tiny_checkpoint, labels_key="cell_type", progress=False)
     pf.tl.annotate(lazy, reference, model=tiny_checkpoint, labels_key="cell_type", progress=False)
     assert (lazy.obs["panfoma_label"].to_numpy() == query.obs["panfoma_label"].to_numpy()).all()
+
+
+def test_a_lazy_csc_matrix_is_refused_with_the_fix(pbmc68k, tiny_checkpoint, tmp_path):
+    from anndata.experimental import read_elem_lazy
+
+    adata = _small(pbmc68k)
+    adata.X = adata.X.tocsc()
+    adata.write_h5ad(tmp_path / "by_column.h5ad")
+    with h5py.File(tmp_path / "by_column.h5ad", "r") as handle:
+        lazy = adata.copy()
+        lazy.X = read_elem_lazy(handle["X"])  # one chunk of every row: each batch would read the whole matrix
+        with pytest.raises(ValueError, match=r"lazy \(dask\) CSC.*\.compute\(\).*tocsr"):
+            pf.tl.embed(lazy, tiny_checkpoint, progress=False)
+    assert "X_panfoma" not in lazy.obsm

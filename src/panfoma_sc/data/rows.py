@@ -53,17 +53,30 @@ class GeneColumns:
         taken = block[:, self.first]
         if not self.others.size:
             return taken
+        merged = np.unique(self.targets)  # positions in ``first`` of the genes stored more than once
+        slots = np.searchsorted(merged, self.targets)
+        values = taken[:, merged]
         # the k-th further copy of each gene in round k: within a round every gene appears once, so the product
         # with the 0/1 placement matrix moves values without adding two copies together
-        rounds = pd.Series(self.targets).groupby(self.targets).cumcount().to_numpy()
+        rounds = pd.Series(slots).groupby(slots).cumcount().to_numpy()
         for copy in range(int(rounds.max()) + 1):
             chosen = rounds == copy
-            place = sparse.csr_matrix(
-                (np.ones(int(chosen.sum()), dtype=block.dtype), (np.arange(int(chosen.sum())), self.targets[chosen])),
-                shape=(int(chosen.sum()), self.first.size),
-            )
-            taken = taken.maximum(sparse.csr_matrix(block[:, self.others[chosen]] @ place))
-        return sparse.csr_matrix(taken)
+            copies = block[:, self.others[chosen]] @ _placement(slots[chosen], merged.size, block.dtype)
+            values = values.maximum(sparse.csr_matrix(copies))
+        # the other genes' columns as they are (negative or NaN values included), the merged ones beside them
+        kept = np.setdiff1d(np.arange(self.first.size), merged)
+        result = taken[:, kept] @ _placement(kept, self.first.size, block.dtype)
+        result = result + values @ _placement(merged, self.first.size, block.dtype)
+        result = sparse.csr_matrix(result)
+        result.sort_indices()
+        return result
+
+
+def _placement(positions: np.ndarray, width: int, dtype: np.dtype) -> sparse.csr_matrix:
+    """0/1 matrix that moves column ``i`` of a block to column ``positions[i]`` of a block ``width`` wide."""
+    return sparse.csr_matrix(
+        (np.ones(positions.size, dtype=dtype), (np.arange(positions.size), positions)), shape=(positions.size, width)
+    )
 
 
 def expression_matrix(adata: AnnData, layer: str | None = None):
@@ -138,10 +151,15 @@ def check_row_readable(matrix, where: str, *, file_only: bool = False) -> None:
     """
     if is_backed_column_major(matrix):
         csr = f"it as CSR once: adata = anndata.read_h5ad(path); {csr_conversion(where)}; adata.write_h5ad(...)"
-        load = "Load it into memory if it fits (adata = adata.to_memory()), or store"
+        lazy = is_dask_array(matrix)
+        if lazy:
+            load = "Compute it if it fits (e.g. adata.X = adata.X.compute()), or store"
+        else:
+            load = "Load it into memory if it fits (adata = adata.to_memory()), or store"
         fix = f"Store {csr}" if file_only else f"{load} {csr}"
+        kind = "a lazy (dask) CSC" if lazy else "a backed CSC"
         msg = (
-            f"{where} is a backed CSC (column-major) sparse matrix: reading it cell by cell would read the whole "
+            f"{where} is {kind} (column-major) sparse matrix: reading it cell by cell would read the whole "
             f"file for every batch. {fix}."
         )
         raise ColumnMajorBackedError(msg)
@@ -157,7 +175,13 @@ def csr_conversion(where: str) -> str:
 
 
 def is_backed_column_major(matrix) -> bool:
-    """Whether ``matrix`` is a backed CSC dataset (:func:`check_row_readable` refuses it)."""
+    """Whether ``matrix`` is stored by column: a backed CSC dataset, or a dask array of CSC chunks.
+
+    :func:`check_row_readable` refuses both.
+    """
+    if is_dask_array(matrix):  # anndata's lazy reader of a CSC file: one chunk of all rows
+        meta = getattr(matrix, "_meta", None)
+        return sparse.issparse(meta) and meta.format == "csc"
     return not sparse.issparse(matrix) and getattr(matrix, "format", None) == "csc"
 
 

@@ -37,8 +37,11 @@ def mask_values(
     batch = value_bins.shape[0]
     low, high = ratio_range
     ratio = low + (high - low) * torch.rand(batch, 1, 1, generator=generator)
-    # Drawn on the CPU generator (reproducible on every device), combined with the padding mask where the batch
-    # lives: reading the mask back to the host would wait for the GPU at every step.
-    drawn = (torch.rand(value_bins.shape, generator=generator) < ratio).to(value_bins.device)
-    hidden = drawn & ~padding_mask
+    # Drawn on the CPU generator (reproducible on every device) and combined with the padding mask where the batch
+    # lives: reading the mask back to the host would wait for the GPU; on CUDA the draw travels from pinned memory
+    # without a wait.
+    drawn = torch.rand(value_bins.shape, generator=generator) < ratio
+    if value_bins.is_cuda:
+        drawn = drawn.pin_memory().to(value_bins.device, non_blocking=True)
+    hidden = drawn.to(value_bins.device) & ~padding_mask
     return value_bins.masked_fill(hidden, mask_bin), hidden
