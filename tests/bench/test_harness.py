@@ -315,3 +315,18 @@ def test_a_missing_gene_table_stops_the_run_before_any_work(tmp_path, monkeypatc
     monkeypatch.setitem(TASKS, "forgetful", _forgetful)
     config = _toy_config(tmp_path, gene_table="tables/absent.csv")
     assert re.search(r"Input files not found in .*\{'toy': \['tables/absent.csv'\]\}", refused_run(config))
+
+
+def test_a_run_keeps_jax_from_reserving_the_gpu_unless_told_otherwise(tmp_path, monkeypatch):
+    seen = []
+
+    def records_the_setting(ctx, spec, methods):
+        seen.append(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+        return _forgetful(ctx, spec, methods)
+
+    monkeypatch.setitem(TASKS, "forgetful", records_the_setting)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    pf.bench.run(_toy_config(tmp_path), tmp_path / "out")
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # the user's own choice stays
+    pf.bench.run(_toy_config(tmp_path), tmp_path / "out")
+    assert seen == ["false", "true"]

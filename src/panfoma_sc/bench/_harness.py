@@ -216,6 +216,10 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     ``per_class_f1.csv``, ``run.json`` (config, model checksum, versions, timing), ``figures/`` and the
     markdown report (:func:`render_report`).
 
+    scib-metrics computes on JAX: where JAX has a GPU, it would take 75% of the GPU's memory at its first call and
+    leave the torch models (PanFoMa, scVI) short. Unless ``XLA_PYTHON_CLIENT_PREALLOCATE`` is already set, the run
+    sets it to ``false`` (JAX then allocates what it uses); it has no effect once JAX has computed in the process.
+
     Parameters
     ----------
     config
@@ -254,6 +258,7 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     _check_datasets(config, folder)
     _check_model(config)
     staging = _prepare_output(out)
+    _share_the_gpu_with_jax()
     try:
         results = _run_datasets(config, folder, staging, command)
     except BaseException:
@@ -263,6 +268,11 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
         raise
     _publish(staging, out)
     return results
+
+
+def _share_the_gpu_with_jax() -> None:
+    """Stop JAX (scib-metrics) from reserving most of the GPU's memory when it starts in this process."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def _run_datasets(config: Mapping, folder: Path, out: Path, command: str | None) -> pd.DataFrame:
