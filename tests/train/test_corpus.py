@@ -239,3 +239,23 @@ def test_resuming_with_another_number_of_processes_or_over_a_lone_model_is_refus
         pretrain(corpus_files, tmp_path, vocab=vocab, config=config, progress=False)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     pretrain(corpus_files, tmp_path, vocab=vocab, config=config, resume=False, progress=False)  # started over
+
+
+def test_a_gene_stored_in_two_columns_of_a_training_file_reads_their_maximum(corpus_files, vocab, tmp_path):
+    source = ad.read_h5ad(corpus_files[0])[:40].copy()
+    known = [i for i, name in enumerate(source.var_names) if vocab.lookup(np.array([name]))[0] >= 0]
+    first, second = known[:2]
+    names = source.var_names.tolist()
+    names[second] = names[first].lower()  # the same gene twice, as C2orf15 / C2ORF15 in hg19 files
+    source.var_names = names
+    source.write_h5ad(tmp_path / "twice.h5ad")
+    corpus = PretrainingCorpus([tmp_path / "twice.h5ad"], vocab, batch_size=40)
+    (batch,) = list(corpus.batches(0))
+    rows = corpus.epoch_plan(0)[0][1]
+    position = int(np.flatnonzero(batch.gene_ids == vocab.lookup(np.array([names[first]]))[0])[0])
+    values = source.X[rows][:, [first, second]]
+    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
+    assert (values[:, 1] > values[:, 0]).any()  # the second copy matters in some cell
+    np.testing.assert_array_equal(batch.matrix.toarray()[:, position], values.max(axis=1))
+    assert np.unique(batch.gene_ids).size == batch.gene_ids.size
+    corpus.close()
