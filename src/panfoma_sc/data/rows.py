@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -48,26 +49,35 @@ class GeneColumns:
     others: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
+    def as_stored(self) -> tuple[np.ndarray, GeneColumns]:
+        """Every column holding a gene (ascending), and the merge of a block read on those columns alone."""
+        stored = np.union1d(self.first, self.others)
+        position = functools.partial(np.searchsorted, stored)
+        return stored, GeneColumns(position(self.first), position(self.others), self.targets)
+
+    @functools.cached_property
+    def _merge_plan(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Worked out once per reader: the merged genes, the copies of each round with their slots, the rest."""
+        merged = np.unique(self.targets)  # positions in ``first`` of the genes stored more than once
+        slots = np.searchsorted(merged, self.targets)
+        # the k-th further copy of each gene in round k: within a round every gene appears once, so the product
+        # with the 0/1 placement matrix moves values without adding two copies together
+        rounds = pd.Series(slots).groupby(slots).cumcount().to_numpy()
+        copies = [(self.others[rounds == k], slots[rounds == k]) for k in range(int(rounds.max(initial=-1)) + 1)]
+        return merged, copies, np.setdiff1d(np.arange(self.first.size), merged)
+
     def take(self, block: sparse.csr_matrix) -> sparse.csr_matrix:
         """``block`` (all columns, CSR) restricted to the genes, in the order of ``first``."""
         taken = block[:, self.first]
         if not self.others.size:
             return taken
-        merged = np.unique(self.targets)  # positions in ``first`` of the genes stored more than once
-        slots = np.searchsorted(merged, self.targets)
+        merged, copies, kept = self._merge_plan
         values = taken[:, merged]
-        # the k-th further copy of each gene in round k: within a round every gene appears once, so the product
-        # with the 0/1 placement matrix moves values without adding two copies together
-        rounds = pd.Series(slots).groupby(slots).cumcount().to_numpy()
-        for copy in range(int(rounds.max()) + 1):
-            chosen = rounds == copy
-            copies = block[:, self.others[chosen]] @ _placement(slots[chosen], merged.size, block.dtype)
-            values = values.maximum(sparse.csr_matrix(copies))
+        for columns, slots in copies:
+            values = values.maximum(sparse.csr_matrix(block[:, columns] @ _placement(slots, merged.size, block.dtype)))
         # the other genes' columns as they are (negative or NaN values included), the merged ones beside them
-        kept = np.setdiff1d(np.arange(self.first.size), merged)
         result = taken[:, kept] @ _placement(kept, self.first.size, block.dtype)
-        result = result + values @ _placement(merged, self.first.size, block.dtype)
-        result = sparse.csr_matrix(result)
+        result = sparse.csr_matrix(result + values @ _placement(merged, self.first.size, block.dtype))
         result.sort_indices()
         return result
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -79,15 +78,6 @@ class ExpressionReport:
     def summary(self) -> dict[str, object]:
         """JSON-able report."""
         return {"input_kind": self.kind, "n_cells": self.n_cells, "max_value": self.max_value}
-
-
-def _unmerged(columns: np.ndarray | GeneColumns | None) -> tuple[np.ndarray | None, GeneColumns | None]:
-    """The columns to read as stored, and how to merge a block of them into the model's genes (or None)."""
-    if not isinstance(columns, GeneColumns):
-        return columns, None
-    read = np.union1d(columns.first, columns.others)
-    position = functools.partial(np.searchsorted, read)
-    return read, GeneColumns(position(columns.first), position(columns.others), columns.targets)
 
 
 def _where_in_block(
@@ -174,7 +164,7 @@ def check_expression(
     matrix = expression_matrix(adata, layer)
     # every stored value is checked as stored (a bad value in either copy of a gene kept in two columns is found,
     # and named by its own column); the statistics below see the genes as the model does
-    read, merge = _unmerged(columns)
+    read, merge = columns.as_stored() if isinstance(columns, GeneColumns) else (columns, None)
     all_integer = True
     max_value = 0.0
     empty_cells: list[int] = []

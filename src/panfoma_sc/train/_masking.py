@@ -42,6 +42,6 @@ def mask_values(
     # without a wait.
     drawn = torch.rand(value_bins.shape, generator=generator) < ratio
     if value_bins.is_cuda:
-        drawn = drawn.pin_memory().to(value_bins.device, non_blocking=True)
-    hidden = drawn.to(value_bins.device) & ~padding_mask
+        drawn = drawn.pin_memory()
+    hidden = drawn.to(value_bins.device, non_blocking=True) & ~padding_mask
     return value_bins.masked_fill(hidden, mask_bin), hidden
