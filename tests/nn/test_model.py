@@ -179,6 +179,21 @@ def test_masked_bin_loss_without_masked_positions_is_zero():
     assert logits.grad is not None
 
 
+def test_masked_bin_loss_is_the_mean_cross_entropy_of_the_masked_positions_only():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, TINY.n_bins, generator=generator, requires_grad=True)
+    targets = torch.randint(0, TINY.n_bins, (3, 7), generator=generator)
+    mask = torch.rand(3, 7, generator=generator) < 0.4
+    targets[~mask] = TINY.n_bins + 5  # not a class: positions outside the mask are never read
+    loss = masked_bin_loss(logits, targets, mask)
+    log_probs = torch.log_softmax(logits.detach().double(), dim=-1)
+    expected = -log_probs[mask].gather(1, targets[mask].unsqueeze(1)).mean()
+    assert torch.isclose(loss.double(), expected, rtol=1e-6)
+    loss.backward()
+    assert logits.grad[~mask].abs().max() == 0.0  # no gradient reaches unmasked positions
+    assert logits.grad[mask].abs().max() > 0.0
+
+
 def test_named_configs_build():
     counts = {}
     for name, config in CONFIGS.items():

@@ -218,7 +218,13 @@ def _mean_over_valid(tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.
 
 
 def masked_bin_loss(logits: torch.Tensor, target_bins: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the positions in ``loss_mask`` (``(B, N)`` bool); 0 when there are none."""
-    if not bool(loss_mask.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[loss_mask].float(), target_bins[loss_mask])
+    """Cross-entropy over the positions in ``loss_mask`` (``(B, N)`` bool); 0 when there are none.
+
+    Computed over every position and averaged over the masked ones, without selecting them: selecting by a mask
+    (or testing whether it is empty) makes the host wait for the device in the middle of a training step.
+    """
+    keep = loss_mask.reshape(-1)
+    safe_targets = torch.where(keep, target_bins.reshape(-1), 0)  # a valid class where the loss is not counted
+    per_position = F.cross_entropy(logits.reshape(keep.numel(), -1).float(), safe_targets, reduction="none")
+    weights = keep.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp(min=1.0)

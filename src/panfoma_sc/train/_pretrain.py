@@ -596,7 +596,10 @@ def pretrain(
     shown = progress and rank == 0
     bar = progress_bar(total=config.max_steps, initial=step, enabled=shown, desc="pretrain", unit="step")
     loss_names = ["value", "mvc"] + (["contrastive"] if n_views == 2 else [])
-    running = dict.fromkeys(loss_names, 0.0) | {"cells": 0, "steps": 0}
+    # the losses add up on the device and are read back only when a row is logged: reading them each step would
+    # make the host wait for the GPU to finish every step before it can prepare the next batch
+    running_losses = torch.zeros(len(loss_names), dtype=torch.float32, device=device)
+    running = {"cells": 0, "steps": 0}
     finished = step >= config.max_steps
     while not finished:
         for micro in range(config.grad_accumulation):
@@ -642,8 +645,9 @@ def pretrain(
                 )
             total = sum(weights[name] * loss for name, loss in losses.items())
             (total / config.grad_accumulation).backward()
-            for name, loss in losses.items():
-                running[name] += float(loss.detach()) / config.grad_accumulation
+            running_losses += torch.stack([losses[name].detach().float() for name in loss_names]).div_(
+                config.grad_accumulation
+            )
             running["cells"] += len(tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
         lr = optimizer.param_groups[0]["lr"]  # the rate of this step: scheduler.step() sets the next one
@@ -657,7 +661,8 @@ def pretrain(
         if step % config.log_every == 0 or step == config.max_steps:
             steps_logged = max(running["steps"], 1)  # since the last row, in this session
             record = {"step": step, "epoch": epoch, "lr": lr}
-            record |= {f"loss_{name}": running[name] / steps_logged for name in loss_names}
+            mean_losses = (running_losses / steps_logged).tolist()  # the one wait for the GPU per logged row
+            record |= {f"loss_{name}": value for name, value in zip(loss_names, mean_losses, strict=True)}
             record |= {
                 "grad_norm": float(grad_norm),
                 "cells_per_s": running["cells"] * world / max(elapsed, 1e-9) if steps_this_session else 0.0,
@@ -666,7 +671,8 @@ def pretrain(
             record["loss"] = sum(weights[name] * record[f"loss_{name}"] for name in loss_names)
             history.append(record)
             bar.set_postfix({"loss": f"{record['loss']:.3f}"} | {n: f"{record[f'loss_{n}']:.3f}" for n in loss_names})
-            running = dict.fromkeys(loss_names, 0.0) | {"cells": running["cells"], "steps": 0}
+            running_losses.zero_()
+            running["steps"] = 0
         bar.update(1)
         finished = step >= config.max_steps
         out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
