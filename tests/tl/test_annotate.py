@@ -27,8 +27,11 @@ def test_knn_annotation_writes_labels_and_confidence(split, tiny_checkpoint):
     pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False, unknown_threshold=0)
     assert_equal(reference, reference_before)
     predicted = query.obs["panfoma_label"]
-    assert set(predicted.cat.categories) == set(reference.obs["cell_type"].unique()) | {"Unknown"}
     assert (predicted != "Unknown").all()
+    # categories: the labels given, in the reference's order (an empty one breaks scanpy's group-wise tools)
+    given = set(predicted.astype(str))
+    assert list(predicted.cat.categories) == [c for c in reference.obs["cell_type"].cat.categories if c in given]
+    assert query.uns["panfoma_label"]["classes"] == list(reference.obs["cell_type"].cat.categories)
     confidence = query.obs["panfoma_label_confidence"].to_numpy()
     assert ((confidence > 0) & (confidence <= 1)).all()
     assert query.uns["panfoma_label"]["params"]["n_neighbors"] == 15
@@ -63,7 +66,8 @@ def test_logreg_annotation_is_a_linear_probe_on_the_embeddings(split, tiny_check
     params = query.uns["panfoma_label"]["params"]
     assert params["method"] == "logreg"
     assert "n_neighbors" not in params
-    assert set(query.obs["panfoma_label"].cat.categories) == set(reference.obs["cell_type"].unique()) | {"Unknown"}
+    assert set(query.obs["panfoma_label"].cat.categories) == set(query.obs["panfoma_label"].astype(str))
+    assert set(query.uns["panfoma_label"]["classes"]) == set(reference.obs["cell_type"].unique())
 
 
 def test_unknown_threshold_calls_uncertain_cells_unknown(split, tiny_checkpoint):
@@ -81,6 +85,21 @@ def test_unknown_threshold_calls_uncertain_cells_unknown(split, tiny_checkpoint)
     labels = result.obs["panfoma_label"].to_numpy()
     np.testing.assert_array_equal(labels == "Unknown", confidence < 1.0)
     assert "panfoma_label" not in query.obs
+
+
+def test_classes_no_cell_got_are_not_categories_so_scanpy_group_tools_work(split, tiny_checkpoint):
+    import scanpy as sc
+
+    reference, _ = split
+    two = list(reference.obs["cell_type"].cat.categories[:2])
+    query = reference[reference.obs["cell_type"].isin(two)].copy()
+    del query.obs["cell_type"]
+    pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint, progress=False, n_neighbors=1)
+    assert list(query.obs["panfoma_label"].cat.categories) == two  # neither the other classes nor "Unknown"
+    assert query.uns["panfoma_label"]["classes"] == list(reference.obs["cell_type"].cat.categories)
+    sc.pp.log1p(query)
+    sc.tl.rank_genes_groups(query, "panfoma_label")  # failed on an empty category
+    assert set(query.uns["rank_genes_groups"]["names"].dtype.names) == set(two)
 
 
 def test_a_query_cell_found_in_the_reference_gets_its_label(split, tiny_checkpoint):
@@ -263,11 +282,15 @@ def test_labels_keep_the_references_class_order(split, tiny_checkpoint):
     kwargs = {"model": tiny_checkpoint, "progress": False, "unknown_threshold": 0, "copy": True}
     reversed_types = list(reference.obs["cell_type"].cat.categories)[::-1]
     reference.obs["reordered"] = reference.obs["cell_type"].cat.set_categories(["unused", *reversed_types])
-    labels = pf.tl.annotate(query, reference, labels_key="reordered", **kwargs).obs["panfoma_label"]
-    assert list(labels.cat.categories) == [*reversed_types, "Unknown"]
+    result = pf.tl.annotate(query, reference, labels_key="reordered", **kwargs)
+    assert result.uns["panfoma_label"]["classes"] == reversed_types
+    labels = result.obs["panfoma_label"]
+    assert list(labels.cat.categories) == [c for c in reversed_types if c in set(labels.astype(str))]
     reference.obs["numbers"] = reference.obs["cell_type"].cat.codes.astype(int) * 5  # 0, 5, 10, ..., 40
-    numbers = pf.tl.annotate(query, reference, labels_key="numbers", **kwargs).obs["panfoma_label"]
-    assert list(numbers.cat.categories) == [str(5 * i) for i in range(len(reversed_types))] + ["Unknown"]
+    result = pf.tl.annotate(query, reference, labels_key="numbers", **kwargs)
+    assert result.uns["panfoma_label"]["classes"] == [str(5 * i) for i in range(len(reversed_types))]
+    numbers = result.obs["panfoma_label"]
+    assert list(numbers.cat.categories) == sorted(set(numbers.astype(str)), key=int)
 
 
 def test_warnings_for_an_unknown_class_a_too_large_k_few_shared_genes_and_an_overwritten_column(

@@ -30,7 +30,8 @@ def test_finetune_annotation_writes_labels_and_provenance(split, tiny_checkpoint
     )
     assert_equal(reference, reference_before)
     predicted = query.obs["panfoma_label"]
-    assert set(predicted.cat.categories) == set(reference.obs["cell_type"].unique()) | {"Unknown"}
+    assert set(predicted.cat.categories) == set(predicted.astype(str))
+    assert set(query.uns["panfoma_label"]["classes"]) == set(reference.obs["cell_type"].unique())
     confidence = query.obs["panfoma_label_confidence"].to_numpy()
     assert ((confidence > 0) & (confidence <= 1)).all()
     params = query.uns["panfoma_label"]["params"]

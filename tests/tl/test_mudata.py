@@ -70,7 +70,9 @@ def test_embed_mudata_writes_modality_and_joint_obsm(citeseq, tiny_checkpoint):
     np.testing.assert_allclose(result.mod["rna"].obsm["X_pf"], rna_only, atol=1e-5)
     np.testing.assert_allclose(result.obsm["X_pf"], rna_only, atol=1e-5)
     assert result.uns["X_pf"]["params"]["modality"] == "rna"
-    assert "X_pf" in result.mod["rna"].uns
+    assert_equal(result.mod["rna"].uns["X_pf"], result.uns["X_pf"])
+    result.uns["X_pf"]["params"]["note"] = "edited"  # two records: editing one leaves the other as it was
+    assert "note" not in result.mod["rna"].uns["X_pf"]["params"]
     assert pf.tl.embed(citeseq, tiny_checkpoint, progress=False) is None
     assert citeseq.obsm["X_panfoma"].shape == (citeseq.n_obs, 32)
 

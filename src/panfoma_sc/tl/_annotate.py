@@ -310,14 +310,17 @@ def annotate(
     ``None``, or a new AnnData when ``copy=True``. Sets
 
     ``adata.obs[key_added]`` : :class:`pandas.Categorical`
-        Predicted label (or ``"Unknown"``).
+        Predicted label (or ``"Unknown"``), categories in the reference's class order; only labels that some
+        cell got are categories (as scanpy's group-wise tools expect), all of the reference's classes are in
+        ``adata.uns[key_added]["classes"]``.
     ``adata.obs[key_added + "_confidence"]`` : :class:`numpy.ndarray`
         Share of the neighbours' vote weight won by the predicted label (``"knn"``), or the predicted class
         probability (``"logreg"``, ``"finetune"``).
     ``adata.uns[key_added]`` : :class:`dict`
         Method, parameters and the model's provenance; with ``"finetune"``, the model it was fine-tuned from
         (``fine_tuned_from``: sha256, ``fine_tuned_from_name``, ``fine_tuned_from_version``) and the fine-tuning
-        settings (``fine_tuning``), which a model saved with ``save_model`` also carries.
+        settings (``fine_tuning``), which a model saved with ``save_model`` also carries; ``"classes"``: every
+        class the cells could get, in order.
 
     Examples
     --------
@@ -470,8 +473,10 @@ def annotate(
     target = result_target(adata, copy=copy, backed_copy=backed_copy)
     predicted = classes[winner].astype(object)
     predicted[confidence < unknown_threshold] = UNKNOWN
+    # the reference's class order, but only the labels given: an empty category breaks scanpy's group-wise tools
+    # (rank_genes_groups, dendrogram); the classes the cells could get are recorded in uns
     categories = list(dict.fromkeys([*classes, UNKNOWN]))
-    target.obs[key_added] = pd.Categorical(predicted, categories=categories)
+    target.obs[key_added] = pd.Categorical(predicted, categories=categories).remove_unused_categories()
     target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    target.uns[key_added] = query_job.provenance(TOOL, **details)
+    target.uns[key_added] = query_job.provenance(TOOL, **details) | {"classes": [str(c) for c in classes]}
     return target if copy else None

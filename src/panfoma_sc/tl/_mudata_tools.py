@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,7 @@ def embed_mudata(
             keys.obsm,
         )
     mdata.obsm[keys.obsm] = joint
-    mdata.uns[keys.uns] = provenance
+    mdata.uns[keys.uns] = copy_module.deepcopy(provenance)  # two records: editing one leaves the other as it was
     return mdata if copy else None
 
 
