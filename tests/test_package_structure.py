@@ -64,14 +64,17 @@ def test_public_functions_found():
     assert {"pf.tl.embed", "pf.pp.check_expression", "pf.pp.match_genes", "pf.models.load"} <= names
 
 
-def test_import_does_not_import_torch():
+def test_import_does_not_import_torch_scanpy_or_the_benchmark():
+    heavy = "{'torch', 'mamba_ssm', 'triton', 'scanpy', 'scib_metrics', 'jax'}"
     code = (
-        "import json, sys; import panfoma_sc; "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'mamba_ssm', 'triton'})))"
+        "import json, sys; import panfoma_sc as pf; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy} or m == 'panfoma_sc.bench'))); "
+        "print(json.dumps([callable(pf.bench.run), 'bench' in dir(pf), 'panfoma_sc.bench' in sys.modules]))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    imported, lazy = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert imported == [], f"`import panfoma_sc` imported {imported[:10]}"
+    assert lazy == [True, True, True]  # pf.bench is there on first access
 
 
 @pytest.mark.parametrize("module_name", ALL_MODULES)

@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_pretrain)
 
-    from .bench._cli import add_bench_parser
+    from ._bench_cli import add_bench_parser
 
     add_bench_parser(commands)
     _accept_verbose_after_subcommands(parser)
@@ -769,7 +769,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return args.func(args)
     except BrokenPipeError:
         raise
-    except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, KeyError, FileNotFoundError, PermissionError, ModuleNotFoundError) as err:
         message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
         print(f"panfoma: error: {_as_options(_as_register_command(message), options)}", file=sys.stderr)
         return EXIT_BAD_INPUT

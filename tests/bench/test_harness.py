@@ -237,7 +237,7 @@ def test_bench_report_without_results_is_a_clear_error(tmp_path, capsys):
     assert "bench run" in capsys.readouterr().err
 
 
-def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch):
+def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(TASKS, "forgetful", _forgetful)
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(_toy_config(tmp_path)))
@@ -246,6 +246,26 @@ def test_a_method_the_task_drops_is_recorded_as_failed(tmp_path, monkeypatch):
     assert results.loc["kept", "status"] == "ok"
     assert results.loc["dropped", "status"] == "failed"
     assert "no result" in results.loc["dropped", "reason"]
+    assert "1 rows failed (their reason is in results.csv): toy/forgetful/dropped" in capsys.readouterr().err
+    # --strict: a failed method fails the command (the results are written all the same)
+    assert main(["bench", "run", str(path), "--out", str(tmp_path / "strict"), "--strict"]) == 1
+    assert (tmp_path / "strict" / "results.csv").is_file()
+
+
+def test_a_task_whose_package_is_missing_stops_the_run_before_any_work(tmp_path, monkeypatch, refused_run):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_scib(name, *args, **kwargs):
+        return None if name == "scib_metrics" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_scib)
+    config = _toy_config(tmp_path, tasks=["integration"], batch_key="cell_type", methods={"integration": ["pca"]})
+    message = refused_run(config)
+    assert "The integration task scores the embeddings with scib-metrics, which is not installed" in message
+    assert "pip install 'panfoma-sc[bench]'" in message
+    assert "Nothing was run" in message
 
 
 @pytest.mark.parametrize(

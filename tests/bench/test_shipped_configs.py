@@ -1,4 +1,4 @@
-"""The benchmark configs shipped in benchmarks/ load, and every input they name passes the pre-run checks."""
+"""The benchmark configs shipped with the package load, and every input they name passes the pre-run checks."""
 
 from __future__ import annotations
 
@@ -11,11 +11,30 @@ import pytest
 import panfoma_sc as pf
 from panfoma_sc.bench._harness import _check_data, _check_datasets, _check_model
 
-CONFIGS = sorted((Path(__file__).parents[2] / "benchmarks").glob("panfomabench*.toml"))
+CONFIGS = sorted(pf.bench.shipped_configs().values())
 
 
 def test_the_cpu_and_gpu_configs_are_shipped():
     assert {path.name for path in CONFIGS} >= {"panfomabench.toml", "panfomabench-gpu.toml"}
+
+
+def test_a_shipped_config_loads_by_its_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: a pip user's working folder
+    config = pf.bench.load_config("panfomabench")
+    assert Path(config["_path"]) == pf.bench.shipped_configs()["panfomabench"]
+    (tmp_path / "panfomabench").mkdir()  # a folder of that name here: the user's path wins, and is refused
+    with pytest.raises(ValueError, match="is a folder"):
+        pf.bench.load_config("panfomabench")
+    with pytest.raises(FileNotFoundError, match=r"or pass the name of a config that ships with panfoma-sc: \["):
+        pf.bench.load_config("panfomabench-cpu")
+
+
+def test_the_benchmarks_folder_links_to_the_shipped_configs():
+    benchmarks = Path(__file__).parents[2] / "benchmarks"
+    if not benchmarks.is_dir():
+        pytest.skip("no benchmarks/ folder (tests run from an sdist)")
+    for path in CONFIGS:
+        assert (benchmarks / path.name).resolve() == path.resolve()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
@@ -30,7 +49,7 @@ def test_a_shipped_config_passes_the_checks_made_before_a_run(path):
 
 
 def test_the_gpu_config_runs_every_cell_at_the_tools_default_budgets():
-    config = pf.bench.load_config(CONFIGS[0].parent / "panfomabench-gpu.toml")
+    config = pf.bench.load_config("panfomabench-gpu")
     assert all("max_cells" not in dataset for dataset in config["datasets"])
     defaults = {
         tool: inspect.signature(getattr(pf.tl, tool)).parameters["max_epochs"].default

@@ -1,7 +1,7 @@
 """PanFoMaBench: build benchmark datasets, run tasks and baselines, score embeddings, write reports."""
 
 from ._build import build, read_manifest, write_manifest
-from ._config import load_config
+from ._config import load_config, shipped_configs
 from ._embedding_eval import (
     batch_correction,
     bio_conservation,
@@ -53,6 +53,7 @@ __all__ = [
     "render_report",
     "run",
     "shared_panel",
+    "shipped_configs",
     "split_cells",
     "split_groups",
     "wnn_graph",

@@ -16,7 +16,10 @@ from ._tasks import TASK_METHODS, TASKS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_config", "validate_config"]
+__all__ = ["load_config", "shipped_configs", "validate_config"]
+
+#: Folder of the configs that ship with the package (``panfoma bench run panfomabench``).
+SHIPPED_CONFIG_DIR = Path(__file__).parent / "configs"
 
 #: Methods run by each task when neither the dataset nor ``[tasks.<task>]`` lists them.
 DEFAULT_METHODS: dict[str, list[str]] = {
@@ -116,7 +119,8 @@ def load_config(path: str | Path) -> dict:
     Parameters
     ----------
     path
-        The config file.
+        The config file, or the name of a config that ships with the package (:func:`shipped_configs`:
+        ``"panfomabench"``, ``"panfomabench-gpu"``).
 
     Returns
     -------
@@ -129,21 +133,47 @@ def load_config(path: str | Path) -> dict:
     ValueError
         The file is a folder, has an unknown format or an invalid config.
     """
-    path = Path(path)
-    if path.is_dir():
-        msg = f"Config {str(path)!r} is a folder: pass the config file, e.g. benchmarks/panfomabench.toml."
-        raise ValueError(msg)
-    if not path.is_file():
-        msg = f"Config file {str(path)!r} does not exist: check the path."
-        raise FileNotFoundError(msg)
+    path = _config_file(path)
     config = _parse(path)
     if not isinstance(config, Mapping):
-        msg = f"Config {path.name!r} does not hold a table of sections: see benchmarks/panfomabench.toml."
+        msg = f"Config {path.name!r} does not hold a table of sections: see {shipped_configs()['panfomabench']}."
         raise ValueError(msg)
     config = dict(config)
     validate_config(config, source=path.name)
     config["_path"] = str(path)
     return config
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The benchmark configs that ship with the package, by name.
+
+    ``"panfomabench"`` is the documentation's run (every labelled dataset of the shared data folder, sized for a
+    2-core CPU), ``"panfomabench-gpu"`` the GPU-scale run. :func:`load_config`, :func:`run` and ``panfoma bench
+    run`` take these names; copy a file to start a config of your own.
+
+    Returns
+    -------
+    ``{name: path}`` of each shipped ``.toml`` file.
+    """
+    return {path.stem: path for path in sorted(SHIPPED_CONFIG_DIR.glob("*.toml"))}
+
+
+def _config_file(path: str | Path) -> Path:
+    """The file of a config: ``path`` itself, or the shipped config of that name when no such file exists."""
+    path = Path(path)
+    shipped = shipped_configs()
+    if not path.exists() and str(path) in shipped:
+        return shipped[str(path)]
+    if path.is_dir():
+        msg = f"Config {str(path)!r} is a folder: pass the config file, or a shipped config's name {sorted(shipped)}."
+        raise ValueError(msg)
+    if not path.is_file():
+        msg = (
+            f"Config file {str(path)!r} does not exist: check the path, or pass the name of a config that ships "
+            f"with panfoma-sc: {sorted(shipped)}."
+        )
+        raise FileNotFoundError(msg)
+    return path
 
 
 def _parse(path: Path) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -110,6 +111,30 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             msg = f"Dataset {dataset['name']!r}: {message} Nothing was run."
             raise type(err)(msg) from None
+
+
+#: Packages a task needs whatever its methods: ``{task: [(module, what it is for, the extra to install)]}``.
+TASK_PACKAGES = {
+    "integration": [("scib_metrics", "scores the embeddings with scib-metrics", "bench")],
+    "multiomics": [
+        ("mudata", "reads the paired .h5mu file with mudata", "multiomics"),
+        ("scib_metrics", "scores the embeddings with scib-metrics", "bench"),
+    ],
+}
+
+
+def _check_packages(config: Mapping) -> None:
+    """Refuse a config whose tasks need a package that is not installed, naming the extra that brings it."""
+    tasks = sorted({task for dataset in config["datasets"] for task in dataset.get("tasks", [])})
+    missing = [
+        f"the {task} task {purpose}, which is not installed (pip install 'panfoma-sc[{extra}]')"
+        for task in tasks
+        for module, purpose, extra in TASK_PACKAGES.get(task, [])
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        msg = f"{'; '.join(missing)}. Install it, or drop the task from the config's datasets. Nothing was run."
+        raise ModuleNotFoundError(msg[0].upper() + msg[1:])
 
 
 def _check_model(config: Mapping) -> None:
@@ -243,16 +268,20 @@ def run(config: Mapping | str | Path, out: str | Path, *, command: str | None = 
     FileNotFoundError
         The data folder, an input file or the ``[run] model`` checkpoint file does not exist (all missing input
         files are named).
+    ModuleNotFoundError
+        A task needs a package that is not installed (integration: ``scib-metrics``, in the ``bench`` extra;
+        multi-omics: ``mudata`` too, in ``multiomics``).
 
     Examples
     --------
-    >>> pf.bench.run("benchmarks/panfomabench.toml", "bench_out")  # doctest: +SKIP
+    >>> pf.bench.run("panfomabench", "bench_out")  # doctest: +SKIP
     """
     if isinstance(config, Mapping):
         validate_config(config)
     else:
         config = load_config(config)
     out = Path(out)
+    _check_packages(config)
     folder = _data_folder(config)
     _check_data(config, folder)
     _check_datasets(config, folder)

@@ -10,18 +10,27 @@ __all__ = ["add_bench_parser"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._harness import run
+    import pandas as pd
+
+    from .bench._harness import run
 
     command = "panfoma " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.record_command else None
     canonical = f"panfoma bench run {shlex.quote(str(args.config))} --out {shlex.quote(str(args.out))}"
     results = run(args.config, args.out, command=command or canonical)
-    ok = int((results["status"] == "ok").sum()) if "status" in results else 0
+    status = results["status"] if "status" in results else pd.Series(dtype=object)
+    ok = int((status == "ok").sum())
     print(f"Wrote {args.out}: results.csv ({ok} of {len(results)} rows ok), report.md, figures/.")
+    failed = results[status == "failed"]
+    if len(failed):
+        rows = ", ".join(f"{row.dataset}/{row.task}/{row.method}" for row in failed.itertuples())
+        print(f"{len(failed)} rows failed (their reason is in results.csv): {rows}", file=sys.stderr)
+        if args.strict:
+            return 1
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._report import render_report
+    from .bench._report import render_report
 
     print(render_report(args.folder))
     return 0
@@ -37,10 +46,17 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         description="Run a benchmark config (.toml/.json/.yaml) and write results.csv, results.md, report.md, "
         "per_class_f1.csv, run.json, manifests/ and figures/ into --out.",
     )
-    run.add_argument("config", help="benchmark config file, e.g. benchmarks/panfomabench.toml")
+    run.add_argument(
+        "config",
+        help="benchmark config file, or the name of a config that ships with panfoma-sc: panfomabench (the docs' "
+        "run, sized for a 2-core CPU) or panfomabench-gpu",
+    )
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument(
         "--record-command", action="store_true", help="record the exact command line (default: a canonical one)"
+    )
+    run.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when a method failed (default: 0, failures noted)"
     )
     run.set_defaults(func=_run)
     report = bench_commands.add_parser("report", help="render the markdown report and figures of a run's folder")
