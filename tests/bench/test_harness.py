@@ -14,6 +14,7 @@ import pytest
 
 import panfoma_sc as pf
 from panfoma_sc.bench import TASKS, TaskResult
+from panfoma_sc.bench._harness import _check_packages
 from panfoma_sc.cli import EXIT_OK, main
 
 
@@ -266,6 +267,12 @@ def test_a_task_whose_package_is_missing_stops_the_run_before_any_work(tmp_path,
     assert "The integration task scores the embeddings with scib-metrics, which is not installed" in message
     assert "pip install 'panfoma-sc[bench]'" in message
     assert "Nothing was run" in message
+    # WNN is scored on its graph alone: a multi-omics task of WNN only needs no scib-metrics
+    paired = {"name": "paired", "files": ["paired.h5mu"], "tasks": ["multiomics"], "methods": {"multiomics": ["wnn"]}}
+    _check_packages({"datasets": [paired]})
+    paired["methods"]["multiomics"] = ["wnn", "rna_pca"]
+    with pytest.raises(ModuleNotFoundError, match="The multiomics task scores the embeddings with scib-metrics"):
+        _check_packages({"datasets": [paired]})
 
 
 @pytest.mark.parametrize(

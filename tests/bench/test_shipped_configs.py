@@ -20,11 +20,13 @@ def test_the_cpu_and_gpu_configs_are_shipped():
 
 def test_a_shipped_config_loads_by_its_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the repository: a pip user's working folder
-    config = pf.bench.load_config("panfomabench")
-    assert Path(config["_path"]) == pf.bench.shipped_configs()["panfomabench"]
+    shipped = pf.bench.shipped_configs()["panfomabench"]
+    for name in ("panfomabench", "panfomabench.toml"):
+        assert Path(pf.bench.load_config(name)["_path"]) == shipped
     (tmp_path / "panfomabench").mkdir()  # a folder of that name here: the user's path wins, and is refused
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ValueError, match=r"is a folder: pass the config file \(it hides the shipped config"):
         pf.bench.load_config("panfomabench")
+    assert Path(pf.bench.load_config(str(shipped))["_path"]) == shipped  # the way round it that the error names
     with pytest.raises(FileNotFoundError, match=r"or pass the name of a config that ships with panfoma-sc: \["):
         pf.bench.load_config("panfomabench-cpu")
 

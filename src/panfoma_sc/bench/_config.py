@@ -159,13 +159,23 @@ def shipped_configs() -> dict[str, Path]:
 
 
 def _config_file(path: str | Path) -> Path:
-    """The file of a config: ``path`` itself, or the shipped config of that name when no such file exists."""
-    path = Path(path)
+    """The file of a config: ``path`` itself, or the shipped config of that name when no such path exists.
+
+    A shipped config's name may be given with its ``.toml`` suffix; a file or folder of that name in the working
+    folder comes first.
+    """
     shipped = shipped_configs()
-    if not path.exists() and str(path) in shipped:
-        return shipped[str(path)]
+    name = str(path).removesuffix(".toml") if isinstance(path, str) else None
+    path = Path(path)
+    if not path.exists() and name in shipped:
+        return shipped[name]
     if path.is_dir():
-        msg = f"Config {str(path)!r} is a folder: pass the config file, or a shipped config's name {sorted(shipped)}."
+        also = (
+            f" (it hides the shipped config {name!r}: pass {str(shipped[name])!r} for that one)"
+            if name in shipped
+            else f", or the name of a shipped config: {sorted(shipped)}"
+        )
+        msg = f"Config {str(path)!r} is a folder: pass the config file{also}."
         raise ValueError(msg)
     if not path.is_file():
         msg = (
