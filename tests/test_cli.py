@@ -218,6 +218,7 @@ def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path,
     source = tmp_path / "scaled.h5ad"
     scaled = pbmc68k[:10].copy()
     scaled.raw = scaled.copy()
+    scaled.layers["counts"] = scaled.X.copy()
     sc.pp.scale(scaled)  # negative values
     scaled.write_h5ad(source)
     assert main(["embed", str(source), str(tmp_path / "out.h5ad"), "--model", str(tiny_checkpoint)]) == EXIT_BAD_INPUT

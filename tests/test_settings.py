@@ -28,7 +28,9 @@ def test_precision_resolves_to_fp32_off_cuda_and_refuses_bf16_there():
     with pytest.raises(ValueError, match=r"runs on CUDA only, but the device is 'mps'"):
         settings.resolve_precision("bf16", "mps")
     with pytest.raises(ValueError, match="precision must be one of"):
-        Settings(precision="half").resolve_precision(None, "cuda")
+        settings.resolve_precision("half", "cuda")
+    with pytest.raises(ValueError, match=r"pf.settings.precision='half': use one of"):
+        Settings(precision="half")
 
 
 def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
@@ -180,3 +182,63 @@ def test_folders_set_at_runtime_are_paths_and_empty_means_unset(monkeypatch, tmp
         assert settings.data_dir is None
     settings.data_dir = "~/data"
     assert settings.data_dir == Path("~/data").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("device", "gpu", r"pf.settings.device='gpu': use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+        ("device", 0, r"pf.settings.device=0: use 'auto'"),
+        ("batch_size", 0, r"pf.settings.batch_size=0: use an integer >= 1\.$"),
+        ("batch_size", "64", r"pf.settings.batch_size='64': use an integer >= 1"),
+        ("batch_size", 2.5, r"pf.settings.batch_size=2.5: use an integer >= 1"),
+        ("batch_size", None, r"pf.settings.batch_size=None: use an integer >= 1"),
+        ("precision", "fp16", r"pf.settings.precision='fp16': use one of \('auto', 'fp32', 'bf16'\)"),
+        ("prefetch", "yes", r"pf.settings.prefetch='yes': use an integer >= 0, or None for the default"),
+        ("prefetch", -1, r"pf.settings.prefetch=-1: use an integer >= 0"),
+        ("n_threads", 0, r"pf.settings.n_threads=0: use an integer >= 1, or None"),
+        ("activation_checkpointing", "no", r"pf.settings.activation_checkpointing='no': use True or False"),
+        ("cache_dir", 123, r"pf.settings.cache_dir=123: use a folder path"),
+    ],
+)
+def test_a_wrong_value_is_refused_on_the_line_that_sets_it(name, value, expected):
+    settings = Settings()
+    before = getattr(settings, name)
+    with pytest.raises(ValueError, match=expected):
+        setattr(settings, name, value)
+    assert getattr(settings, name) == before  # left as it was
+
+
+def test_a_misspelt_setting_is_refused_with_the_closest_name():
+    settings = Settings()
+    with pytest.raises(AttributeError, match=r"pf.settings has no setting 'devcie'\. Did you mean 'device'\?"):
+        settings.devcie = "cpu"
+    assert not hasattr(settings, "devcie")
+
+
+def test_values_are_stored_in_their_canonical_form():
+    import numpy as np
+    import torch
+
+    settings = Settings(batch_size=np.int64(32), device=torch.device("cuda", 1), activation_checkpointing=np.bool_(1))
+    assert (settings.batch_size, settings.device, settings.activation_checkpointing) == (32, "cuda:1", True)
+    assert type(settings.batch_size) is int
+    assert type(settings.activation_checkpointing) is bool
+    settings.prefetch, settings.n_threads = None, None  # None: the default, where a setting has one
+    assert (settings.prefetch, settings.n_threads) == (None, None)
+
+
+def test_reset_restores_every_default_and_rereads_the_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("PANFOMA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PANFOMA_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings(device="cpu", batch_size=8, precision="fp32", prefetch=2, n_threads=3)
+    settings.activation_checkpointing = True
+    settings.cache_dir = tmp_path / "elsewhere"
+    settings.reset()
+    assert settings == Settings()
+    assert (settings.device, settings.batch_size, settings.prefetch, settings.cache_dir) == (
+        "auto",
+        64,
+        None,
+        tmp_path / "cache",
+    )

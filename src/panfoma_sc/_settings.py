@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+
+import numpy as np
 
 from ._arguments import is_integer
 
@@ -68,9 +72,61 @@ def _check_device(name: str) -> None:
         raise ValueError(msg)
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps(:0)?|cuda(:\d+)?)$")
+
+
+def _setting_error(name: str, value: object, expected: str) -> ValueError:
+    return ValueError(f"pf.settings.{name}={value!r}: use {expected}.")
+
+
+def _checked_setting(name: str, value: object) -> object:
+    """``value`` as stored for setting ``name``, or an error naming the setting, the value and what it takes.
+
+    Folders become ``Path``; an empty folder means unset, as for the environment variables (``Path("")`` is the
+    current folder, where registrations would land unseen).
+    """
+    names = [setting.name for setting in fields(Settings)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        msg = f"pf.settings has no setting {name!r}.{hint} Settings: {names}."
+        raise AttributeError(msg)
+    if name in ("cache_dir", "data_dir"):
+        if value is None or value == "":
+            return _default_cache_dir() if name == "cache_dir" else None
+        if not isinstance(value, (str, os.PathLike)):
+            raise _setting_error(name, value, "a folder path (str or pathlib.Path), or None for the default")
+        return Path(value).expanduser()
+    if name == "device":
+        if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
+            value = str(value)
+        if not isinstance(value, str) or not _DEVICE.match(value):
+            raise _setting_error(name, value, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
+    if name == "precision":
+        if value not in PRECISIONS:
+            raise _setting_error(name, value, f"one of {PRECISIONS}")
+        return value
+    if name == "activation_checkpointing":
+        if not isinstance(value, (bool, np.bool_)):
+            raise _setting_error(name, value, "True or False")
+        return bool(value)
+    lowest = {"batch_size": 1, "n_threads": 1, "prefetch": 0}[name]
+    if value is None and name != "batch_size":
+        return None
+    if not is_integer(value) or value < lowest:
+        default = ", or None for the default" if name != "batch_size" else ""
+        raise _setting_error(name, value, f"an integer >= {lowest}{default}")
+    return int(value)
+
+
 @dataclass
 class Settings:
     """Defaults used when a function's argument is left at ``None``.
+
+    Values are checked when they are set (a misspelt setting or a wrong value is an error on that line);
+    :meth:`reset` restores the defaults. Change the attributes of ``pf.settings``: the tools read that one
+    object, so binding a new ``Settings`` to the name changes nothing.
 
     Attributes
     ----------
@@ -78,7 +134,9 @@ class Settings:
         ``"auto"`` (CUDA, else CPU) or a torch device string. Apple MPS (``"mps"``) runs only when named and has
         not been tested on a Mac.
     batch_size
-        Cells per forward pass.
+        Cells read and tokenized together, and per forward pass on a GPU; on CPU each forward pass holds about
+        1,024 tokens (4 cells at 256 genes per cell), whatever the batch size, which is faster there. Fine-tuning
+        steps use their own default (32).
     precision
         Inference arithmetic of the embedding tools: ``"auto"`` (bf16 autocast on a CUDA GPU of compute
         capability 8.0 or later, such as an A100 or H100; float32 elsewhere, including a T4 or V100),
@@ -105,6 +163,13 @@ class Settings:
         pretraining recompute each layer's activations in the backward pass instead of keeping them: about a third
         of the training memory for up to 1.2x the time, the same gradients. Default False. A pretraining run's own
         ``TrainingConfig.activation_checkpointing`` (``--activation-checkpointing``) overrides it.
+
+    Examples
+    --------
+    >>> import panfoma_sc as pf
+    >>> pf.settings.batch_size = 128
+    >>> pf.settings.device = "cpu"
+    >>> pf.settings.reset()
     """
 
     device: str = "auto"
@@ -117,13 +182,13 @@ class Settings:
     activation_checkpointing: bool = False
 
     def __setattr__(self, name: str, value) -> None:
-        # folders as Path; an empty value means unset, as for the environment variables (Path("") is the current
-        # folder, where registrations would land unseen)
-        if name == "cache_dir":
-            value = _default_cache_dir() if value is None or value == "" else Path(value).expanduser()
-        elif name == "data_dir":
-            value = None if value is None or value == "" else Path(value).expanduser()
-        super().__setattr__(name, value)
+        super().__setattr__(name, _checked_setting(name, value))
+
+    def reset(self) -> None:
+        """Restore every setting to its default (the folders from their environment variables again)."""
+        for setting in fields(self):
+            value = setting.default_factory() if setting.default is MISSING else setting.default
+            setattr(self, setting.name, value)
 
     def resolve_device(self, device: str | None = None) -> str:
         """Device name to run on: ``device`` if given, else :attr:`device`, with ``"auto"`` resolved.

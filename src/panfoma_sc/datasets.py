@@ -36,12 +36,12 @@ def data_dir() -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         msg = (
-            f"Dataset folder {str(folder)!r} (PANFOMA_DATA_DIR) is a file, not a folder. Set PANFOMA_DATA_DIR "
-            f"to the folder that holds the .h5ad files, e.g. {str(folder.parent)!r}."
+            f"Dataset folder {str(folder)!r} (pf.settings.data_dir, from PANFOMA_DATA_DIR) is a file, not a "
+            f"folder. Set it to the folder that holds the .h5ad files, e.g. {str(folder.parent)!r}."
         )
         raise FileNotFoundError(msg)
     if not folder.is_dir():
-        msg = f"Dataset folder {str(folder)!r} (PANFOMA_DATA_DIR) does not exist."
+        msg = f"Dataset folder {str(folder)!r} (pf.settings.data_dir, from PANFOMA_DATA_DIR) does not exist."
         raise FileNotFoundError(msg)
     return folder
 

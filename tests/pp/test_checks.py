@@ -119,7 +119,7 @@ def test_bad_values_found_in_a_later_block_name_that_block():
 def test_negative_values_raise(to_matrix):
     logged = _log_normalized(_counts())
     scaled = (logged - logged.mean(0)) / (logged.std(0) + 1e-6)
-    with pytest.raises(ValueError, match=r"z-scored.*layer=") as info:
+    with pytest.raises(ValueError, match=r"z-scored.*the counts of a layer") as info:
         check_expression(AnnData(X=to_matrix(scaled)))
     assert "scale" in str(info.value)
 
@@ -136,8 +136,10 @@ def test_genes_scaled_to_unit_variance_without_centring_raise(max_value):
     scaled = logged.copy()
     sc.pp.scale(scaled, zero_center=False, max_value=max_value)
     assert scaled.X.min() >= 0
-    with pytest.raises(ValueError, match=r"looks scaled per gene .* e\.g\. layer='counts'\.$"):
-        check_expression(scaled)  # no .raw to offer
+    # no layer and no .raw to offer: the fix says where counts usually are, naming no layer that is not there
+    generic = r"instead \(the counts of a layer, of adata\.raw, or of the file before scaling\)\.$"
+    with pytest.raises(ValueError, match=rf"looks scaled per gene .* {generic}"):
+        check_expression(scaled)
     with pytest.raises(ValueError, match=r"looks scaled per gene"):
         check_expression(scaled, block_size=7)  # the per-gene statistics add up across row blocks
 
@@ -157,7 +159,7 @@ def test_empty_cell_raises():
     counts = _counts()
     counts[7] = 0
     adata = AnnData(X=sparse.csr_matrix(counts))
-    with pytest.raises(ValueError, match=r"1 cells have no expressed gene.*'7'"):
+    with pytest.raises(ValueError, match=r"1 cell has no expressed gene.*'7'"):
         check_expression(adata)
 
 
@@ -224,7 +226,7 @@ def test_backed_errors(tmp_path):
     AnnData(X=sparse.csr_matrix(counts)).write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
     try:
-        with pytest.raises(ValueError, match="1 cells have no expressed gene"):
+        with pytest.raises(ValueError, match="1 cell has no expressed gene"):
             check_expression(backed, block_size=8)
     finally:
         backed.file.close()
@@ -237,8 +239,8 @@ def test_the_raw_fix_is_offered_where_raw_exists_and_works_backed_too(tmp_path):
     sc.datasets.pbmc68k_reduced()[:40].copy().write_h5ad(tmp_path / "scaled.h5ad")  # X scaled, .raw log-normalized
     backed = ad.read_h5ad(tmp_path / "scaled.h5ad", backed="r")
     try:
-        with pytest.raises(ValueError, match=r"e\.g\. layer='counts' or use_raw=True \(adata\.raw\)\.$"):
-            check_expression(backed)
+        with pytest.raises(ValueError, match=r"instead, e\.g\. use_raw=True \(adata\.raw\)\.$"):
+            check_expression(backed)  # no layers: only .raw is offered
         report = check_expression(backed, use_raw=True)  # read in row blocks from the file
         assert (report.kind, report.n_cells, report.n_genes) == ("log-normalized", 40, backed.raw.n_vars)
     finally:
@@ -313,3 +315,29 @@ def test_merged_genes_are_checked_as_the_model_reads_them():
     assert check_expression(adata, columns=columns).kind == "counts"  # no cell is empty on the model's genes
     with pytest.raises(ValueError, match="no expressed gene"):
         check_expression(adata, columns=np.arange(4))  # without the second copy every cell is empty
+
+
+def test_the_fix_for_scaled_values_names_the_layers_there_are():
+    scaled = AnnData(X=np.array([[-1.0, 2.0], [1.0, -2.0]], dtype=np.float32))
+    scaled.layers["umi"] = np.array([[1.0, 5.0], [3.0, 0.0]], dtype=np.float32)
+    scaled.layers["spliced"] = scaled.layers["umi"].copy()
+    with pytest.raises(ValueError, match=r"instead, e\.g\. layer='umi' or layer='spliced'\.$"):
+        check_expression(scaled)
+    assert check_expression(scaled, layer="umi").kind == "counts"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (np.array([True, False, True]), r"not a boolean mask: pass np\.flatnonzero\(mask\)"),
+        (np.array([0, 5]), r"positions between 0 and 2 \(adata has 3 cells\)"),
+        (np.array([2, 0]), r"ascending and without repeats: pass np\.unique\(rows\)"),
+        (np.array([1, 1]), r"ascending and without repeats"),
+        (np.array([0.0, 1.0]), r"integer row positions, got float64"),
+    ],
+)
+def test_rows_that_are_not_ascending_cell_positions_are_refused(rows, message):
+    adata = AnnData(X=np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]], dtype=np.float32))
+    with pytest.raises(ValueError, match=message):
+        check_expression(adata, rows=rows)
+    assert check_expression(adata, rows=np.array([0, 2])).n_cells == 2

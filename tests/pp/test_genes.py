@@ -42,6 +42,15 @@ def test_match_by_var_names(vocab: GeneVocabulary):
     summary = match.summary()
     assert summary["n_matched"] == 4
     assert summary["unmatched_examples"] == ["UNKNOWN"]
+    assert repr(match) == "GeneMatch(4 of 5 genes matched (80.0%), 0 duplicated [], 1 unmatched ['UNKNOWN'])"
+
+
+def test_the_repr_of_a_match_stays_short_whatever_the_number_of_genes(vocab: GeneVocabulary):
+    match = match_genes(_adata([*SYMBOLS, *(f"OTHER{i}" for i in range(20_000))]), vocab)
+    assert repr(match) == (
+        "GeneMatch(20 of 20020 genes matched (0.1%), 0 duplicated [], 20000 unmatched ['OTHER0', 'OTHER1', "
+        "'OTHER2', ...])"
+    )
 
 
 def test_match_by_gene_symbols_column(vocab: GeneVocabulary):

@@ -198,6 +198,7 @@ def test_reference_problems_are_named_as_the_reference(split, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"reference\.X contains NaN"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
     reference.X[3, 0] = -1.0
+    reference.layers["counts"] = np.abs(reference.X)
     with pytest.raises(ValueError, match=r"e\.g\. reference_layer='counts'\.$"):
         pf.tl.annotate(query, reference, labels_key="cell_type", model=tiny_checkpoint)
     reference.raw = reference  # a .raw to read: the fix names the reference's argument

@@ -67,13 +67,28 @@ def _clipped_at_one_maximum(gene_maxima: np.ndarray | float, variance: np.ndarra
 
 @dataclass
 class ExpressionReport:
-    """What :func:`check_expression` found."""
+    """What :func:`check_expression` found.
 
-    kind: str  # "counts", "binary" (0 and 1 only), "log-normalized" or "nonnegative"
+    Attributes
+    ----------
+    kind
+        ``"counts"`` (integers), ``"binary"`` (0 and 1 only), ``"log-normalized"`` (as after
+        ``sc.pp.normalize_total`` and ``sc.pp.log1p``) or ``"nonnegative"`` (another per-cell scale, e.g. TPM).
+    n_cells
+        Cells checked.
+    n_genes
+        Genes (``var`` columns) of the checked matrix.
+    max_value
+        Largest value.
+    max_expressed
+        Most expressed genes (among the checked columns) in any one cell.
+    """
+
+    kind: str
     n_cells: int
     n_genes: int
     max_value: float
-    max_expressed: int = 0  # most expressed genes (among the checked columns) in any one cell
+    max_expressed: int = 0
 
     def summary(self) -> dict[str, object]:
         """JSON-able report."""
@@ -97,6 +112,34 @@ def _where_in_block(
     return f"{count} value{'s' if count != 1 else ''}{scope}, e.g. in cells {cells} and genes {gene_names}"
 
 
+def _checked_rows(rows: object, n_cells: int) -> np.ndarray:
+    """``rows`` as integer positions, or a ``ValueError`` when they are not ascending positions of the cells."""
+    positions = np.asarray(rows)
+    if positions.dtype == bool:
+        msg = "rows must be integer row positions, not a boolean mask: pass np.flatnonzero(mask)."
+        raise ValueError(msg)
+    if positions.ndim != 1 or (positions.size and not np.issubdtype(positions.dtype, np.integer)):
+        msg = f"rows must be a 1-d array of integer row positions, got {positions.dtype} of shape {positions.shape}."
+        raise ValueError(msg)
+    if positions.size and (positions.min() < 0 or positions.max() >= n_cells):
+        msg = f"rows must be positions between 0 and {n_cells - 1} (adata has {n_cells} cells)."
+        raise ValueError(msg)
+    if np.any(np.diff(positions) <= 0):
+        msg = "rows must be ascending and without repeats: pass np.unique(rows)."
+        raise ValueError(msg)
+    return positions
+
+
+def _unscaled_sources(adata: AnnData, layer: str | None, use_raw: bool) -> str:
+    """Where unscaled values may be: the other layers, or ``.raw`` (the genes before scaling, as scanpy keeps them)."""
+    options = [f"layer={name!r}" for name in adata.layers if name != layer][:3]
+    if not use_raw and adata.raw is not None:
+        options.append("use_raw=True (adata.raw)")
+    if not options:
+        return " (the counts of a layer, of adata.raw, or of the file before scaling)"
+    return ", e.g. " + " or ".join(options)
+
+
 def check_expression(
     adata: AnnData,
     *,
@@ -113,6 +156,10 @@ def check_expression(
     Raw counts, log1p-normalized values and other nonnegative per-cell scales (TPM) tokenize alike, since
     values are binned by their rank within each cell. Streams over rows, so backed data are fine.
 
+    The tools (:func:`panfoma_sc.tl.embed`, ...) check only the genes the model knows: a cell expressing none of
+    them is refused there, a NaN in a gene the model never reads is not. For their verdict, match the genes first
+    and pass ``columns`` (see the example).
+
     Parameters
     ----------
     adata
@@ -127,8 +174,8 @@ def check_expression(
         Accept cells with no expressed gene (for callers that filter them out later, like
         :func:`panfoma_sc.bench.build`'s QC); by default they are refused.
     rows
-        Check only these cells (row positions, sorted ascending), read from ``adata`` without subsetting it; default
-        all.
+        Check only these cells (integer row positions, ascending, without repeats), read from ``adata`` without
+        subsetting it; default all.
     use_raw
         Check ``adata.raw.X`` (all of ``adata.raw``'s genes) instead of ``adata.X``.
     progress
@@ -143,18 +190,29 @@ def check_expression(
     ValueError
         No cells or genes; NaN or infinite values; negative values (scaled / z-scored data); genes scaled to unit
         variance (``sc.pp.scale(zero_center=False)``), also when clipped (``max_value``); cells with no expressed
-        gene among ``columns`` (unless ``allow_empty_cells``); ``use_raw`` without ``adata.raw``, or with ``layer``.
+        gene among ``columns`` (unless ``allow_empty_cells``); ``use_raw`` without ``adata.raw``, or with
+        ``layer``; ``rows`` that are not ascending positions of ``adata``'s cells.
+    KeyError
+        ``layer`` is not a layer of ``adata``.
+
+    Examples
+    --------
+    >>> import panfoma_sc as pf
+    >>> match = pf.pp.match_genes(adata, "panfoma-tiny")  # doctest: +SKIP
+    >>> pf.pp.check_expression(adata, columns=match.read_columns).kind  # doctest: +SKIP
+    'counts'
     """
     require_integer("block_size", block_size, 1)
     require_flag("use_raw", use_raw)
+    if rows is not None:
+        rows = _checked_rows(rows, adata.n_obs)
     if use_raw:
         adata, where = raw_values(adata, layer=layer), "adata.raw.X"
     else:
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_cells = adata.n_obs if rows is None else len(rows)
     # where unscaled values may be: a counts layer, or .raw (the genes before scaling, as scanpy keeps them)
-    raw = " or use_raw=True (adata.raw)" if not use_raw and adata.raw is not None else ""
-    unscaled = f"Pass raw counts or log1p-normalized data instead, e.g. layer='counts'{raw}."
+    unscaled = f"Pass raw counts or log1p-normalized data instead{_unscaled_sources(adata, layer, use_raw)}."
     if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)
@@ -209,8 +267,9 @@ def check_expression(
     if empty_cells and not allow_empty_cells:
         names = adata.obs_names[empty_cells[:5]].tolist()
         scope = "among the genes known to the model " if columns is not None else ""
+        cells = "1 cell has" if len(empty_cells) == 1 else f"{len(empty_cells)} cells have"
         msg = (
-            f"{len(empty_cells)} cells have no expressed gene {scope}(e.g. {names}). Remove them first, "
+            f"{cells} no expressed gene {scope}(e.g. {names}). Remove them first, "
             "e.g. sc.pp.filter_cells(adata, min_genes=1) on the model's genes, or subset adata."
         )
         raise ValueError(msg)

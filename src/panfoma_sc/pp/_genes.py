@@ -71,8 +71,16 @@ class GeneMatch:
         """Share of the AnnData's genes that are used."""
         return self.n_matched / max(self.n_genes, 1)
 
+    def __repr__(self) -> str:
+        # counts and a few names: the full lists run to tens of thousands of genes
+        return (
+            f"GeneMatch({self.n_matched} of {self.n_genes} genes matched ({self.fraction:.1%}), "
+            f"{len(self.duplicated)} duplicated {_examples(self.duplicated)}, "
+            f"{len(self.unmatched)} unmatched {_examples(self.unmatched)})"
+        )
+
     def summary(self) -> dict[str, object]:
-        """JSON-able report (stored in ``uns``)."""
+        """JSON-able report (stored in ``uns``; h5ad gives its lists back as arrays)."""
         return {
             "n_genes": self.n_genes,
             "n_matched": self.n_matched,
@@ -81,6 +89,10 @@ class GeneMatch:
             "duplicated_examples": self.duplicated[:10],
             "unmatched_examples": self.unmatched[:10],
         }
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    return "[" + ", ".join(repr(name) for name in names[:n]) + (", ...]" if len(names) > n else "]")
 
 
 def match_genes(

@@ -67,9 +67,10 @@ def embed(
     gene_symbols
         Column of ``adata.var`` with gene symbols, when ``var_names`` are something else.
     batch_size
-        Cells per forward pass (default ``pf.settings.batch_size``); memory is bounded by it. On a GPU the next
-        batch is read and tokenized in a background thread while the model runs this one
-        (``pf.settings.prefetch`` batches ahead; 0 on CPU by default; the result is the same).
+        Cells read and tokenized together, and per forward pass on a GPU (default ``pf.settings.batch_size``);
+        memory is bounded by it. On CPU each forward pass holds about 1,024 tokens (4 cells at 256 genes), which is
+        faster there. On a GPU the next batch is read and tokenized in a background thread while the model runs
+        this one (``pf.settings.prefetch`` batches ahead; 0 on CPU by default; the result is the same).
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; default ``pf.settings.device`` (auto: a CUDA GPU, else the
         CPU; Apple MPS only when named).
