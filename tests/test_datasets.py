@@ -58,7 +58,8 @@ def test_a_file_that_is_not_a_dataset_is_refused_with_the_available_ones(data_fo
 
 def test_a_data_dir_that_is_a_file_is_named_as_such(data_folder, monkeypatch):
     monkeypatch.setattr(pf.settings, "data_dir", data_folder / "tiny.h5ad")
-    with pytest.raises(FileNotFoundError, match=r"tiny\.h5ad' \(PANFOMA_DATA_DIR\) is a file, not a folder"):
+    where = r"\(pf\.settings\.data_dir, from PANFOMA_DATA_DIR\)"
+    with pytest.raises(FileNotFoundError, match=rf"tiny\.h5ad' {where} is a file, not a folder"):
         pf.datasets.available()
     monkeypatch.setattr(pf.settings, "data_dir", data_folder / "absent")
     with pytest.raises(FileNotFoundError, match="does not exist"):
