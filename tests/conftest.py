@@ -34,6 +34,30 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture
+def value_reads(monkeypatch) -> list[str]:
+    """Names of the tensor-reading methods (``float()``, ``bool()``, ``.item()``, ...) the package calls.
+
+    Each such read makes the host wait for the device; torch's own reads (e.g. of the optimizer's CPU step
+    counter) are not counted.
+    """
+    import sys
+
+    import torch
+
+    reads: list[str] = []
+    for method in ("__float__", "__bool__", "__int__", "item", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            if "panfoma_sc" in sys._getframe(1).f_code.co_filename:
+                reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    return reads
+
+
 def _real_data_path(name: str) -> Path:
     if not DATA_DIR:
         pytest.skip("PANFOMA_DATA_DIR is not set: real-data tests need the shared data folder")

@@ -45,6 +45,19 @@ def test_integrate_differs_from_zero_shot_and_is_seeded(two_batches, tiny_checkp
     assert not np.allclose(first.obsm["X_panfoma_integrated"], zero_shot, atol=1e-3)
 
 
+def test_fine_tuning_reads_no_loss_back_from_the_device_in_its_steps(two_batches, tiny_checkpoint, value_reads):
+    """The losses of every step stay on the device and are read together at the end (one read per run)."""
+    options = {"model": tiny_checkpoint, "progress": False, "copy": True}
+    pf.tl.integrate(two_batches, "batch", max_steps=2, **options)
+    reads_in_two_steps = list(value_reads)
+    value_reads.clear()
+    result = pf.tl.integrate(two_batches, "batch", max_steps=6, **options)
+    assert value_reads == reads_in_two_steps
+    params = result.uns["X_panfoma_integrated"]["params"]
+    assert params["steps"] == 6
+    assert np.isfinite([params["final_loss_mvc"], params["final_loss_batch"]]).all()
+
+
 def test_the_default_learning_rate_is_1e_4_and_recorded(two_batches, tiny_checkpoint):
     # 1e-3 over-corrected islet batches of different cell-type mixes (see the docstring and integration-lr-1e-4.md)
     result = pf.tl.integrate(two_batches[:60], "batch", model=tiny_checkpoint, max_steps=1, progress=False, copy=True)

@@ -290,24 +290,11 @@ def test_logged_losses_are_means_over_the_steps_they_cover(corpus_files, vocab, 
         np.testing.assert_allclose(rows[name], [per_step[name][:4].mean(), per_step[name][4:].mean()], rtol=1e-6)
 
 
-def test_losses_are_read_back_from_the_device_only_when_a_row_is_logged(corpus_files, vocab, tmp_path, monkeypatch):
-    # reading a value back (float(), bool(), .item(), .tolist()) makes the host wait for the GPU: the package's
-    # training loop reads one row of values per logged row, not one per step and loss (torch's own reads of the
-    # optimizer's step counter are of a CPU tensor)
-    reads = []
-    for method in ("__float__", "__bool__", "__int__", "item", "tolist"):
-        original = getattr(torch.Tensor, method)
-
-        def counted(self, *args, _original=original, _method=method, **kwargs):
-            if "panfoma_sc" in sys._getframe(1).f_code.co_filename:
-                reads.append(_method)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, method, counted)
+def test_losses_are_read_back_from_the_device_only_when_a_row_is_logged(corpus_files, vocab, tmp_path, value_reads):
+    # the training loop reads one row of values per logged row, not one per step and loss
     pretrain(corpus_files, tmp_path, vocab=vocab, config=_config(log_every=6), progress=False)
-    monkeypatch.undo()
     # one row logged (step 6): its mean losses and its gradient norm
-    assert sorted(reads) == ["__float__", "tolist"]
+    assert sorted(value_reads) == ["__float__", "tolist"]
 
 
 def test_a_run_stopped_before_its_first_log_resumes(corpus_files, vocab, tmp_path):

@@ -24,6 +24,7 @@ from ..data.rows import GeneColumns, iter_row_blocks, row_major
 from ..data.tokenizer import sample_expression_targets
 from ..models._pretrained import CLASSIFIER_HEAD, PretrainedModel, tokens_to_torch
 from ..nn import BatchDiscriminator, CellClassifier, PanFoMa, masked_bin_loss
+from ._history import POSTFIX_EVERY, StepLosses
 from ._masking import mask_values
 
 logger = logging.getLogger(__name__)
@@ -326,21 +327,22 @@ def finetune_classifier(
     bar = progress_bar(total=total_steps, enabled=progress, desc="fine-tune classifier", unit="step")
     for epoch in range(config.max_epochs):
         network.train(), head.train()
-        train_loss, seen = 0.0, 0
+        train_loss, seen = torch.zeros((), device=device), 0  # summed on the device, read once per epoch
         for rows in _minibatches(train, config.batch_size, rng):
             block = cells.block(rows)
             output = network(*_step_tokens(model, cells, rows, block, config.n_genes, config.seed + epoch, device))
             target = torch.from_numpy(labels[rows]).to(device)
             loss = F.cross_entropy(head(output.cell_embedding).float(), target, weight=class_weight)
             _apply_gradients(optimizer, loss, [*network.parameters(), *head.parameters()])
-            train_loss += float(loss.detach()) * rows.size
+            train_loss += loss.detach().float() * rows.size
             seen += rows.size
             step += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
+            if progress and step % POSTFIX_EVERY == 1:  # the first step, then every 10th
+                bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
             if step >= total_steps:
                 break
-        record = {"epoch": epoch, "step": step, "train_loss": train_loss / max(seen, 1)}
+        record = {"epoch": epoch, "step": step, "train_loss": float(train_loss) / max(seen, 1)}
         if validation.size:
             record |= _validate(model, network, head, cells, validation, labels, config, device)
         history.append(record)
@@ -496,27 +498,27 @@ def _class_codes(codes: Any, n_cells: int, n_classes: int, *, name: str, count_n
     return array.astype(np.int64)
 
 
-def batch_mmd(embedding: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
+def batch_mmd(embedding: torch.Tensor, batches: torch.Tensor, n_batches: int | None = None) -> torch.Tensor:
     """Mean squared maximum mean discrepancy between each batch's cells and the other cells of the minibatch.
 
-    Multi-scale Gaussian kernels on L2-normalized embeddings; 0 when the minibatch holds a single batch.
+    Multi-scale Gaussian kernels on L2-normalized embeddings; 0 when the minibatch holds a single batch. The
+    mean is over the batches present, computed for all ``n_batches`` at once without asking which are present
+    (which would make the host wait for the device); ``None`` reads it from ``batches``.
     """
     z = F.normalize(embedding.float(), dim=-1)
     squared = torch.cdist(z, z).pow(2)
     kernel = sum(torch.exp(-squared / (2 * width**2)) for width in (0.1, 0.2, 0.5, 1.0))
-    present = torch.unique(batches)
-    if present.numel() < 2:
-        return embedding.sum() * 0.0
-    terms = []
-    for batch in present:
-        inside = (batches == batch).float()
-        outside = 1.0 - inside
-        n_in, n_out = inside.sum(), outside.sum()
-        within_in = inside @ kernel @ inside / (n_in * n_in)
-        within_out = outside @ kernel @ outside / (n_out * n_out)
-        between = inside @ kernel @ outside / (n_in * n_out)
-        terms.append(within_in + within_out - 2 * between)
-    return torch.stack(terms).mean()
+    n_batches = int(batches.max()) + 1 if n_batches is None else n_batches
+    inside = F.one_hot(batches, n_batches).to(kernel.dtype)  # (B, K)
+    outside = 1.0 - inside
+    n_in, n_out = inside.sum(0), outside.sum(0)
+    within_in = (inside * (kernel @ inside)).sum(0) / (n_in * n_in).clamp(min=1.0)
+    within_out = (outside * (kernel @ outside)).sum(0) / (n_out * n_out).clamp(min=1.0)
+    between = (inside * (kernel @ outside)).sum(0) / (n_in * n_out).clamp(min=1.0)
+    # a batch counts when it has cells in the minibatch and others do too (so one batch alone gives 0)
+    counted = ((n_in > 0) & (n_out > 0)).to(kernel.dtype)
+    terms = within_in + within_out - 2 * between
+    return (terms * counted).sum() / counted.sum().clamp(min=1.0)
 
 
 class _IntegrationObjective(nn.Module):
@@ -539,7 +541,8 @@ class _IntegrationObjective(nn.Module):
         logits = self.network.mvc_head(conditioned, self.network.embedding.gene(mvc_ids))
         loss_mvc = masked_bin_loss(logits, mvc_bins, torch.ones_like(mvc_bins, dtype=torch.bool))
         loss_batch, loss_confusion = self.discriminator.losses(output.cell_embedding, batches)
-        return loss_value, loss_mvc, loss_batch, loss_confusion, batch_mmd(output.cell_embedding, batches)
+        mmd = batch_mmd(output.cell_embedding, batches, self.discriminator.n_batches)
+        return loss_value, loss_mvc, loss_batch, loss_confusion, mmd
 
 
 @returns_freed_memory
@@ -615,7 +618,7 @@ def finetune_integration(
     every = np.arange(cells.n_cells)
     _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
-    history = []
+    step_losses = StepLosses()
     with progress_bar(total=total_steps, enabled=progress, desc="integrate", unit="step") as bar:
         for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)  # read once: tokens and MVC targets come from the same rows
@@ -644,17 +647,19 @@ def finetune_integration(
             adversarial = loss_batch + strength * loss_confusion
             loss = loss_value + loss_mvc + adversarial_weight * adversarial + mmd_weight * loss_mmd
             _apply_gradients(optimizer, loss, objective.parameters())
-            record = {
-                "step": step,
-                "loss_value": float(loss_value.detach()),
-                "loss_mvc": float(loss_mvc.detach()),
-                "loss_batch": float(loss_batch.detach()),
-                "loss_confusion": float(loss_confusion.detach()),
-                "loss_mmd": float(loss_mmd.detach()),
+            losses = {
+                "loss_value": loss_value,
+                "loss_mvc": loss_mvc,
+                "loss_batch": loss_batch,
+                "loss_confusion": loss_confusion,
+                "loss_mmd": loss_mmd,
             }
-            history.append(record)
+            step_losses.append(step, losses)
             bar.update(1)
-            bar.set_postfix(mvc=f"{record['loss_mvc']:.3f}", batch=f"{record['loss_batch']:.3f}")
+            if progress and len(step_losses) % POSTFIX_EVERY == 1:  # the first step, then every 10th
+                shown = step_losses.latest()
+                bar.set_postfix(mvc=f"{shown['loss_mvc']:.3f}", batch=f"{shown['loss_batch']:.3f}")
+    history = step_losses.records()
     info = {
         "fine_tuned_from": _base_model_provenance(model),
         "integration": {

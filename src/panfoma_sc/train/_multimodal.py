@@ -28,6 +28,7 @@ from ._finetune import (
     integration_settings,
     keeps_torch_rng,
 )
+from ._history import POSTFIX_EVERY, StepLosses
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class _JointObjective(nn.Module):
             losses[name] = masked_bin_loss(logits, target_bins, keep)
         if self.n_batches >= 2:
             losses["loss_batch"], losses["loss_confusion"] = self.discriminator.losses(output.cell_embedding, batches)
-            losses["loss_mmd"] = batch_mmd(output.cell_embedding, batches)
+            losses["loss_mmd"] = batch_mmd(output.cell_embedding, batches, self.n_batches)
         return losses
 
 
@@ -237,7 +238,7 @@ def finetune_multimodal(
     every = np.arange(cells.n_cells)
     _, total_steps = _step_budget(every.size, config)
     ramp = max(total_steps // 3, 1)
-    history = []
+    step_losses = StepLosses()
     with progress_bar(total=total_steps, enabled=progress, desc="joint fine-tune", unit="step") as bar:
         for step, epoch, rows in _scheduled_minibatches(every, config, rng):
             block = cells.block(rows)
@@ -268,10 +269,12 @@ def finetune_multimodal(
                 adversarial = losses["loss_batch"] + strength * losses["loss_confusion"]
                 loss = loss + adversarial_weight * adversarial + mmd_weight * losses["loss_mmd"]
             _apply_gradients(optimizer, loss, objective.parameters())
-            record = {"step": step} | {k: float(v.detach()) for k, v in losses.items()}
-            history.append(record)
+            step_losses.append(step, losses)
             bar.update(1)
-            bar.set_postfix(feature=f"{record['loss_feature']:.3f}", mvc=f"{record['loss_mvc']:.3f}")
+            if progress and len(step_losses) % POSTFIX_EVERY == 1:  # the first step, then every 10th
+                shown = step_losses.latest()
+                bar.set_postfix(feature=f"{shown['loss_feature']:.3f}", mvc=f"{shown['loss_mvc']:.3f}")
+    history = step_losses.records()
     network.eval()
     logger.info("Joint fine-tuning: %d steps (%s).", len(history), integration_settings(config))
     return encoder, pd.DataFrame(history)
