@@ -434,14 +434,15 @@ def _validate(
 ) -> dict[str, float]:
     network.eval(), head.eval()
     tokenizer = model.tokenizer(config.n_genes)  # the inference tokenizer: deterministic
-    loss, correct = 0.0, 0
+    totals = torch.zeros(2, dtype=torch.float64 if device == "cpu" else torch.float32, device=device)
     for start in range(0, rows.size, config.batch_size):
         batch = rows[start : start + config.batch_size]
         tokens = tokenizer(cells.block(batch), cells.gene_ids, cells.cell_keys[batch], seed=config.seed)
         logits = head(network(*tokens_to_torch(tokens, device)).cell_embedding).float()
         target = torch.from_numpy(labels[batch]).to(device)
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(1) == target).sum())
+        # summed on the device (loss, correct calls), read once: a read per batch would wait for the device
+        totals += torch.stack([F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum()])
+    loss, correct = totals.tolist()
     return {"validation_loss": loss / rows.size, "validation_accuracy": correct / rows.size}
 
 
