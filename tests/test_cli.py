@@ -213,6 +213,15 @@ def test_bad_input_exits_2_with_a_message(pbmc68k, tiny_checkpoint, tmp_path, ca
     assert "missing.h5ad' does not exist" in capsys.readouterr().err
 
 
+def test_hint_values_are_quoted_as_a_shell_needs_them():
+    from panfoma_sc.cli import _as_options
+
+    message = "Pass counts instead, e.g. layer='umi' or layer='my layer' or use_raw=True (adata.raw)."
+    assert _as_options(message, {"--layer", "--use-raw"}) == (
+        "Pass counts instead, e.g. --layer umi or --layer 'my layer' or --use-raw (adata.raw)."
+    )
+
+
 def test_hints_name_the_command_line_options(pbmc68k, tiny_checkpoint, tmp_path, capsys):
     """The tools' Python-style hints (layer='counts') are worded as the command's options (--layer counts)."""
     source = tmp_path / "scaled.h5ad"

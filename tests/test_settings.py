@@ -222,6 +222,9 @@ def test_values_are_stored_in_their_canonical_form():
 
     settings = Settings(batch_size=np.int64(32), device=torch.device("cuda", 1), activation_checkpointing=np.bool_(1))
     assert (settings.batch_size, settings.device, settings.activation_checkpointing) == (32, "cuda:1", True)
+    for device in ("cpu:0", torch.device("cpu", 0)):  # what resolve_device and the tools' device= accept
+        settings.device = device
+        assert settings.device == "cpu:0"
     assert type(settings.batch_size) is int
     assert type(settings.activation_checkpointing) is bool
     settings.prefetch, settings.n_threads = None, None  # None: the default, where a setting has one

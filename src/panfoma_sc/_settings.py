@@ -72,7 +72,7 @@ def _check_device(name: str) -> None:
         raise ValueError(msg)
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps(:0)?|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu(:\d+)?|mps(:0)?|cuda(:\d+)?)$")
 
 
 def _setting_error(name: str, value: object, expected: str) -> ValueError:

@@ -830,7 +830,8 @@ def _as_options(message: str, options: set[str]) -> str:
             return f"no {flag}{end}"
         if value == "True":  # a switch
             return f"{flag}{end}"
-        return f"{flag} {value}{end}"
+        placeholder = value == "" or (value.startswith("<") and value.endswith(">"))  # '<another name>', ''...
+        return f"{flag} {value if placeholder else shlex.quote(value)}{end}"  # as a shell takes it ('my layer')
 
     message = _PYTHON_ARGUMENT.sub(option, message)
 

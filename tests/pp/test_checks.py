@@ -333,6 +333,7 @@ def test_the_fix_for_scaled_values_names_the_layers_there_are():
         (np.array([0, 5]), r"positions between 0 and 2 \(adata has 3 cells\)"),
         (np.array([2, 0]), r"ascending and without repeats: pass np\.unique\(rows\)"),
         (np.array([1, 1]), r"ascending and without repeats"),
+        (np.array([2, 0], dtype=np.uint64), r"ascending and without repeats"),  # no wrap-around of the difference
         (np.array([0.0, 1.0]), r"integer row positions, got float64"),
     ],
 )
@@ -341,3 +342,11 @@ def test_rows_that_are_not_ascending_cell_positions_are_refused(rows, message):
     with pytest.raises(ValueError, match=message):
         check_expression(adata, rows=rows)
     assert check_expression(adata, rows=np.array([0, 2])).n_cells == 2
+
+
+def test_with_use_raw_the_fix_names_the_layers_of_the_callers_object():
+    adata = AnnData(X=np.array([[1.0, 5.0], [3.0, 1.0]], dtype=np.float32))
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = AnnData(X=np.array([[-1.0, 2.0], [1.0, -2.0]], dtype=np.float32))  # a scaled .raw
+    with pytest.raises(ValueError, match=r"adata\.raw\.X has negative values .* instead, e\.g\. layer='counts'\.$"):
+        check_expression(adata, use_raw=True)

@@ -121,6 +121,7 @@ def _checked_rows(rows: object, n_cells: int) -> np.ndarray:
     if positions.ndim != 1 or (positions.size and not np.issubdtype(positions.dtype, np.integer)):
         msg = f"rows must be a 1-d array of integer row positions, got {positions.dtype} of shape {positions.shape}."
         raise ValueError(msg)
+    positions = positions.astype(np.int64)  # signed: differences of unsigned positions would wrap around
     if positions.size and (positions.min() < 0 or positions.max() >= n_cells):
         msg = f"rows must be positions between 0 and {n_cells - 1} (adata has {n_cells} cells)."
         raise ValueError(msg)
@@ -131,8 +132,9 @@ def _checked_rows(rows: object, n_cells: int) -> np.ndarray:
 
 
 def _unscaled_sources(adata: AnnData, layer: str | None, use_raw: bool) -> str:
-    """Where unscaled values may be: the other layers, or ``.raw`` (the genes before scaling, as scanpy keeps them)."""
-    options = [f"layer={name!r}" for name in adata.layers if name != layer][:3]
+    """Where unscaled values may be: the layers not read, or ``.raw`` (the genes before scaling) when not read."""
+    read = None if use_raw else layer  # with use_raw, adata.raw.X is read: every layer of adata is an option
+    options = [f"layer={name!r}" for name in adata.layers if name != read][:3]
     if not use_raw and adata.raw is not None:
         options.append("use_raw=True (adata.raw)")
     if not options:
@@ -206,13 +208,13 @@ def check_expression(
     require_flag("use_raw", use_raw)
     if rows is not None:
         rows = _checked_rows(rows, adata.n_obs)
+    # where unscaled values may be, in the caller's object (its layers, its .raw)
+    unscaled = f"Pass raw counts or log1p-normalized data instead{_unscaled_sources(adata, layer, use_raw)}."
     if use_raw:
         adata, where = raw_values(adata, layer=layer), "adata.raw.X"
     else:
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_cells = adata.n_obs if rows is None else len(rows)
-    # where unscaled values may be: a counts layer, or .raw (the genes before scaling, as scanpy keeps them)
-    unscaled = f"Pass raw counts or log1p-normalized data instead{_unscaled_sources(adata, layer, use_raw)}."
     if n_cells == 0:
         msg = "adata has no cells (0 observations). Check the filtering that produced it."
         raise ValueError(msg)

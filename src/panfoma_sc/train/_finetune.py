@@ -343,6 +343,8 @@ def finetune_classifier(
             if step >= total_steps:
                 break
         record = {"epoch": epoch, "step": step, "train_loss": float(train_loss) / max(seen, 1)}
+        if progress:  # the epoch's mean loss, read anyway: the bar's last line is current
+            bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.3f}")
         if validation.size:
             record |= _validate(model, network, head, cells, validation, labels, config, device)
         history.append(record)
@@ -657,7 +659,8 @@ def finetune_integration(
             }
             step_losses.append(step, losses)
             bar.update(1)
-            if progress and len(step_losses) % POSTFIX_EVERY == 1:  # the first step, then every 10th
+            last = len(step_losses) == total_steps
+            if progress and (len(step_losses) % POSTFIX_EVERY == 1 or last):  # first, every 10th and last step
                 shown = step_losses.latest()
                 bar.set_postfix(mvc=f"{shown['loss_mvc']:.3f}", batch=f"{shown['loss_batch']:.3f}")
     history = step_losses.records()

@@ -271,7 +271,8 @@ def finetune_multimodal(
             _apply_gradients(optimizer, loss, objective.parameters())
             step_losses.append(step, losses)
             bar.update(1)
-            if progress and len(step_losses) % POSTFIX_EVERY == 1:  # the first step, then every 10th
+            last = len(step_losses) == total_steps
+            if progress and (len(step_losses) % POSTFIX_EVERY == 1 or last):  # first, every 10th and last step
                 shown = step_losses.latest()
                 bar.set_postfix(feature=f"{shown['loss_feature']:.3f}", mvc=f"{shown['loss_mvc']:.3f}")
     history = step_losses.records()
