@@ -102,6 +102,26 @@ def test_classes_no_cell_got_are_not_categories_so_scanpy_group_tools_work(split
     assert set(query.uns["rank_genes_groups"]["names"].dtype.names) == set(two)
 
 
+def test_the_references_plot_colours_follow_the_labels_given(split, tiny_checkpoint):
+    reference, _ = split
+    classes = list(reference.obs["cell_type"].cat.categories)
+    palette = [f"#{i:02x}{i:02x}{i:02x}" for i in range(10, 10 + 20 * len(classes), 20)]
+    reference.uns["cell_type_colors"] = palette
+    two = classes[1:3]
+    query = reference[reference.obs["cell_type"].isin(two)].copy()
+    del query.uns["cell_type_colors"]
+    query.uns["panfoma_label_colors"] = ["#000000"] * 9  # an earlier run's colours
+    options = {"labels_key": "cell_type", "model": tiny_checkpoint, "progress": False, "n_neighbors": 1}
+    pf.tl.annotate(query, reference, **options)
+    assert list(query.uns["panfoma_label_colors"]) == palette[1:3]  # each label keeps the reference's colour
+    from panfoma_sc.tl._annotate import _reference_colors
+
+    assert _reference_colors(reference, "cell_type", [classes[2], "Unknown"]) == [palette[2], "#d9d9d9"]
+    del reference.uns["cell_type_colors"]  # no colours to follow: stale ones are removed, scanpy picks its own
+    pf.tl.annotate(query, reference, **options)
+    assert "panfoma_label_colors" not in query.uns
+
+
 def test_a_query_cell_found_in_the_reference_gets_its_label(split, tiny_checkpoint):
     reference, _ = split
     query = reference[:12].copy()

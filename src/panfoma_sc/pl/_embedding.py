@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..tl._annotate import UNKNOWN, UNKNOWN_COLOR
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -151,17 +153,14 @@ def _colors_with_grey_unknown(adata: AnnData, columns: list[str]) -> dict[str, l
     greyed: dict[str, list[str]] = {}
     for column in dict.fromkeys(columns):
         categories = _categories(adata, column)
-        if "Unknown" not in categories:
+        if UNKNOWN not in categories:
             continue
         existing = adata.uns.get(f"{column}_colors")
         valid = existing is not None and len(existing) == len(categories) and all(map(is_color_like, existing))
         colors = [str(c) for c in existing] if valid else _default_colors(len(categories))
-        colors[categories.index("Unknown")] = _UNKNOWN_GREY
+        colors[categories.index(UNKNOWN)] = UNKNOWN_COLOR
         greyed[f"{column}_colors"] = colors
     return greyed
-
-
-_UNKNOWN_GREY = "#d9d9d9"
 
 
 def _default_colors(n: int) -> list[str]:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["annotate"]
 
 UNKNOWN = "Unknown"
+#: plot colour of ``UNKNOWN`` cells (light grey)
+UNKNOWN_COLOR = "#d9d9d9"
 METHODS = ("knn", "logreg", "finetune")
 
 
@@ -101,6 +103,24 @@ def _class_order(column: pd.Series, labels: pd.Series) -> list[str]:
 
 #: the tool name :func:`annotate` records in ``uns[key_added]["params"]["tool"]``
 TOOL = "pf.tl.annotate"
+
+
+def _reference_colors(reference: AnnData | None, labels_key: str | None, categories: list[str]) -> list[str] | None:
+    """The reference's colours (scanpy's ``uns[f"{labels_key}_colors"]``) of ``categories``, Unknown grey.
+
+    ``None`` when the reference has no valid colours for its labels or lacks a colour for one of ``categories``.
+    """
+    if reference is None or labels_key not in reference.obs:
+        return None
+    column, colors = reference.obs[labels_key], reference.uns.get(f"{labels_key}_colors")
+    categorical = isinstance(column.dtype, pd.CategoricalDtype)
+    if colors is None or not categorical or len(colors) != len(column.cat.categories):
+        return None
+    own = dict(zip(map(str, column.cat.categories), map(str, colors), strict=True))
+    by_class = {UNKNOWN: UNKNOWN_COLOR} | own
+    if any(category not in by_class for category in categories):
+        return None
+    return [by_class[category] for category in categories]
 
 
 def _is_annotation(params: Mapping) -> bool:
@@ -313,6 +333,10 @@ def annotate(
         Predicted label (or ``"Unknown"``), categories in the reference's class order; only labels that some
         cell got are categories (as scanpy's group-wise tools expect), all of the reference's classes are in
         ``adata.uns[key_added]["classes"]``.
+    ``adata.uns[key_added + "_colors"]`` : :class:`list`
+        The reference's plot colours of the labels given (``"Unknown"`` light grey), when the reference has them
+        (``reference.uns[labels_key + "_colors"]``, as scanpy's plots leave them); otherwise removed, so that
+        colours of an earlier column of this name do not stay.
     ``adata.obs[key_added + "_confidence"]`` : :class:`numpy.ndarray`
         Share of the neighbours' vote weight won by the predicted label (``"knn"``), or the predicted class
         probability (``"logreg"``, ``"finetune"``).
@@ -478,5 +502,12 @@ def annotate(
     categories = list(dict.fromkeys([*classes, UNKNOWN]))
     target.obs[key_added] = pd.Categorical(predicted, categories=categories).remove_unused_categories()
     target.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    # the reference's plot colours where it has them (query and reference plots then agree); colours of an
+    # earlier column of this name would no longer fit its categories
+    colors = _reference_colors(reference, labels_key, list(target.obs[key_added].cat.categories))
+    if colors is None:
+        target.uns.pop(f"{key_added}_colors", None)
+    else:
+        target.uns[f"{key_added}_colors"] = colors
     target.uns[key_added] = query_job.provenance(TOOL, **details) | {"classes": [str(c) for c in classes]}
     return target if copy else None
