@@ -246,11 +246,8 @@ class Settings:
 
         :attr:`n_threads`, else ``$OMP_NUM_THREADS``, else ``None`` (leave torch's count as it is).
         """
-        if self.n_threads is not None:
-            if not is_integer(self.n_threads) or self.n_threads < 1:
-                msg = f"pf.settings.n_threads={self.n_threads!r}: use an integer >= 1, or None."
-                raise ValueError(msg)
-            return int(self.n_threads)
+        if self.n_threads is not None:  # an integer >= 1: checked when set
+            return self.n_threads
         value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP also accepts "4,2"
         return int(value) if value.isdigit() and int(value) >= 1 else None
 

@@ -20,6 +20,7 @@ from ._baselines import MethodContext
 from ._build import _check_inputs, _input_files, build, read_manifest, write_manifest
 from ._config import DEFAULT_METHODS, load_config, validate_config
 from ._harmonize import GENE_TABLE_NAME
+from ._multiomics import GRAPH_METHODS
 from ._paired import build_paired, check_paired_input
 from ._qc import QCThresholds
 from ._tasks import TASKS
@@ -113,10 +114,6 @@ def _check_datasets(config: Mapping, folder: Path) -> None:
             raise type(err)(msg) from None
 
 
-#: Methods that the multi-omics task scores on their graph alone (no scib-metrics).
-GRAPH_ONLY_METHODS = frozenset({"wnn"})
-
-
 def _check_packages(config: Mapping) -> None:
     """Refuse a config whose tasks need scib-metrics when it is not installed, naming the extra that brings it.
 
@@ -132,7 +129,7 @@ def _check_packages(config: Mapping) -> None:
             for dataset in config["datasets"]
             for task in dataset.get("tasks", [])
             if task == "integration"
-            or (task == "multiomics" and set(_methods_of(config, dataset, task)) - GRAPH_ONLY_METHODS)
+            or (task == "multiomics" and set(_methods_of(config, dataset, task)) - GRAPH_METHODS)
         }
     )
     if needing:

@@ -266,6 +266,9 @@ def panfoma_late_fusion(ctx: MethodContext, batch_key: str) -> np.ndarray:
     return paired.obsm["X_panfoma_integrated"]
 
 
+#: Methods that return a cell graph, not an embedding: scored on the graph alone (no scib-metrics).
+GRAPH_METHODS = frozenset({"wnn"})
+
 MULTIOMICS_METHODS: dict[str, Callable[..., np.ndarray | sp.spmatrix]] = {
     "rna_pca": rna_pca,
     "pca_concat": pca_concat,
